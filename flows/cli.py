@@ -1,0 +1,218 @@
+"""The `emoframe` command line. Each subcommand parses flags into the module's own config and calls it;
+heavy imports happen inside the subcommand so `emoframe --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from training.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--loss", choices=("focal", "ce"), default=d.loss)
+    p.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
+    p.add_argument("--class-weights", default=d.class_weights, help="auto | none | 8 comma-separated numbers")
+    p.add_argument("--modality-drop", type=float, default=d.modality_drop,
+                   help="probability of hiding a whole modality in a training window")
+    p.add_argument("--frame-drop", type=float, default=d.frame_drop, help="probability of hiding a frame's modality")
+    p.add_argument("--fusion", choices=("cross", "late"), default=d.model.fusion)
+    p.add_argument("--modalities", default=",".join(d.model.modalities), help="visual,audio | visual | audio")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when present) | cpu | cuda")
+
+
+def _train_config(a: argparse.Namespace):
+    from training.model import ModelConfig
+    from training.train import TrainConfig
+
+    model = ModelConfig(fusion=a.fusion, modalities=tuple(m.strip() for m in a.modalities.split(",")))
+    return TrainConfig(epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr,
+                       seed=a.seed, loss=a.loss, focal_gamma=a.focal_gamma, class_weights=a.class_weights,
+                       modality_drop=a.modality_drop, frame_drop=a.frame_drop, device=a.device, model=model)
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from training.synth import generate
+
+    videos = generate(a.out, a.videos, a.seed, min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=True)
+    print(f"wrote {len(videos)} videos and ABAW annotation files to {a.out}")
+    return 0
+
+
+def _dataset(root: Path, annotations: Path | None, videos: Path | None, cropped: Path | None):
+    from training.datasets import discover, synth_split
+
+    if annotations or videos:
+        if not (annotations and videos):
+            raise SystemExit("give both --annotations and --videos (ABAW layout), or a synth folder")
+        return discover(annotations, videos, cropped)
+    return synth_split(root)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from training.datasets import load_items
+    from training.train import train
+
+    cfg = _train_config(a)
+    train_items = load_items(_dataset(a.train, a.annotations, a.videos, a.cropped), a.cache, "train features")
+    val_items = load_items(_dataset(a.val, None, None, None), a.cache, "val features") if a.val else []
+    best = train(cfg, train_items, val_items, a.out, resume=a.resume, backbone=a.backbone)
+    print(f"best epoch {best['epoch'] + 1}: val macro F1 {best['macro_f1']:.4f}; checkpoints in {a.out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from training.datasets import load_items
+    from training.evaluate import CONDITIONS, evaluate, format_report
+    from training.train import load_checkpoint
+
+    model = load_checkpoint(a.checkpoint)
+    videos = load_items(_dataset(a.data, a.annotations, a.videos, a.cropped), a.cache, "features")
+    result = evaluate(model, videos, a.conditions.split(",") if a.conditions else CONDITIONS)
+    print(format_report(result))
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from training.export import export
+    from training.train import load_checkpoint
+
+    metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
+    vdir = export(load_checkpoint(a.checkpoint), a.repo, version=a.version, metrics=metrics)
+    print(f"exported to {vdir}")
+    return 0
+
+
+def cmd_build_model(a: argparse.Namespace) -> int:
+    from training.recipes import DataRecipe, build_model
+
+    vdir = build_model(DataRecipe(root=a.data), a.runs, a.repo, _train_config(a), version=a.version)
+    print(f"deployed model written to {vdir} (metrics in {vdir / 'metrics.json'})")
+    return 0
+
+
+def cmd_ablate(a: argparse.Namespace) -> int:
+    from training.recipes import DataRecipe, ablate
+
+    print(ablate(DataRecipe(root=a.data), a.runs, a.out, _train_config(a)))
+    return 0
+
+
+def cmd_label(a: argparse.Namespace) -> int:
+    from flows.label_archive import run_label_archive
+
+    sources = a.sources
+    if not sources:
+        from training.synth import generate
+
+        sample = a.out / "_sample_videos"
+        print(f"no sources given: generating sample videos in {sample} (synthetic set, seed {a.sample_seed})")
+        generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, progress=True)
+        sources = [str(sample / "videos")]
+    result = run_label_archive(sources, str(a.out), ray_address=a.ray_address, triton_url=a.triton_url,
+                               face_mode=a.faces, include=a.include, exclude=a.exclude)
+    return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
+
+
+def cmd_query(a: argparse.Namespace) -> int:
+    from flows.query import run_query
+
+    print(run_query(a.sql, str(a.out)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="emoframe", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write the synthetic audio-visual expression set (MP4 + ABAW annotations)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-seconds", type=float, default=20.0)
+    p.add_argument("--max-seconds", type=float, default=40.0)
+    p.set_defaults(fn=cmd_synth)
+
+    data_flags = argparse.ArgumentParser(add_help=False)
+    data_flags.add_argument("--annotations", type=Path, help="ABAW annotation folder (instead of a synth folder)")
+    data_flags.add_argument("--videos", type=Path, help="ABAW video folder")
+    data_flags.add_argument("--cropped", type=Path, help="ABAW cropped_aligned folder (optional)")
+    data_flags.add_argument("--cache", type=Path, default=Path("runs/cache"), help="preprocessed-feature cache")
+
+    p = sub.add_parser("train", parents=[data_flags], help="train the fusion model")
+    p.add_argument("--train", type=Path, default=Path("data/synth/train"), help="synth folder to train on")
+    p.add_argument("--val", type=Path, default=Path("data/synth/val"), help="synth folder for per-epoch validation")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history.json)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--backbone", type=Path, help="local file of pretrained encoder weights (visual_enc.*/audio_enc.*)")
+    _add_train_flags(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[data_flags], help="ABAW metric with/without voting, missing modalities")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data", type=Path, default=Path("data/synth/test"))
+    p.add_argument("--conditions", default="", help="comma-separated subset of the conditions")
+    p.add_argument("--json", type=Path, help="also write the full result as JSON here")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint to model_repo/expression_fusion/<version>/")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--repo", type=Path, default=DEFAULT_MODEL_REPO)
+    p.add_argument("--version", type=int)
+    p.add_argument("--metrics", type=Path, help="JSON file of metrics to record in metadata.json")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("label", help="label videos (files, folders, globs, s3://...) into Parquet")
+    p.add_argument("sources", nargs="*", help="videos to label; none = generate a few sample videos and label them")
+    p.add_argument("--out", type=Path, default=Path("emoframe_out"), help="output folder (Parquet)")
+    p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
+    p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")
+    p.add_argument("--faces", choices=("centred", "detect"), default="centred",
+                   help="centred: input is already face-centred (ABAW cropped videos); detect: raw footage, "
+                        "OpenCV face detector, largest face")
+    p.add_argument("--include", action="append", default=[], help="glob on paths under a folder (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
+    p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
+    p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_label)
+
+    p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
+    p.add_argument("sql")
+    p.add_argument("--out", type=Path, default=Path("emoframe_out"), help="output folder written by label")
+    p.set_defaults(fn=cmd_query)
+
+    for name, fn, helptext in (("build-model", cmd_build_model, "synth data, train, evaluate and export the deployed model"),
+                               ("ablate", cmd_ablate, "train the ablation variants and write the table")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--data", type=Path, default=Path("data/synth"))
+        p.add_argument("--runs", type=Path, default=Path("runs"))
+        if name == "build-model":
+            p.add_argument("--repo", type=Path, default=DEFAULT_MODEL_REPO)
+            p.add_argument("--version", type=int)
+        else:
+            p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "ablation.md")
+        _add_train_flags(p)
+        p.set_defaults(fn=fn)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The `label_archive` Prefect flow: list sources, fan out one Ray task per video, record the run.
+
+Triton is either the embedded server (started here, on 127.0.0.1, for the flow's lifetime) or a URL.
+Ray is either a local `ray.init()` or the cluster at `ray_address`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.futures import as_completed
+from prefect_ray import RayTaskRunner
+
+from flows.sources import list_sources
+from workers.contract import CLASSES, MODEL_NAME
+from workers.errors import ServiceUnavailableError
+from workers.schema import STATUS_FAILED, videos_path
+from workers.sink import resolve, video_row, videos_table, write_atomic
+from workers.triton_client import TritonClient
+from workers.video_task import LabelConfig, Source, VideoOutcome, label_video
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
+TASK_RETRIES = 3
+
+
+@task(retries=TASK_RETRIES, retry_delay_seconds=[2, 5, 10], persist_result=False,
+      task_run_name="label {source.uri}")
+def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
+    """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried."""
+    return label_video(source, cfg)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    out: str
+    model_version: str
+    outcomes: list[VideoOutcome] = field(default_factory=list)
+    skipped_not_video: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> int:
+        return sum(o.row["status"] == "labelled" for o in self.outcomes)
+
+    @property
+    def failed(self) -> int:
+        return sum(o.row["status"] == STATUS_FAILED for o in self.outcomes)
+
+    def format(self) -> str:
+        lines = [f"run {self.run_id}: {self.labelled} labelled, {self.failed} failed, "
+                 f"{len(self.skipped_not_video)} skipped (not a video), {len(self.missing)} not found"]
+        for o in sorted(self.outcomes, key=lambda o: o.row["source_uri"]):
+            r = o.row
+            name = r["source_uri"].rsplit("/", 1)[-1]
+            if r["status"] != "labelled":
+                lines.append(f"  FAILED {name}: {r['error_reason']}: {r['error_message']}")
+                continue
+            n = r["frame_count"]
+            shares = sorted(((c / n, CLASSES[i]) for i, c in enumerate(o.class_counts) if c), reverse=True)
+            share_txt = ", ".join(f"{cls} {s:.0%}" for s, cls in shares)
+            lines.append(f"  {name}: {n} frames, {r['duration_s']:.1f} s | {share_txt} | face missing "
+                         f"{o.face_missing} frames, audio missing {o.audio_missing} frames")
+        for m in self.missing:
+            lines.append(f"  NOT FOUND {m}")
+        lines.append(f"output: {self.out}/frames and {self.out}/videos (model_version={self.model_version})")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | None) -> Iterator[str]:
+    """The gRPC URL to use: the given one after a health check, or an embedded server's."""
+    if triton_url:
+        with TritonClient(triton_url) as c:
+            c.check_ready()
+        yield triton_url
+        return
+    from workers.triton_server import EmbeddedTriton
+
+    log = (log_dir / "tritonserver.log") if log_dir else None
+    with EmbeddedTriton(model_repo, log_path=log) as server:
+        print(f"embedded Triton ready at {server.grpc_url} (log: {server.log_path})")
+        yield server.grpc_url
+
+
+def _failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> VideoOutcome:
+    reason = "triton_unavailable" if isinstance(exc, ServiceUnavailableError) else "internal_error"
+    row = video_row(source.uri, status=STATUS_FAILED, model_name=cfg.model_name, run_id=cfg.run_id,
+                    started_at=datetime.now(timezone.utc), size_bytes=source.size_bytes, source_mtime=source.mtime,
+                    error_reason=reason,
+                    error_message=f"gave up after {TASK_RETRIES + 1} attempts: {type(exc).__name__}: {exc}")
+    fs, base = resolve(cfg.out)
+    write_atomic(videos_table([row]), fs, videos_path(base, cfg.model_version, source.uri))
+    return VideoOutcome(row)
+
+
+@flow(name="label_archive", log_prints=True)
+def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "centred",
+                  include: list[str] | None = None, exclude: list[str] | None = None,
+                  model_repo: str | None = None, chunk_frames: int = 256) -> dict:
+    """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict."""
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()))
+    print(f"{len(listing.sources)} videos to label, {len(listing.skipped_not_video)} files skipped (not a video)")
+    repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
+    out_fs, out_base = resolve(out)
+    log_dir = Path(out_base) if isinstance(out_fs, type(resolve(".")[0])) else None
+    with triton_endpoint(triton_url, repo, log_dir) as url:
+        with TritonClient(url) as client:
+            client.check_ready()
+            version = client.served_version()
+        cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
+                          chunk_frames=chunk_frames)
+        summary = RunSummary(run_id, out_base, version, skipped_not_video=listing.skipped_not_video,
+                             missing=listing.missing)
+        futures = {label_one.submit(s, cfg): s for s in listing.sources}
+        for i, fut in enumerate(as_completed(list(futures)), 1):
+            src = futures[fut]
+            result = fut.result(raise_on_failure=False)
+            outcome = result if isinstance(result, VideoOutcome) else _failed_outcome(src, cfg, result)
+            summary.outcomes.append(outcome)
+            print(f"[{i}/{len(futures)}] {outcome.row['status']}: {src.uri}")
+    print(summary.format())
+    return {"run_id": run_id, "out": out_base, "model_version": version, "labelled": summary.labelled,
+            "failed": summary.failed, "skipped_not_video": len(listing.skipped_not_video),
+            "missing": listing.missing, "text": summary.format()}
+
+
+def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
+    """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there."""
+    runner = RayTaskRunner(address=ray_address) if ray_address else RayTaskRunner()
+    return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)

@@ -1,0 +1,98 @@
+import cv2
+import numpy as np
+import pytest
+
+from workers.contract import PREPROCESSING as P
+from workers.preprocess import audio_features, blank_mask, crop_face, detect_faces
+
+SR = P.sample_rate
+
+
+def tone(seconds: float, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_audio_mask_follows_silence_and_sound_per_frame():
+    fps = 10.0
+    samples = np.concatenate([np.zeros(SR, np.float32), tone(1.0)])  # 1 s silence, then 1 s tone
+    mel, present = audio_features(samples, fps, 0, 20, P)
+    assert mel.shape == (20, P.mel_frames, P.n_mels) and mel.dtype == np.float32
+    # frame i's context is centred on (i + 0.5) / fps; 175 ms wide
+    assert not present[:9].any()
+    assert present[10:].all()
+
+
+def test_audio_features_are_aligned_to_the_frame_they_belong_to():
+    fps = 25.0
+    samples = np.zeros(2 * SR, np.float32)
+    burst_frame = 30  # a 40 ms burst exactly inside frame 30
+    s = int(burst_frame / fps * SR)
+    samples[s : s + int(SR / fps)] = tone(1 / fps, 1000.0, 0.5)
+    mel, present = audio_features(samples, fps, 0, 50, P)
+    energy = mel.mean(axis=(1, 2))
+    energy = energy - energy.min()
+    # The 175 ms context spans several 40 ms frames; their weight is centred on the burst's own frame.
+    centre = float((np.arange(50) * energy).sum() / energy.sum())
+    assert abs(centre - burst_frame) < 0.25
+    assert present[burst_frame] and not present[burst_frame - 4] and not present[burst_frame + 4]
+
+
+def test_chunked_features_equal_whole_video_features():
+    fps, n = 15.0, 40
+    rng = np.random.default_rng(0)
+    samples = (rng.standard_normal(3 * SR) * 0.1).astype(np.float32)
+    whole, wp = audio_features(samples, fps, 0, n, P)
+    parts = [audio_features(samples, fps, s, min(7, n - s), P) for s in range(0, n, 7)]
+    np.testing.assert_allclose(np.concatenate([m for m, _ in parts]), whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([q for _, q in parts]), wp)
+
+
+def test_no_audio_track_gives_all_missing_and_zero_features():
+    mel, present = audio_features(None, 25.0, 0, 8, P)
+    assert not present.any() and not mel.any()
+
+
+def test_audio_shorter_than_the_video_reads_as_missing_at_the_end():
+    mel, present = audio_features(tone(1.0), 10.0, 0, 20, P)
+    assert present[:9].all() and not present[11:].any()
+
+
+def test_blank_crops_are_missing_and_faces_are_present():
+    rng = np.random.default_rng(0)
+    blank = np.clip(60 + rng.normal(0, 2, (3, P.crop_size, P.crop_size, 3)), 0, 255).astype(np.uint8)
+    face = np.full((1, P.crop_size, P.crop_size, 3), 200, np.uint8)
+    cv2.circle(face[0], (20, 20), 10, (30, 30, 30), -1)
+    np.testing.assert_array_equal(blank_mask(np.concatenate([blank, face])), [False, False, False, True])
+
+
+def _rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def test_detector_finds_the_face_in_a_real_photograph(face_media):
+    img = _rgb(face_media / "single_face.jpg")
+    boxes = detect_faces(img)
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]
+    assert w > img.shape[1] * 0.1  # a real face, not a speck
+    crop = crop_face(img, boxes[0], P.crop_size)
+    assert crop.shape == (P.crop_size, P.crop_size, 3) and blank_mask(crop[None])[0]
+
+
+def test_detector_counts_several_faces_and_orders_largest_first(face_media):
+    boxes = detect_faces(_rgb(face_media / "multi_face.jpg"))
+    assert len(boxes) >= 2
+    areas = [w * h for _, _, w, h in boxes]
+    assert areas == sorted(areas, reverse=True)
+
+
+def test_detector_finds_nothing_in_a_frame_without_a_face(face_media):
+    import decord
+
+    vr = decord.VideoReader(str(face_media / "no_face.mp4"))
+    frames = vr.get_batch([0, len(vr) // 2]).asnumpy()
+    assert all(detect_faces(f) == [] for f in frames)
+    landscape = _rgb(face_media / "free-mountain-vector-01.jpg") if (face_media / "free-mountain-vector-01.jpg").exists() else None
+    if landscape is not None:
+        assert detect_faces(landscape) == []

@@ -1,0 +1,126 @@
+"""Training, evaluation and export on real (small, generated) MP4 files in the ABAW layout."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from training.abaw_format import write_annotation
+from training.datasets import discover, load_items, synth_split
+from training.evaluate import apply_condition, evaluate, hidden_stretches
+from training.export import MODEL_FILE, example_inputs, export, read_metadata
+from training.metrics import per_class_f1, summarize
+from training.model import ExportWrapper, ModelConfig
+from training.train import TrainConfig, load_checkpoint, train
+from workers.contract import CLASSES, PREPROCESSING, fingerprint
+
+
+@pytest.fixture(scope="module")
+def data(small_synth, tmp_path_factory):
+    return load_items(synth_split(small_synth), tmp_path_factory.mktemp("cache"))
+
+
+def test_macro_f1_matches_a_hand_computed_case():
+    y = np.array([0, 0, 1, 1, 2, -1, -1])
+    p = np.array([0, 1, 1, 1, 0, 5, 5])  # -1 frames are ignored whatever is predicted
+    m = summarize(y, p)
+    # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp2 fp1 fn0 -> 0.8; class 2: tp0 -> 0; classes 3-7 absent -> 0
+    np.testing.assert_allclose(m["per_class_f1"][:3], [0.5, 0.8, 0.0])
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8) / 8)
+    assert m["accuracy"] == pytest.approx(3 / 5) and m["frames"] == 5
+    assert per_class_f1(np.zeros((8, 8), int)).sum() == 0
+
+
+def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=8, batch_size=8, warmup_steps=2, lr=3e-3,
+                      model=ModelConfig(dim=32, self_layers=1))
+    train(cfg, data, data[:1], tmp_path / "run", progress=False)
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    assert len(hist) == 2 and hist[1]["loss"] < hist[0]["loss"]
+    assert (tmp_path / "run" / "best.pt").exists()
+    # resume with more epochs is refused as a different config; the same config resumes past the end (no-op)
+    again = train(cfg, data, data[:1], tmp_path / "run", resume=True, progress=False)
+    assert again["epoch"] in (0, 1)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), data, data[:1], tmp_path / "run", resume=True,
+              progress=False)
+
+
+def test_export_round_trip_equals_the_training_model(data, tmp_path):
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
+    train(cfg, data, data[:1], tmp_path / "run", progress=False)
+    model = load_checkpoint(tmp_path / "run" / "best.pt")
+    vdir = export(model, tmp_path / "repo", metrics={"macro_f1": 0.5}, data={"d": 1})
+    assert vdir.name == "1" and (vdir / "model.py").exists() and (vdir.parent / "config.pbtxt").exists()
+    scripted = torch.jit.load(str(vdir / MODEL_FILE))
+    for b in (1, 3, 16):
+        x = example_inputs(b, seed=b)
+        torch.testing.assert_close(scripted(*x), ExportWrapper(model)(*x), rtol=1e-5, atol=1e-6)
+    meta = read_metadata(vdir)
+    assert meta["classes"] == list(CLASSES) and meta["contract_fingerprint"] == fingerprint()
+    assert meta["contract"]["preprocessing"]["crop_size"] == PREPROCESSING.crop_size
+    assert meta["metrics"] == {"macro_f1": 0.5} and meta["commit"]
+    assert export(model, tmp_path / "repo").name == "2"  # never overwrites a version
+    with pytest.raises(FileExistsError):
+        export(model, tmp_path / "repo", version=1)
+
+
+def test_evaluate_reports_every_condition_with_and_without_voting(data, tmp_path):
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
+    train(cfg, data, [], tmp_path / "run", progress=False)
+    res = evaluate(load_checkpoint(tmp_path / "run" / "best.pt"), data[:2])
+    assert set(res) == {"full", "faces_hidden_50", "audio_hidden_50", "no_audio_track"}
+    n = sum(int((v.labels >= 0).sum()) for v in data[:2])
+    for by_vote in res.values():
+        for m in by_vote.values():
+            assert m["frames"] == n and 0 <= m["macro_f1"] <= 1 and len(m["per_class_f1"]) == 8
+            assert np.array(m["confusion"]).sum() == n
+
+
+def test_hidden_conditions_hide_about_half_in_stretches(data):
+    v = max(data, key=len)
+    hide = hidden_stretches(2000, 25.0, np.random.default_rng(0))
+    assert 0.4 < hide.mean() < 0.6
+    runs = np.diff(np.flatnonzero(np.diff(hide.astype(int)) != 0))
+    assert runs.min() >= 12  # at least 0.5 s at 25 fps
+    a = apply_condition(v, "faces_hidden_50", 0)
+    assert not (a["face_mask"] & ~v.face_mask).any() and a["face_mask"].sum() < v.face_mask.sum()
+    b = apply_condition(v, "no_audio_track", 0)
+    assert not b["audio_mask"].any() and not b["mel"].any()
+
+
+def test_abaw_layout_with_cropped_frames_and_two_person_videos(small_synth, tmp_path):
+    """A fixture laid out exactly like Aff-Wild2: annotations/, videos/, cropped_aligned/<id>/00001.jpg."""
+    src = synth_split(small_synth)[0]
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "vid").mkdir()
+    shutil.copy(src.video, tmp_path / "vid" / "clip.mp4")
+    labels = np.loadtxt(src.annotation, skiprows=1, dtype=int)
+    labels[:5] = -1
+    write_annotation(tmp_path / "ann" / "clip_left.txt", labels)  # two-person video: <video>_left
+    crop = tmp_path / "cropped" / "clip_left"
+    crop.mkdir(parents=True)
+    face = np.full((112, 112, 3), 180, np.uint8)
+    cv2.circle(face, (56, 56), 30, (20, 40, 60), -1)
+    for i in range(len(labels)):
+        if i % 4:  # every 4th image missing = face missing
+            cv2.imwrite(str(crop / f"{i + 1:05d}.jpg"), face)
+    items = discover(tmp_path / "ann", tmp_path / "vid", tmp_path / "cropped")
+    assert [i.video.name for i in items] == ["clip.mp4"]
+    (v,) = load_items(items, None)
+    assert len(v) == len(labels) and (v.labels[:5] == -1).all()
+    np.testing.assert_array_equal(v.face_mask, np.arange(len(labels)) % 4 != 0)
+    write_annotation(tmp_path / "ann" / "orphan.txt", [0, 1])
+    with pytest.raises(FileNotFoundError, match="orphan"):
+        discover(tmp_path / "ann", tmp_path / "vid")
+
+
+def test_annotation_frame_count_must_match_the_video(small_synth, tmp_path):
+    from training.features import load_video
+
+    item = synth_split(small_synth)[0]
+    with pytest.raises(ValueError, match="one label per frame"):
+        load_video(item.video, np.zeros(3, np.int64), None)

@@ -1,0 +1,78 @@
+"""Evaluation: the ABAW metric (macro F1 over 8 classes, -1 excluded), accuracy, per-class F1 and the
+confusion matrix, with soft voting on and off, under missing-modality conditions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.features import VideoArrays
+from training.metrics import summarize
+from training.model import FusionModel
+from training.train import infer_fn
+from workers.contract import CLASSES
+from workers.labeling import arrays_to_chunks, predict_video
+from workers.voting import label_flips
+
+CONDITIONS = ("full", "faces_hidden_50", "audio_hidden_50", "no_audio_track")
+
+
+def hidden_stretches(n: int, fps: float, rng: np.random.Generator) -> np.ndarray:
+    """True on about half of the frames, in alternating stretches of 0.5-2 s (occlusions, silences)."""
+    hide = np.zeros(n, bool)
+    pos, hidden = int(rng.integers(0, max(1, int(fps)))), bool(rng.integers(0, 2))
+    while pos < n:
+        length = int(rng.uniform(0.5, 2.0) * fps) + 1
+        hide[pos : pos + length] = hidden
+        pos, hidden = pos + length, not hidden
+    return hide
+
+
+def apply_condition(v: VideoArrays, condition: str, seed: int) -> dict[str, np.ndarray]:
+    """The video's inputs with a modality hidden as ``condition`` says. Hidden = mask False."""
+    arrays = {"face": v.face, "face_mask": v.face_mask.copy(), "mel": v.mel, "audio_mask": v.audio_mask.copy()}
+    rng = np.random.default_rng([seed, len(v)])
+    if condition == "faces_hidden_50":
+        arrays["face_mask"] &= ~hidden_stretches(len(v), v.fps, rng)
+    elif condition == "audio_hidden_50":
+        arrays["audio_mask"] &= ~hidden_stretches(len(v), v.fps, rng)
+    elif condition == "no_audio_track":
+        arrays["audio_mask"][:] = False
+        arrays["mel"] = np.zeros_like(v.mel)
+    elif condition != "full":
+        raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
+    return arrays
+
+
+def evaluate(model: FusionModel, videos: list[VideoArrays], conditions=CONDITIONS, seed: int = 0,
+             device: str = "cpu") -> dict:
+    """{condition: {"voting": metrics, "no_voting": metrics}}; metrics include label flips per minute."""
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    out: dict = {}
+    for cond in conditions:
+        out[cond] = {}
+        for voting in (True, False):
+            preds, labels, flips, minutes = [], [], 0, 0.0
+            for v in videos:
+                arrays = apply_condition(v, cond, seed)
+                pred = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_fn(model, dev), voting=voting,
+                                     p=model.cfg.preprocessing)
+                preds.append(pred.labels.astype(np.int64))
+                labels.append(v.labels)
+                flips += label_flips(pred.labels)
+                minutes += len(v) / v.fps / 60.0
+            m = summarize(np.concatenate(labels), np.concatenate(preds))
+            m["flips_per_minute"] = flips / minutes if minutes else 0.0
+            out[cond]["voting" if voting else "no_voting"] = m
+    return out
+
+
+def format_report(result: dict) -> str:
+    lines = ["condition          voting  macroF1  acc     flips/min  per-class F1 (" + " ".join(c[:3] for c in CLASSES) + ")"]
+    for cond, by_vote in result.items():
+        for key, m in by_vote.items():
+            pcf = " ".join(f"{x:.2f}" for x in m["per_class_f1"])
+            lines.append(f"{cond:<18} {'on' if key == 'voting' else 'off':<7} {m['macro_f1']:.4f}   "
+                         f"{m['accuracy']:.4f}  {m['flips_per_minute']:9.1f}  {pcf}")
+    return "\n".join(lines)

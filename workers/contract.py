@@ -1,0 +1,107 @@
+"""The model I/O contract: the one place that defines classes, tensors and preprocessing.
+
+Training, export, the Triton config, the client and the docs all read these values; nothing else
+repeats them. Changing a value here changes ``CONTRACT_VERSION``'s fingerprint, and a served model
+whose fingerprint differs is refused by the client (see ``workers.triton_client``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+# ABAW Expression annotation order; ids are positions in this tuple and are fixed.
+CLASSES: tuple[str, ...] = (
+    "Neutral",
+    "Anger",
+    "Disgust",
+    "Fear",
+    "Happiness",
+    "Sadness",
+    "Surprise",
+    "Other",
+)
+NUM_CLASSES = len(CLASSES)
+UNANNOTATED = -1  # ABAW label for a frame that is left out of every metric
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that turns a decoded video into model inputs. Frozen: one value per model."""
+
+    # Face crops are crop_size x crop_size RGB uint8. Not 48: decord 0.6.0 fails every resize to width 48
+    # ("DECORDArrayCopyFromTo: The size must exactly match"); 40 also keeps CPU training affordable.
+    crop_size: int = 40
+    sample_rate: int = 16000  # audio is resampled to this rate, mono
+    n_fft: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 40
+    mel_frames: int = 16  # log-mel frames per video frame: 400 + 15 * 160 samples = 175 ms centred on the frame
+    log_offset: float = 1e-6  # log(mel + offset)
+    silence_dbfs: float = -50.0  # a frame whose audio context is quieter than this has no audio
+    blank_std: float = 6.0  # a face crop whose grey-level std is below this is blank (face missing)
+    window: int = 32  # T: frames per model window
+    stride: int = 16  # S: hop between windows when labelling
+    vote_seconds: float = 0.6  # soft-voting window: probabilities are averaged over this span, centred
+
+    @property
+    def audio_context(self) -> int:
+        """Samples of audio that make one frame's ``mel_frames`` log-mel frames (no centre padding)."""
+        return self.n_fft + (self.mel_frames - 1) * self.hop_length
+
+    def vote_frames(self, fps: float) -> int:
+        """Soft-voting span in frames for a video at ``fps`` (odd, at least 1)."""
+        n = max(1, int(round(self.vote_seconds * fps)))
+        return n if n % 2 == 1 else n + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PREPROCESSING = Preprocessing()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton dtype name
+    shape: tuple[int, ...]  # without the batch dimension
+
+    @property
+    def numpy_dtype(self) -> str:
+        return {"UINT8": "uint8", "BOOL": "bool", "FP32": "float32"}[self.dtype]
+
+
+def input_specs(p: Preprocessing = PREPROCESSING) -> tuple[TensorSpec, ...]:
+    """Model inputs for one window of T frames. A frame whose mask is False is ignored by the model."""
+    return (
+        TensorSpec("face", "UINT8", (p.window, p.crop_size, p.crop_size, 3)),  # RGB, HWC
+        TensorSpec("face_mask", "BOOL", (p.window,)),
+        TensorSpec("mel", "FP32", (p.window, p.mel_frames, p.n_mels)),  # log-mel
+        TensorSpec("audio_mask", "BOOL", (p.window,)),
+    )
+
+
+def output_specs(p: Preprocessing = PREPROCESSING) -> tuple[TensorSpec, ...]:
+    return (TensorSpec("probs", "FP32", (p.window, NUM_CLASSES)),)  # softmax per frame
+
+
+MODEL_NAME = "expression_fusion"
+MAX_BATCH_SIZE = 16  # windows per Triton batch
+
+
+def contract_dict(p: Preprocessing = PREPROCESSING) -> dict:
+    return {
+        "classes": list(CLASSES),
+        "preprocessing": p.to_dict(),
+        "inputs": [dataclasses.asdict(s) for s in input_specs(p)],
+        "outputs": [dataclasses.asdict(s) for s in output_specs(p)],
+    }
+
+
+def fingerprint(p: Preprocessing = PREPROCESSING) -> str:
+    """Short hash of the whole contract; stored with every exported model and in config.pbtxt."""
+    blob = json.dumps(contract_dict(p), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,105 @@
+"""The Parquet output: schemas (defined once, versioned) and the layout of the output folder.
+
+    <out>/frames/model_version=<v>/<video_key>.parquet   one row per decoded frame of one video
+    <out>/videos/model_version=<v>/<video_key>.parquet   one row: that video's latest run (labelled or failed)
+
+``model_version`` is a Hive partition key (a path segment, not a column in the files): read with
+``read_parquet('<out>/frames/**/*.parquet', hive_partitioning=true)`` in DuckDB or ``pyarrow.dataset``
+with ``partitioning="hive"``. A rerun writes the same file names, so it replaces, never duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+
+from workers.contract import CLASSES
+
+SCHEMA_VERSION = 1
+SCHEMA_METADATA = {b"emoframe.schema_version": str(SCHEMA_VERSION).encode()}
+PARTITION_KEY = "model_version"
+
+
+def prob_column(name: str) -> str:
+    return "prob_" + name.lower()
+
+
+PROB_COLUMNS = tuple(prob_column(c) for c in CLASSES)
+
+FRAMES_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),
+        pa.field("timestamp_s", pa.float64(), nullable=False),  # frame_index / fps: the frame's start time
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("label_id", pa.int8(), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),  # the label's probability after voting
+        *[pa.field(c, pa.float32(), nullable=False) for c in PROB_COLUMNS],
+        pa.field("face_present", pa.bool_(), nullable=False),
+        pa.field("faces_detected", pa.int16(), nullable=False),  # faces found in the frame (detect mode)
+        pa.field("audio_present", pa.bool_(), nullable=False),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ],
+    metadata=SCHEMA_METADATA,
+)
+
+VIDEOS_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("source_mtime", pa.string()),  # ISO time or etag: what "unchanged since" is checked against
+        pa.field("duration_s", pa.float64()),
+        pa.field("fps", pa.float64()),
+        pa.field("frame_count", pa.int32()),
+        pa.field("has_audio", pa.bool_()),
+        pa.field("status", pa.string(), nullable=False),  # "labelled" or "failed"
+        pa.field("error_reason", pa.string()),  # short code, e.g. "not_a_video", "empty_file", "triton_unavailable"
+        pa.field("error_message", pa.string()),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("processing_s", pa.float64()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+        pa.field("schema_version", pa.int16(), nullable=False),
+    ],
+    metadata=SCHEMA_METADATA,
+)
+
+STATUS_LABELLED = "labelled"
+STATUS_FAILED = "failed"
+
+
+def video_id(source_uri: str) -> str:
+    """Stable id of a source: the same URI always gets the same id (and so the same output file)."""
+    return hashlib.sha1(source_uri.encode("utf-8")).hexdigest()[:16]
+
+
+def video_key(source_uri: str) -> str:
+    """Output file stem: a readable, filesystem-safe slug of the file name plus the id.
+
+    Only the last path segment is used and every character outside [A-Za-z0-9._-] is replaced, so no
+    input name (``..`` segments, slashes, unicode) can make output land outside the destination.
+    """
+    stem = PurePosixPath(source_uri.replace("\\", "/")).name.rsplit(".", 1)[0]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_.")[:60] or "video"
+    return f"{slug}-{video_id(source_uri)}"
+
+
+def partition(model_version: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", model_version):
+        raise ValueError(f"model version {model_version!r} is not a safe partition value")
+    return f"{PARTITION_KEY}={model_version}"
+
+
+def frames_path(base: str, model_version: str, source_uri: str) -> str:
+    return f"{base.rstrip('/')}/frames/{partition(model_version)}/{video_key(source_uri)}.parquet"
+
+
+def videos_path(base: str, model_version: str, source_uri: str) -> str:
+    return f"{base.rstrip('/')}/videos/{partition(model_version)}/{video_key(source_uri)}.parquet"

@@ -1,0 +1,54 @@
+"""Sliding-window soft voting.
+
+Two steps: (1) every frame's probabilities are the mean over the model windows that cover it
+(overlapping windows); (2) those are averaged over a centred span of ``vote_frames`` frames (clipped at
+the video's edges) and the label is the argmax. An isolated one-frame flip is outvoted; a segment
+longer than the span survives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workers.contract import NUM_CLASSES
+
+
+class WindowAccumulator:
+    """Sums per-window, per-frame probabilities into per-frame means. O(n_frames x classes) memory."""
+
+    def __init__(self, n_frames: int, n_classes: int = NUM_CLASSES):
+        self.sum = np.zeros((n_frames, n_classes), np.float64)
+        self.count = np.zeros(n_frames, np.int32)
+
+    def add(self, start: int, probs: np.ndarray, length: int) -> None:
+        """``probs``: [T, C] for a window at ``start`` of which the first ``length`` frames are real."""
+        self.sum[start : start + length] += probs[:length]
+        self.count[start : start + length] += 1
+
+    def mean(self) -> np.ndarray:
+        if (self.count == 0).any():
+            missing = np.flatnonzero(self.count == 0)
+            raise RuntimeError(f"{len(missing)} frames got no prediction (first: {missing[0]})")
+        return (self.sum / self.count[:, None]).astype(np.float32)
+
+
+def smooth(probs: np.ndarray, span: int) -> np.ndarray:
+    """Centred moving average of [n, C] probabilities over ``span`` frames, renormalised at the edges."""
+    if span <= 1 or len(probs) <= 1:
+        return probs.astype(np.float32)
+    half = span // 2
+    csum = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs, axis=0, dtype=np.float64)])
+    idx = np.arange(len(probs))
+    lo = np.clip(idx - half, 0, len(probs))
+    hi = np.clip(idx + half + 1, 0, len(probs))
+    return ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(np.float32)
+
+
+def decide(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label ids and confidences (the winning probability) per frame."""
+    labels = probs.argmax(axis=1)
+    return labels.astype(np.int16), probs[np.arange(len(probs)), labels].astype(np.float32)
+
+
+def label_flips(labels: np.ndarray) -> int:
+    return int(np.count_nonzero(np.diff(labels) != 0)) if len(labels) > 1 else 0
