@@ -13,7 +13,7 @@ def connect(out: str) -> duckdb.DuckDBPyConnection:
         con.execute("INSTALL httpfs; LOAD httpfs;")
     for table in ("frames", "videos"):
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{base}/{table}/*/*.parquet', "
-                    "hive_partitioning = true, union_by_name = true)")
+                    "hive_partitioning = true, hive_types_autocast = false, union_by_name = true)")
     return con
 
 

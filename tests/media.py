@@ -1,0 +1,55 @@
+"""Writing small real video files with PyAV for tests (any codec/container PyAV's FFmpeg can encode)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+
+def face_frame(i: int, size: int = 96, blank: bool = False) -> np.ndarray:
+    """A drawn face (content well above the blank threshold), or a uniform frame when ``blank``."""
+    img = np.full((size, size, 3), 90 if blank else 40, np.uint8)
+    if not blank:
+        c = size // 2
+        cv2.ellipse(img, (c, c), (size // 3, size * 2 // 5), 0, 0, 360, (220, 190, 160), -1)
+        cv2.circle(img, (c - size // 8, c - size // 10), size // 20 + 1, (20, 20, 20), -1)
+        cv2.circle(img, (c + size // 8, c - size // 10), size // 20 + 1, (20, 20, 20), -1)
+        cv2.ellipse(img, (c, c + size // 6), (size // 7, size // 14 + (i % 3)), 0, 0, 180, (90, 20, 20), 2)
+    return img
+
+
+def write_video(path: Path, n_frames: int, fps: int = 15, size: tuple[int, int] = (96, 96), *,
+                audio_seconds: float | None = None, blank: range | None = None, codec: str = "libx264",
+                audio_codec: str = "aac", sample_rate: int = 16000, silent: tuple[float, float] | None = None,
+                pix_fmt: str = "yuv420p") -> Path:
+    """Write ``n_frames`` face frames (blank in ``blank``) and, unless audio_seconds is None, a tone track
+    (silent between the two times in ``silent``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        as_ = out.add_stream(audio_codec, rate=sample_rate, layout="mono") if audio_seconds is not None else None
+        for i in range(n_frames):
+            img = cv2.resize(face_frame(i, 96, blank is not None and i in blank), (w, h))
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        if as_ is not None:
+            t = np.arange(int(audio_seconds * sample_rate)) / sample_rate
+            tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+            if silent:
+                tone[int(silent[0] * sample_rate):int(silent[1] * sample_rate)] = 0
+            step = as_.codec_context.frame_size or 1024
+            for s in range(0, len(tone), step):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[None, s:s + step]), format="fltp",
+                                                layout="mono")
+                af.sample_rate, af.pts, af.time_base = sample_rate, s, Fraction(1, sample_rate)
+                out.mux(as_.encode(af))
+            out.mux(as_.encode(None))
+    return path

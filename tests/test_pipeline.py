@@ -1,0 +1,181 @@
+"""The labelling pipeline end to end with the real parts: the tritonserver binary over model_repo/, a
+local Ray, the Prefect flow, real MP4 files; output read back with DuckDB."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import decord
+from flows.label_archive import DEFAULT_MODEL_REPO, run_label_archive
+from flows.query import connect
+from tests.media import write_video
+from training.synth import load_manifest, make_video
+from workers.contract import CLASSES
+from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA
+
+pytestmark = pytest.mark.integration
+
+FPS = 15
+BLANK = range(20, 35)  # face-absent stretch in the hand-made clip
+SILENT_S = (1.0, 2.0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    src = root / "in"
+    (src / "synth").mkdir(parents=True)
+    synth = root / "synth_set"
+    (synth / "videos").mkdir(parents=True)
+    (synth / "annotations").mkdir()
+    recs = [make_video(synth, 21, i, min_seconds=4, max_seconds=6, no_audio_fraction=0.0) for i in range(2)]
+    recs.append(make_video(synth, 21, 2, min_seconds=3, max_seconds=4, no_audio_fraction=1.0))  # no audio track
+    for r in recs:
+        shutil.copy(synth / "videos" / f"{r.id}.mp4", src / "synth" / f"{r.id}.mp4")
+    write_video(src / "face gap.mp4", 60, FPS, audio_seconds=4.0, blank=BLANK, silent=SILENT_S)
+    write_video(src / "no_audio.mp4", 45, FPS)
+    write_video(src / "one_frame.mp4", 1, FPS, audio_seconds=0.1)
+    (src / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    (src / "notes.txt").write_text("not a video")
+    return src, {r.id: r for r in recs}
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    src, _ = corpus
+    out = tmp_path_factory.mktemp("out")
+    result = run_label_archive([str(src)], str(out))
+    return out, result
+
+
+def frames_of(out, name: str):
+    con = connect(str(out))
+    return con.sql(f"SELECT * FROM frames WHERE source_uri LIKE '%/{name}' ORDER BY frame_index").fetchnumpy()
+
+
+def decoded_len(path) -> int:
+    return len(decord.VideoReader(str(path)))
+
+
+def test_run_summary_counts(run):
+    _, result = run
+    assert result["labelled"] == 6 and result["failed"] == 1 and result["skipped_not_video"] == 1
+    assert "broken.mp4" in result["text"] and "not_a_video" in result["text"]
+
+
+def test_one_row_per_decoded_frame_for_every_video(run, corpus):
+    out, _ = run
+    src, _ = corpus
+    con = connect(str(out))
+    rows = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
+    videos = sorted(p for p in src.rglob("*.mp4") if p.name != "broken.mp4")
+    assert sorted(rows) == sorted(str(p) for p in videos)
+    for p in videos:
+        assert rows[str(p)] == decoded_len(p), p.name
+        idx = frames_of(out, p.name)["frame_index"]
+        np.testing.assert_array_equal(idx, np.arange(decoded_len(p)))
+    assert rows[str(src / "one_frame.mp4")] == 1
+
+
+def test_masks_follow_the_input(run, corpus):
+    out, _ = run
+    _, recs = corpus
+    gap = frames_of(out, "face gap.mp4")
+    np.testing.assert_array_equal(~gap["face_present"], np.isin(np.arange(60), BLANK))
+    audio = gap["audio_present"]
+    t = (np.arange(60) + 0.5) / FPS
+    margin = 0.1  # half the 175 ms audio context
+    assert not audio[(t > SILENT_S[0] + margin) & (t < SILENT_S[1] - margin)].any()
+    assert audio[(t < SILENT_S[0] - margin) | ((t > SILENT_S[1] + margin) & (t < 4.0 - margin))].all()
+    assert not frames_of(out, "no_audio.mp4")["audio_present"].any()
+    for r in recs.values():
+        f = frames_of(out, f"{r.id}.mp4")
+        for a, b in r.face_absent:
+            assert not f["face_present"][a + 1:b - 1].any()
+        if not r.has_audio:
+            assert not f["audio_present"].any()
+        else:
+            assert f["audio_present"].mean() > 0.6
+
+
+def test_labels_and_probabilities_come_from_the_model(run):
+    out, _ = run
+    con = connect(str(out))
+    probs = np.stack([con.sql(f"SELECT {c} FROM frames ORDER BY source_uri, frame_index").fetchnumpy()[c]
+                      for c in PROB_COLUMNS], 1)
+    df = con.sql("SELECT label, label_id, confidence, model_name, model_version, run_id FROM frames "
+                 "ORDER BY source_uri, frame_index").fetchnumpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(df["label_id"], probs.argmax(1))
+    np.testing.assert_allclose(df["confidence"], probs.max(1), atol=1e-6)
+    assert all(CLASSES[i] == name for i, name in zip(df["label_id"], df["label"]))
+    assert len(set(df["label"])) > 1  # a real model, not a constant
+    assert set(df["model_name"]) == {"expression_fusion"} and len(set(df["run_id"])) == 1
+    versions = sorted(p.name for p in (DEFAULT_MODEL_REPO / "expression_fusion").iterdir() if p.name.isdigit())
+    assert set(df["model_version"]) == {versions[-1]}
+
+
+def test_videos_table_is_complete(run, corpus):
+    out, result = run
+    src, _ = corpus
+    con = connect(str(out))
+    rows = con.sql("SELECT * FROM videos ORDER BY source_uri").fetchnumpy()
+    assert len(rows["source_uri"]) == 7
+    for i, uri in enumerate(rows["source_uri"]):
+        if uri.endswith("broken.mp4"):
+            assert rows["status"][i] == "failed" and rows["error_reason"][i] == "not_a_video"
+            assert "no decodable video stream" in rows["error_message"][i]
+        else:
+            assert rows["status"][i] == "labelled" and rows["frame_count"][i] == decoded_len(uri)
+            assert rows["fps"][i] > 0 and rows["duration_s"][i] > 0 and rows["processing_s"][i] > 0
+        assert rows["run_id"][i] == result["run_id"] and rows["size_bytes"][i] > 0
+    assert rows["has_audio"][list(rows["source_uri"]).index(str(src / "no_audio.mp4"))] == False  # noqa: E712
+
+
+def test_parquet_files_carry_the_schema_and_version(run):
+    out, _ = run
+    for table, schema in (("frames", FRAMES_SCHEMA), ("videos", VIDEOS_SCHEMA)):
+        files = list((out / table).rglob("*.parquet"))
+        assert files and all(f.parent.name.startswith("model_version=") for f in files)
+        s = pq.read_schema(files[0])
+        assert s.remove_metadata().equals(schema.remove_metadata())
+        assert s.metadata[b"emoframe.schema_version"] == str(SCHEMA_VERSION).encode()
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no temporary files left
+
+
+def test_rerun_replaces_instead_of_duplicating(run, corpus):
+    out, first = run
+    src, _ = corpus
+    before = sorted(p.name for p in (out / "frames").rglob("*.parquet"))
+    n_before = connect(str(out)).sql("SELECT count(*) FROM frames").fetchall()[0][0]
+    second = run_label_archive([str(src / "face gap.mp4")], str(out))
+    assert sorted(p.name for p in (out / "frames").rglob("*.parquet")) == before
+    con = connect(str(out))
+    assert con.sql("SELECT count(*) FROM frames").fetchall()[0][0] == n_before
+    runs = dict(con.sql("SELECT source_uri, run_id FROM videos").fetchall())
+    assert runs[str(src / "face gap.mp4")] == second["run_id"] != first["run_id"]
+
+
+def test_query_command_runs_sql_over_the_output(run):
+    out, _ = run
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "query",
+                          "SELECT count(DISTINCT video_id) AS n FROM frames", "--out", str(out)],
+                         capture_output=True, text=True, check=True)
+    assert "6" in res.stdout
+    direct = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/frames/**/*.parquet', hive_partitioning=true)")
+    assert direct.fetchall()[0][0] > 0
+
+
+def test_unreachable_triton_url_is_a_clear_error(corpus, tmp_path):
+    from workers.errors import ServiceUnavailableError
+
+    src, _ = corpus
+    with pytest.raises(ServiceUnavailableError, match="--triton-url"):
+        run_label_archive([str(src / "no_audio.mp4")], str(tmp_path), triton_url="127.0.0.1:9")
