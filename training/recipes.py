@@ -7,7 +7,9 @@ ablation's "full" row is the deployed model's run (same config, same seed) and i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,15 @@ class DataRecipe:
 
     def describe(self) -> dict:
         return {"dataset": "emoframe synthetic audio-visual expressions (training/synth.py)",
+                "generator_sha256_16": _generator_hash(),
                 **{k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}}
+
+
+def _generator_hash() -> str:
+    """Hash of the generator's source: data made by an older generator is regenerated, never reused."""
+    import training.synth
+
+    return hashlib.sha256(Path(training.synth.__file__).read_bytes()).hexdigest()[:16]
 
 
 def ensure_synth(recipe: DataRecipe) -> dict[str, Path]:
@@ -44,9 +54,14 @@ def ensure_synth(recipe: DataRecipe) -> dict[str, Path]:
     for name, n, seed in zip(("train", "val", "test"), (recipe.train_videos, recipe.val_videos, recipe.test_videos),
                              recipe.seeds):
         root = recipe.root / name
-        manifest = root / "manifest.json"
-        if not manifest.exists() or len(json.loads(manifest.read_text())) != n:
+        stamp = {"videos": n, "seed": seed, "min_seconds": recipe.min_seconds, "max_seconds": recipe.max_seconds,
+                 "generator": _generator_hash()}
+        stamp_file = root / "recipe.json"
+        if not stamp_file.exists() or json.loads(stamp_file.read_text()) != stamp:
+            if root.exists():
+                shutil.rmtree(root)
             generate(root, n, seed, min_seconds=recipe.min_seconds, max_seconds=recipe.max_seconds, progress=True)
+            stamp_file.write_text(json.dumps(stamp, indent=1))
         splits[name] = root
     return splits
 

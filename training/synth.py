@@ -119,12 +119,16 @@ def sample_segments(rng: np.random.Generator, n_frames: int, fps: float) -> list
     return segments
 
 
-def sample_labels(rng: np.random.Generator, n_frames: int, fps: float) -> np.ndarray:
-    """Per-frame class ids (int64) from ``sample_segments``."""
+def _labels(segments: list[tuple[int, int, int]], n_frames: int) -> np.ndarray:
     labels = np.empty(n_frames, np.int64)
-    for cls, start, stop in sample_segments(rng, n_frames, fps):
+    for cls, start, stop in segments:
         labels[start:stop] = cls
     return labels
+
+
+def sample_labels(rng: np.random.Generator, n_frames: int, fps: float) -> np.ndarray:
+    """Per-frame class ids (int64) from ``sample_segments``."""
+    return _labels(sample_segments(rng, n_frames, fps), n_frames)
 
 
 def _stretches(rng: np.random.Generator, n_frames: int, fps: float, fraction: float,
@@ -163,8 +167,9 @@ def _identity(rng: np.random.Generator) -> dict:
     # Keep the background away from the skin tone so the face stands out (face frames must have high contrast).
     while any(abs(c.mean() - skin.mean()) < 50 for c in bg):
         bg = [rng.uniform(0, 255, 3) for _ in range(2)]
+    hair = rng.uniform(0.1, 0.6) * np.array([110, 80, 60]) * rng.uniform(0.8, 1.2, 3)  # black to brown
     return dict(
-        skin=skin.round().tolist(), hair=(rng.uniform(0.1, 0.6) * np.array([110, 80, 60]) * rng.uniform(0.8, 1.2, 3)).round().tolist(),
+        skin=skin.round().tolist(), hair=hair.round().tolist(),
         background=[c.round().tolist() for c in bg], gradient_angle=float(rng.uniform(0, 2 * np.pi)),
         face_width=float(rng.uniform(0.70, 0.82)), face_height=float(rng.uniform(0.86, 0.96)),
         eye_spacing=float(rng.uniform(0.32, 0.42)), thickness=int(rng.integers(1, 3)),
@@ -198,8 +203,10 @@ def _draw_face(img: np.ndarray, p: dict, cx: float, cy: float, a: float, b: floa
     aa = dict(lineType=cv2.LINE_AA, shift=4)
     skin, hair = tuple(ident["skin"]), tuple(ident["hair"])
     dark = tuple(0.35 * np.array(ident["skin"]))
-    ell = lambda c, ax, col, t: cv2.ellipse(img, tuple(_pts(np.array(c))), tuple(_pts(np.array(ax))), 0, 0, 360,
-                                            col, t, **aa)
+
+    def ell(centre: tuple, axes: tuple, colour: tuple, thickness: int) -> None:
+        cv2.ellipse(img, tuple(_pts(np.array(centre))), tuple(_pts(np.array(axes))), 0, 0, 360, colour, thickness, **aa)
+
     ell((cx, cy - 0.25 * b), (1.06 * a, 0.85 * b), hair, -1)
     ell((cx, cy), (a, b), skin, -1)
     eye_y, ew = cy - 0.18 * b, 0.16 * a
@@ -229,7 +236,8 @@ def _draw_face(img: np.ndarray, p: dict, cx: float, cy: float, a: float, b: floa
     h = p["mouth_open"] * b * np.sqrt(1 - t ** 2)
     lips = (150, 60, 60) if skin[0] > 150 else (90, 35, 35)
     if p["mouth_open"] * b > 1.5:
-        outline = np.concatenate([np.stack([mx + w * t, yc - 0.4 * h], 1), np.stack([mx + w * t, yc + 0.6 * h], 1)[::-1]])
+        xs = mx + w * t
+        outline = np.concatenate([np.stack([xs, yc - 0.4 * h], 1), np.stack([xs, yc + 0.6 * h], 1)[::-1]])
         cv2.fillPoly(img, [_pts(outline)], (40, 10, 15), **aa)
         cv2.polylines(img, [_pts(outline)], True, lips, th, **aa)
     else:
@@ -249,9 +257,7 @@ def _render_frames(rng: np.random.Generator, ident: dict, segments: list, n: int
     ramp = ((ramp - ramp.min()) / np.ptp(ramp))[..., None]
     c0, c1 = (np.array(c, np.float32) for c in ident["background"])
     background = ((1 - ramp) * c0 + ramp * c1).astype(np.uint8)
-    absent, covered = np.zeros(n, bool), {}
-    for start, stop in face_absent:
-        absent[start:stop] = True
+    covered = {}
     blank_level = {i: level for (s, e), level in zip(face_absent, rng.uniform(10, 140, len(face_absent)))
                    for i in range(s, e)}
     for start, stop in occluded:  # a bar or a blob over up to a third of the face, fixed for the stretch
@@ -261,7 +267,7 @@ def _render_frames(rng: np.random.Generator, ident: dict, segments: list, n: int
         covered.update({i: (blob, shape) for i in range(start, stop)})
     for i in range(n):
         noise = rng.standard_normal((size, size, 3), dtype=np.float32) * ident["noise_sigma"]
-        if absent[i]:
+        if i in blank_level:
             yield np.clip(blank_level[i] + noise, 0, 255).astype(np.uint8)
             continue
         img = background.copy()
@@ -363,7 +369,7 @@ def make_video(out_dir: Path, seed: int, index: int, *, min_seconds: float = 20.
     fps = int(rng.choice(FPS_CHOICES))
     n_frames = max(1, round(rng.uniform(min_seconds, max_seconds) * fps))
     has_audio = bool(rng.uniform() >= no_audio_fraction)
-    sr, channels = int(rng.choice(SAMPLE_RATES)), int(rng.integers(1, 3))
+    sr, channels = int(rng.choice(SAMPLE_RATES)), int(rng.integers(1, 3))  # drawn even without audio: stable stream
     ident = _identity(rng)
     face_absent = _stretches(rng, n_frames, fps, rng.uniform(0.10, 0.20))
     occluded = _stretches(rng, n_frames, fps, rng.uniform(0.0, 0.10), avoid=face_absent)
@@ -374,10 +380,7 @@ def make_video(out_dir: Path, seed: int, index: int, *, min_seconds: float = 20.
              if has_audio else None)
     frames = _render_frames(face_rng, ident, segments, n_frames, fps, size, face_absent, occluded)
     _encode(out_dir / "videos" / f"{vid}.mp4", frames, fps, size, ident["crf"], audio, sr)
-    labels = np.empty(n_frames, np.int64)
-    for cls, start, stop in segments:
-        labels[start:stop] = cls
-    write_annotation(out_dir / "annotations" / f"{vid}.txt", labels)
+    write_annotation(out_dir / "annotations" / f"{vid}.txt", _labels(segments, n_frames))
     return SynthVideo(id=vid, index=index, seed=seed, fps=fps, n_frames=n_frames, has_audio=has_audio,
                       sample_rate=sr if has_audio else None, channels=channels if has_audio else None,
                       face_absent=face_absent, silent=silent, occluded=occluded, identity=ident)
@@ -394,6 +397,10 @@ def generate(out_dir: Path, n_videos: int, seed: int, *, min_seconds: float = 20
     videos = [make_video(out_dir, seed, i, min_seconds=min_seconds, max_seconds=max_seconds, size=size,
                          no_audio_fraction=no_audio_fraction)
               for i in tqdm(range(n_videos), desc="synth videos", disable=not progress)]
+    keep = {v.id for v in videos}
+    for stale in [*(out_dir / "videos").glob("synth_*.mp4"), *(out_dir / "annotations").glob("synth_*.txt")]:
+        if stale.stem not in keep:
+            stale.unlink()  # left by an earlier, larger or other-seed run: readers list these folders
     (out_dir / "manifest.json").write_text(json.dumps([dataclasses.asdict(v) for v in videos], indent=1))
     return videos
 
