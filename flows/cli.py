@@ -86,6 +86,21 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune_voting(a: argparse.Namespace) -> int:
+    from training.datasets import load_items
+    from training.evaluate import sweep_voting
+    from training.train import load_checkpoint
+
+    videos = load_items(_dataset(a.data, a.annotations, a.videos, a.cropped), a.cache, "features")
+    rows = sweep_voting(load_checkpoint(a.checkpoint), videos, [float(x) for x in a.vote_seconds.split(",")],
+                        [int(x) for x in a.strides.split(",")])
+    print("| stride S | vote span (s) | macro F1 | accuracy | flips/min |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stride']} | {r['vote_seconds']:g} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
+              f"{r['flips_per_minute']:.1f} |")
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from training.export import export
     from training.train import load_checkpoint
@@ -167,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", default="", help="comma-separated subset of the conditions")
     p.add_argument("--json", type=Path, help="also write the full result as JSON here")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("tune-voting", parents=[data_flags], help="validation sweep of the soft-voting span and stride")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data", type=Path, default=Path("data/synth/val"))
+    p.add_argument("--vote-seconds", default="0,0.2,0.4,0.6,1,1.5,2,3")
+    p.add_argument("--strides", default="8,16,32")
+    p.set_defaults(fn=cmd_tune_voting)
 
     p = sub.add_parser("export", help="export a checkpoint to model_repo/expression_fusion/<version>/")
     p.add_argument("checkpoint", type=Path)

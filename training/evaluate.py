@@ -76,3 +76,29 @@ def format_report(result: dict) -> str:
             lines.append(f"{cond:<18} {'on' if key == 'voting' else 'off':<7} {m['macro_f1']:.4f}   "
                          f"{m['accuracy']:.4f}  {m['flips_per_minute']:9.1f}  {pcf}")
     return "\n".join(lines)
+
+
+def sweep_voting(model: FusionModel, videos: list[VideoArrays], vote_seconds: list[float],
+                 strides: list[int] | None = None, device: str = "cpu") -> list[dict]:
+    """Validation macro F1 and flips/min for each soft-voting span (and window stride): picks the defaults."""
+    import dataclasses
+
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    base = model.cfg.preprocessing
+    rows = []
+    for stride in strides or [base.stride]:
+        for vs in vote_seconds:
+            p = dataclasses.replace(base, vote_seconds=vs, stride=stride)
+            preds, labels, flips, minutes = [], [], 0, 0.0
+            for v in videos:
+                arrays = apply_condition(v, "full", 0)
+                pred = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_fn(model, dev), voting=True, p=p)
+                preds.append(pred.labels.astype(np.int64))
+                labels.append(v.labels)
+                flips += label_flips(pred.labels)
+                minutes += len(v) / v.fps / 60.0
+            m = summarize(np.concatenate(labels), np.concatenate(preds))
+            rows.append({"stride": stride, "vote_seconds": vs, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
+                         "flips_per_minute": flips / minutes})
+    return rows

@@ -59,7 +59,8 @@ def to_torchscript(model: FusionModel) -> torch.jit.ScriptModule:
 
 
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    # A version folder counts once it holds a model (version 1 also holds the backend source, model.py).
+    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / MODEL_FILE).exists()]
     return max(versions, default=0) + 1
 
 

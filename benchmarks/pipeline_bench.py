@@ -1,0 +1,175 @@
+"""Pipeline benchmark: prints figures and ratios against baselines measured in the same run.
+
+    .venv/bin/python benchmarks/pipeline_bench.py [--minutes 1] [--long-minutes 10] [--skip-long]
+
+On one generated 720p video with audio: raw decord decode fps at the crop size; decode + preprocessing
+fps (ratio to raw); model throughput in-process vs through the embedded Triton at the same batch
+(ratio); end-to-end frames per second of one video task and its realtime factor; peak RSS of the video
+task on a 1-minute and a 10-minute video (each in a fresh process, ratio long/short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402  -- before decord
+
+from workers.contract import MAX_BATCH_SIZE, PREPROCESSING  # noqa: E402
+
+FPS = 25
+SR = 48000
+SIZE = (1280, 720)
+
+
+def make_video(path: Path, seconds: float) -> Path:
+    """720p H.264 + AAC: a face that moves and changes, over a textured background; a voiced tone."""
+    import av
+    import cv2
+
+    if path.exists():
+        return path
+    n = int(seconds * FPS)
+    rng = np.random.default_rng(0)
+    bg = cv2.resize(rng.integers(40, 120, (90, 160, 3), dtype=np.uint8), SIZE, interpolation=cv2.INTER_CUBIC)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "28"}
+        as_ = out.add_stream("aac", rate=SR, layout="stereo")
+        apos, t_audio = 0, 0
+        for i in range(n):
+            img = bg.copy()
+            cx, cy = 640 + int(200 * np.sin(i / 50)), 360 + int(60 * np.cos(i / 70))
+            cv2.ellipse(img, (cx, cy), (150, 190), 0, 0, 360, (210, 180, 150), -1)
+            for dx in (-55, 55):
+                cv2.circle(img, (cx + dx, cy - 40), 14, (30, 30, 30), -1)
+            cv2.ellipse(img, (cx, cy + 70), (60, 10 + (i // 10) % 30), 0, 0, 180, (120, 30, 30), 6)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, FPS)
+            out.mux(vs.encode(frame))
+            while apos < round((i + 1) / FPS * SR):
+                t = (apos + np.arange(1024)) / SR
+                tone = (0.2 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 2 * t) > -0.3)).astype(np.float32)
+                af = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+                af.sample_rate, af.pts, af.time_base = SR, apos, Fraction(1, SR)
+                out.mux(as_.encode(af))
+                apos += 1024
+        out.mux(vs.encode(None))
+        out.mux(as_.encode(None))
+    return path
+
+
+def bench_decode(path: Path) -> dict:
+    from workers.decode import DecordDecoder
+    from workers.preprocess import iter_video_inputs
+
+    dec = DecordDecoder()
+    info = dec.probe(str(path))
+    c = PREPROCESSING.crop_size
+    t = time.perf_counter()
+    n = sum(len(f) for f in dec.iter_frames(str(path), c, c, 256))
+    raw = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    m = sum(len(ch) for ch in iter_video_inputs(str(path), info))
+    pre = m / (time.perf_counter() - t)
+    return {"frames": n, "raw_decode_fps": raw, "decode_preprocess_fps": pre, "preprocess_ratio": pre / raw}
+
+
+def batches(n_batches: int, batch: int) -> list[dict]:
+    from training.export import example_inputs
+
+    out = []
+    for i in range(n_batches):
+        x = example_inputs(batch, seed=i)
+        out.append({s: t.numpy() for s, t in zip(("face", "face_mask", "mel", "audio_mask"), x)})
+    return out
+
+
+def bench_model(model_dir: Path, triton_url: str, n_batches: int = 30) -> dict:
+    from workers.triton_client import TritonClient
+
+    scripted = torch.jit.load(str(model_dir / "model.pt"))
+    data = batches(n_batches, MAX_BATCH_SIZE)
+    frames = n_batches * MAX_BATCH_SIZE * PREPROCESSING.window
+    with torch.inference_mode():
+        scripted(*[torch.from_numpy(v) for v in data[0].values()])  # warm-up
+        t = time.perf_counter()
+        for b in data:
+            scripted(*[torch.from_numpy(v) for v in b.values()])
+        inproc = frames / (time.perf_counter() - t)
+    with TritonClient(triton_url, max_in_flight=4) as client:
+        list(client.infer_many(data[:2]))  # warm-up
+        t = time.perf_counter()
+        for _ in client.infer_many(data):
+            pass
+        triton = frames / (time.perf_counter() - t)
+    return {"batch_windows": MAX_BATCH_SIZE, "inprocess_frames_per_s": inproc, "triton_frames_per_s": triton,
+            "triton_ratio": triton / inproc}
+
+
+def run_task(path: Path, triton_url: str, out: Path) -> dict:
+    """One video task in a fresh process; returns its wall time and peak RSS (VmHWM)."""
+    code = f"""
+import json, time, resource
+import torch
+from workers.video_task import LabelConfig, Source, label_video
+t = time.perf_counter()
+o = label_video(Source({str(path)!r}), LabelConfig(out={str(out)!r}, run_id='bench', triton_url={triton_url!r}, model_version='bench'))
+wall = time.perf_counter() - t
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
+print(json.dumps({{"wall_s": wall, "frames": o.row["frame_count"], "status": o.row["status"], "peak_rss_mb": int(hwm) / 1024}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=1.0)
+    ap.add_argument("--long-minutes", type=float, default=10.0)
+    ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "emoframe-bench")
+    a = ap.parse_args()
+    from flows.label_archive import DEFAULT_MODEL_REPO
+    from workers.triton_server import EmbeddedTriton
+
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    short = make_video(a.workdir / f"bench_{a.minutes:g}min.mp4", a.minutes * 60)
+    model_dir = max((p for p in (DEFAULT_MODEL_REPO / "expression_fusion").iterdir() if p.name.isdigit()),
+                    key=lambda p: int(p.name))
+    print(f"video: {short.name} {SIZE[0]}x{SIZE[1]} @ {FPS} fps, {a.minutes:g} min, AAC {SR} Hz stereo; "
+          f"crop {PREPROCESSING.crop_size}px; torch threads {torch.get_num_threads()}")
+    d = bench_decode(short)
+    print(f"raw decord decode at {PREPROCESSING.crop_size}x{PREPROCESSING.crop_size}: {d['raw_decode_fps']:.0f} fps")
+    print(f"decode + preprocessing (crops, masks, log-mel): {d['decode_preprocess_fps']:.0f} fps "
+          f"(ratio {d['preprocess_ratio']:.2f}, target >= 0.8)")
+    with EmbeddedTriton(DEFAULT_MODEL_REPO) as server:
+        m = bench_model(model_dir, server.grpc_url)
+        print(f"model, batch {m['batch_windows']} windows: in-process {m['inprocess_frames_per_s']:.0f} frames/s, "
+              f"Triton {m['triton_frames_per_s']:.0f} frames/s (ratio {m['triton_ratio']:.2f}, target >= 0.7)")
+        e = run_task(short, server.grpc_url, a.workdir / "out")
+        print(f"end to end (one video task: decode, preprocess, Triton, voting, Parquet): "
+              f"{e['frames'] / e['wall_s']:.0f} frames/s, realtime factor {e['frames'] / FPS / e['wall_s']:.1f}x, "
+              f"peak RSS {e['peak_rss_mb']:.0f} MB ({a.minutes:g} min video)")
+        if not a.skip_long:
+            long = make_video(a.workdir / f"bench_{a.long_minutes:g}min.mp4", a.long_minutes * 60)
+            e2 = run_task(long, server.grpc_url, a.workdir / "out")
+            print(f"peak RSS {e2['peak_rss_mb']:.0f} MB ({a.long_minutes:g} min video) vs {e['peak_rss_mb']:.0f} MB "
+                  f"({a.minutes:g} min): ratio {e2['peak_rss_mb'] / e['peak_rss_mb']:.2f} (target <= 1.2); "
+                  f"{e2['frames'] / e2['wall_s']:.0f} frames/s")
+
+
+if __name__ == "__main__":
+    main()
