@@ -138,7 +138,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, progress=True)
         sources = [str(sample / "videos")]
     result = run_label_archive(sources, str(a.out), ray_address=a.ray_address, triton_url=a.triton_url,
-                               face_mode=a.faces, include=a.include, exclude=a.exclude)
+                               face_mode=a.faces, include=a.include, exclude=a.exclude, force=a.force)
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
 
 
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "OpenCV face detector, largest face")
     p.add_argument("--include", action="append", default=[], help="glob on paths under a folder (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="relabel videos already labelled by this model version and unchanged since")
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)

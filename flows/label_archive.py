@@ -7,6 +7,7 @@ Ray is either a local `ray.init()` or the cluster at `ray_address`.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from prefect import flow, task
 from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 
+from flows.ledger import is_done, read_ledger
 from flows.sources import list_sources
 from workers.contract import CLASSES, MODEL_NAME
 from workers.errors import ServiceUnavailableError
@@ -45,6 +47,7 @@ class RunSummary:
     outcomes: list[VideoOutcome] = field(default_factory=list)
     skipped_not_video: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
 
     @property
     def labelled(self) -> int:
@@ -56,6 +59,7 @@ class RunSummary:
 
     def format(self) -> str:
         lines = [f"run {self.run_id}: {self.labelled} labelled, {self.failed} failed, "
+                 f"{len(self.already_done)} already done (unchanged; --force relabels), "
                  f"{len(self.skipped_not_video)} skipped (not a video), {len(self.missing)} not found"]
         for o in sorted(self.outcomes, key=lambda o: o.row["source_uri"]):
             r = o.row
@@ -104,23 +108,31 @@ def _failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> Vid
 @flow(name="label_archive", log_prints=True)
 def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "centred",
                   include: list[str] | None = None, exclude: list[str] | None = None,
-                  model_repo: str | None = None, chunk_frames: int = 256) -> dict:
+                  model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
+                  decoder: str = "workers.decode:DecordDecoder") -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict."""
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()))
     print(f"{len(listing.sources)} videos to label, {len(listing.skipped_not_video)} files skipped (not a video)")
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
-    out_fs, out_base = resolve(out)
-    log_dir = Path(out_base) if isinstance(out_fs, type(resolve(".")[0])) else None
+    _, out_base = resolve(out)
+    log_dir = None if "://" in out else Path(out_base)  # the embedded server's log goes beside local output
     with triton_endpoint(triton_url, repo, log_dir) as url:
         with TritonClient(url) as client:
             client.check_ready()
             version = client.served_version()
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
-                          chunk_frames=chunk_frames)
+                          chunk_frames=chunk_frames, decoder=decoder)
+        ledger = {} if force else read_ledger(out, version)
+        todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri))]
+        todo_uris = {s.uri for s in todo}
         summary = RunSummary(run_id, out_base, version, skipped_not_video=listing.skipped_not_video,
-                             missing=listing.missing)
-        futures = {label_one.submit(s, cfg): s for s in listing.sources}
+                             missing=listing.missing,
+                             already_done=[s.uri for s in listing.sources if s.uri not in todo_uris])
+        if summary.already_done:
+            print(f"{len(summary.already_done)} videos already labelled by model version {version} and unchanged: "
+                  "skipped (--force relabels them)")
+        futures = {label_one.submit(s, cfg): s for s in todo}
         for i, fut in enumerate(as_completed(list(futures)), 1):
             src = futures[fut]
             result = fut.result(raise_on_failure=False)
@@ -129,11 +141,41 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             print(f"[{i}/{len(futures)}] {outcome.row['status']}: {src.uri}")
     print(summary.format())
     return {"run_id": run_id, "out": out_base, "model_version": version, "labelled": summary.labelled,
-            "failed": summary.failed, "skipped_not_video": len(listing.skipped_not_video),
+            "failed": summary.failed, "already_done": len(summary.already_done),
+            "skipped_not_video": len(listing.skipped_not_video),
             "missing": listing.missing, "text": summary.format()}
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """The Prefect API every process of the run talks to: PREFECT_API_URL when set, else one temporary
+    local server shared by the flow and all Ray workers (left alone, each worker would start its own)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if url:
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=180)
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by a local Ray started below
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        server.stop()
 
 
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
     """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there."""
-    runner = RayTaskRunner(address=ray_address) if ray_address else RayTaskRunner()
-    return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)
+    with prefect_api() as api_url:
+        init = {"runtime_env": {"env_vars": {"PREFECT_API_URL": api_url}}}
+        runner = RayTaskRunner(address=ray_address, init_kwargs=init) if ray_address else RayTaskRunner(init_kwargs=init)
+        return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)

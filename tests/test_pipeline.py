@@ -42,7 +42,8 @@ def corpus(tmp_path_factory):
     write_video(src / "face gap.mp4", 60, FPS, audio_seconds=4.0, blank=BLANK, silent=SILENT_S)
     write_video(src / "no_audio.mp4", 45, FPS)
     write_video(src / "one_frame.mp4", 1, FPS, audio_seconds=0.1)
-    (src / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    whole = (src / "no_audio.mp4").read_bytes()
+    (src / "broken.mp4").write_bytes(whole[: len(whole) // 2])  # truncated: looks like MP4, does not decode
     (src / "notes.txt").write_text("not a video")
     return src, {r.id: r for r in recs}
 
@@ -150,12 +151,33 @@ def test_parquet_files_carry_the_schema_and_version(run):
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no temporary files left
 
 
-def test_rerun_replaces_instead_of_duplicating(run, corpus):
+def test_rerun_of_a_finished_run_changes_nothing(run, corpus):
+    out, first = run
+    src, _ = corpus
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    again = run_label_archive([str(src)], str(out))
+    assert again["already_done"] == 7 and again["labelled"] == again["failed"] == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
+
+
+def test_a_changed_file_is_relabelled_in_place(tmp_path):
+    clip = write_video(tmp_path / "in" / "clip.mp4", 30, FPS)
+    out = tmp_path / "out"
+    assert run_label_archive([str(clip)], str(out))["labelled"] == 1
+    write_video(clip, 50, FPS)  # same name, new content (size and mtime change)
+    res = run_label_archive([str(clip)], str(out))
+    assert res["labelled"] == 1 and res["already_done"] == 0
+    con = connect(str(out))
+    assert con.sql("SELECT count(*) FROM frames").fetchall()[0][0] == 50  # replaced, not appended
+    assert con.sql("SELECT frame_count FROM videos").fetchall() == [(50,)]
+
+
+def test_rerun_with_force_replaces_instead_of_duplicating(run, corpus):
     out, first = run
     src, _ = corpus
     before = sorted(p.name for p in (out / "frames").rglob("*.parquet"))
     n_before = connect(str(out)).sql("SELECT count(*) FROM frames").fetchall()[0][0]
-    second = run_label_archive([str(src / "face gap.mp4")], str(out))
+    second = run_label_archive([str(src / "face gap.mp4")], str(out), force=True)
     assert sorted(p.name for p in (out / "frames").rglob("*.parquet")) == before
     con = connect(str(out))
     assert con.sql("SELECT count(*) FROM frames").fetchall()[0][0] == n_before
@@ -179,3 +201,26 @@ def test_unreachable_triton_url_is_a_clear_error(corpus, tmp_path):
     src, _ = corpus
     with pytest.raises(ServiceUnavailableError, match="--triton-url"):
         run_label_archive([str(src / "no_audio.mp4")], str(tmp_path), triton_url="127.0.0.1:9")
+
+
+def test_every_sql_query_in_the_readme_runs_on_real_output(run):
+    """The README's analyst queries are executable documentation: each must run and return rows."""
+    import re
+
+    out, _ = run
+    readme = (DEFAULT_MODEL_REPO.parent / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    queries = [q.strip() for b in blocks for q in b.split(";") if "SELECT" in q]
+    assert len(queries) == 4
+    con = connect(str(out))
+    for q in queries[:2]:
+        assert con.sql(q).fetchall(), q
+    for _, start, end, n in con.sql(queries[2]).fetchall():  # stretches of one expression
+        assert end >= start and n >= 1
+    failed = con.sql(queries[3]).fetchall()
+    assert [r[1] for r in failed] == ["not_a_video"]
+    share = con.sql(queries[0]).fetchall()
+    per_video = {}
+    for uri, _, pct in share:
+        per_video[uri] = per_video.get(uri, 0) + pct
+    assert all(abs(v - 100) < 1 for v in per_video.values())

@@ -20,6 +20,9 @@ import decord  # noqa: E402
 from workers.errors import BadInputError  # noqa: E402
 
 
+CORRUPT_FRAME_TOLERANCE = 1e-9  # fraction of frames decord may "recover" by repetition: effectively none
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     n_frames: int
@@ -53,8 +56,11 @@ def _open_video(path: str, **kwargs) -> decord.VideoReader:
     if Path(path).stat().st_size == 0:
         raise BadInputError("empty_file", f"{path} is empty (0 bytes)")
     try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **kwargs)
-    except (decord.DECORDError, RuntimeError) as exc:
+        # decord's default (fault_tol=-1) silently repeats an earlier frame in place of each frame it cannot
+        # decode; a tolerance just above zero makes the first such frame raise instead, so it is reported.
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, fault_tol=CORRUPT_FRAME_TOLERANCE,
+                                  **kwargs)
+    except (decord.DECORDError, RuntimeError, AssertionError) as exc:  # decord asserts on a 0-frame stream
         raise BadInputError("not_a_video", f"{path} has no decodable video stream ({exc})") from None
 
 
@@ -103,8 +109,12 @@ class DecordDecoder:
             idx = list(range(start, min(n, start + chunk)))
             try:
                 frames = vr.get_batch(idx).asnumpy()
+            except decord.DECORDLimitReachedError as exc:
+                raise BadInputError("corrupt_frames", f"frames {idx[0]}-{idx[-1]} include corrupt frames that the "
+                                    f"decoder could only replace by earlier ones ({exc}); re-encode the file") from None
             except (decord.DECORDError, RuntimeError) as exc:
-                raise BadInputError("decode_error", f"frames {idx[0]}-{idx[-1]} could not be decoded ({exc})") from None
+                raise BadInputError("decode_error", f"frames {idx[0]}-{idx[-1]} could not be decoded "
+                                    f"({str(exc).splitlines()[0][:300]})") from None
             if resize is not None:
                 frames = np.stack([cv2.resize(f, resize, interpolation=cv2.INTER_AREA) for f in frames])
             yield frames

@@ -101,5 +101,10 @@ def frames_path(base: str, model_version: str, source_uri: str) -> str:
     return f"{base.rstrip('/')}/frames/{partition(model_version)}/{video_key(source_uri)}.parquet"
 
 
+def attempts_path(base: str, model_version: str, source_uri: str) -> str:
+    """Attempt counter of a video in progress (deleted once its videos row is written)."""
+    return f"{base.rstrip('/')}/_attempts/{partition(model_version)}/{video_key(source_uri)}.json"
+
+
 def videos_path(base: str, model_version: str, source_uri: str) -> str:
     return f"{base.rstrip('/')}/videos/{partition(model_version)}/{video_key(source_uri)}.parquet"

@@ -7,10 +7,12 @@ ServiceUnavailableError so the caller's retry policy can try again later.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -18,13 +20,18 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING
-from workers.decode import Decoder, DecordDecoder
+from workers.decode import Decoder, VideoInfo
 from workers.errors import BadInputError
+from workers.isolation import Limits, run_isolated
 from workers.labeling import predict_video
 from workers.preprocess import FaceMode, InputChunk, iter_video_inputs
-from workers.schema import STATUS_FAILED, STATUS_LABELLED, frames_path, videos_path
+from workers.schema import STATUS_FAILED, STATUS_LABELLED, attempts_path, frames_path, videos_path
 from workers.sink import frames_table, resolve, video_row, videos_table, write_atomic
 from workers.triton_client import TritonClient
+from workers.windows import FrameCountError
+
+# A crash or a hang may be the machine's fault rather than the file's: worth another attempt.
+RETRYABLE_REASONS = frozenset({"decode_crash", "decode_timeout"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,10 @@ class LabelConfig:
     face_mode: FaceMode = "centred"
     chunk_frames: int = 256  # frames decoded and preprocessed at a time: bounds memory
     max_in_flight: int = 4  # Triton requests outstanding per video
+    decoder: str = "workers.decode:DecordDecoder"  # "module:Class"; tests inject faulty decoders here
+    isolate: bool = True  # run each video in a child process under `limits` (see workers/isolation.py)
+    limits: Limits = Limits()
+    max_attempts: int = 3  # per file, across crashes, hangs and dead workers; then it is recorded as failed
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,12 @@ def local_copy(uri: str) -> Iterator[str]:
 
 
 class _MaskTap:
-    """Passes chunks through while keeping the per-frame masks the Parquet rows need (O(frames) memory)."""
+    """Passes chunks through, keeping the per-frame masks the Parquet rows need (O(frames) memory) and
+    reporting progress after each chunk (the isolation watchdog's heartbeat)."""
 
-    def __init__(self, chunks: Iterator[InputChunk]):
+    def __init__(self, chunks: Iterator[InputChunk], progress: Callable[[int], None]):
         self.chunks = chunks
+        self.progress = progress
         self.face: list[np.ndarray] = []
         self.audio: list[np.ndarray] = []
         self.n_faces: list[np.ndarray] = []
@@ -86,34 +99,101 @@ class _MaskTap:
             self.face.append(c.face_mask.copy())
             self.audio.append(c.audio_mask.copy())
             self.n_faces.append(c.n_faces.copy())
+            self.progress(c.start + len(c))
             yield c
 
 
-def label_video(source: Source, cfg: LabelConfig, *, decoder: Decoder | None = None) -> VideoOutcome:
-    started = datetime.now(timezone.utc)
-    decoder = decoder or DecordDecoder()
-    base = dict(model_name=cfg.model_name, run_id=cfg.run_id, started_at=started, size_bytes=source.size_bytes,
-                source_mtime=source.mtime)
-    out_fs, out_base = resolve(cfg.out)
-    try:
-        with local_copy(source.uri) as path:
-            info = decoder.probe(path)
-            tap = _MaskTap(iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames,
-                                             decoder=decoder))
-            with TritonClient(cfg.triton_url, max_in_flight=cfg.max_in_flight) as client:
+def make_decoder(spec: str) -> Decoder:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)()
+
+
+@dataclass
+class _Labelled:
+    info: VideoInfo
+    outcome: VideoOutcome
+
+
+def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], None] = lambda n: None) -> _Labelled:
+    """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError."""
+    decoder = make_decoder(cfg.decoder)
+    with local_copy(source.uri) as path:
+        info = decoder.probe(path)
+        progress(0)
+        tap = _MaskTap(iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames,
+                                         decoder=decoder), progress)
+        with TritonClient(cfg.triton_url, max_in_flight=cfg.max_in_flight) as client:
+            try:
                 pred = predict_video(tap, info.n_frames, info.fps, client.infer_many, p=PREPROCESSING)
-    except BadInputError as exc:
-        row = video_row(source.uri, status=STATUS_FAILED, error_reason=exc.reason, error_message=exc.message, **base)
-        write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-        return VideoOutcome(row)
+            except FrameCountError as exc:
+                raise BadInputError("frame_count_mismatch", str(exc)) from None
     face_mask, audio_mask = np.concatenate(tap.face), np.concatenate(tap.audio)
     table = frames_table(source.uri, info.fps, pred, face_mask, np.concatenate(tap.n_faces), audio_mask,
                          cfg.model_name, cfg.run_id)
+    out_fs, out_base = resolve(cfg.out)
     fpath = frames_path(out_base, cfg.model_version, source.uri)
     write_atomic(table, out_fs, fpath)
-    row = video_row(source.uri, status=STATUS_LABELLED, duration_s=info.duration_s, fps=info.fps,
-                    frame_count=info.n_frames, has_audio=info.has_audio, **base)
-    # The videos row is written last: it is the record that this video is done.
+    counts = np.bincount(pred.labels, minlength=NUM_CLASSES).tolist()
+    return _Labelled(info, VideoOutcome({}, counts, int((~face_mask).sum()), int((~audio_mask).sum()), fpath))
+
+
+class _Attempts:
+    """Per-file attempt counter kept with the output, so a file that keeps killing its worker (where no
+    exception ever reaches us) is given up on after ``max_attempts`` whatever retries Ray or Prefect make."""
+
+    def __init__(self, cfg: LabelConfig, uri: str):
+        self.fs, base = resolve(cfg.out)
+        self.path = attempts_path(base, cfg.model_version, uri)
+
+    def start(self) -> int:
+        """Records one more attempt; returns how many were made before it."""
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                before = int(json.loads(f.read())["attempts"])
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            before = 0
+        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(json.dumps({"attempts": before + 1}).encode())
+        return before
+
+    def clear(self) -> None:
+        try:
+            self.fs.delete_file(self.path)
+        except (FileNotFoundError, OSError):
+            pass
+
+
+def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
+    """Label one video and record it in the videos table; bad input becomes a failed row."""
+    started = datetime.now(timezone.utc)
+    base = dict(model_name=cfg.model_name, run_id=cfg.run_id, started_at=started, size_bytes=source.size_bytes,
+                source_mtime=source.mtime)
+    out_fs, out_base = resolve(cfg.out)
+    attempts = _Attempts(cfg, source.uri)
+    error: BadInputError | None = None
+    while True:
+        made = attempts.start()
+        if made >= cfg.max_attempts:
+            last = f" (last: {error.reason}: {error.message})" if error else " (the worker died each time)"
+            error = BadInputError(error.reason if error else "too_many_attempts",
+                                  f"gave up after {made} attempts{last}")
+            break
+        try:
+            done = run_isolated(_label_frames, (source, cfg), cfg.limits) if cfg.isolate else _label_frames(source, cfg)
+        except BadInputError as exc:
+            error = exc
+            if exc.reason in RETRYABLE_REASONS:
+                continue  # a crash or a hang may not repeat; the attempt counter bounds this loop
+            break
+        row = video_row(source.uri, status=STATUS_LABELLED, duration_s=done.info.duration_s, fps=done.info.fps,
+                        frame_count=done.info.n_frames, has_audio=done.info.has_audio, **base)
+        # The videos row is written last: it is the record that this video is done.
+        write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
+        attempts.clear()
+        done.outcome.row = row
+        return done.outcome
+    row = video_row(source.uri, status=STATUS_FAILED, error_reason=error.reason, error_message=error.message, **base)
     write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-    return VideoOutcome(row, np.bincount(pred.labels, minlength=NUM_CLASSES).tolist(),
-                        int((~face_mask).sum()), int((~audio_mask).sum()), fpath)
+    attempts.clear()
+    return VideoOutcome(row)

@@ -13,6 +13,10 @@ from workers.preprocess import InputChunk
 FIELDS = ("face", "face_mask", "mel", "audio_mask")
 
 
+class FrameCountError(RuntimeError):
+    """The decoder delivered a different number of frames than the container announced."""
+
+
 def window_starts(n_frames: int, window: int, stride: int) -> list[int]:
     """Starts of the windows that cover frames [0, n_frames): every S frames, plus one flush with the end.
 
@@ -80,4 +84,4 @@ def iter_windows(chunks: Iterable[InputChunk], n_frames: int, p: Preprocessing =
             buf_start = keep_from
     if next_w != len(starts):
         decoded = buf_start + (0 if buf is None else len(buf["face_mask"]))
-        raise RuntimeError(f"decoder yielded {decoded} frames but the video reported {n_frames}")
+        raise FrameCountError(f"decoder yielded {decoded} frames but the video reported {n_frames}")

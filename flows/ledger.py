@@ -1,0 +1,32 @@
+"""What is already done, read from the output itself (the videos table), not from Prefect's result cache
+(whose default key includes the flow run, so a crashed run would recompute everything)."""
+
+from __future__ import annotations
+
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from workers.schema import STATUS_LABELLED, VIDEOS_SCHEMA, partition
+from workers.sink import resolve
+from workers.video_task import Source
+
+# Failures that say nothing about the file: try again on the next run even if it is unchanged.
+TRANSIENT_REASONS = frozenset({"triton_unavailable", "internal_error"})
+
+
+def read_ledger(out: str, model_version: str) -> dict[str, dict]:
+    """source_uri -> its videos row, for this model version; empty when nothing was written yet."""
+    fs, base = resolve(out)
+    folder = f"{base.rstrip('/')}/videos/{partition(model_version)}"
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return {}
+    table = ds.dataset(folder, filesystem=fs, format="parquet", schema=VIDEOS_SCHEMA).to_table(
+        columns=["source_uri", "status", "error_reason", "size_bytes", "source_mtime"])
+    return {r["source_uri"]: r for r in table.to_pylist()}
+
+
+def is_done(source: Source, row: dict | None) -> bool:
+    """Labelled (or failed for a reason of its own) by this model version, and unchanged since."""
+    if row is None or row["size_bytes"] != source.size_bytes or row["source_mtime"] != source.mtime:
+        return False
+    return row["status"] == STATUS_LABELLED or row["error_reason"] not in TRANSIENT_REASONS

@@ -1,0 +1,47 @@
+"""Decoders that misbehave the way decord does, injected through LabelConfig.decoder ("module:Class")."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import numpy as np
+
+from workers.decode import DecordDecoder
+
+
+class HangingDecoder(DecordDecoder):
+    """Hangs inside a batch read after the first chunk, ignoring signals other than SIGKILL."""
+
+    def iter_frames(self, path, width, height, chunk):
+        it = super().iter_frames(path, width, height, chunk)
+        yield next(it)
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)
+
+
+class CrashingDecoder(DecordDecoder):
+    """Segfaults in the middle of decoding, like decord on some inputs."""
+
+    def iter_frames(self, path, width, height, chunk):
+        it = super().iter_frames(path, width, height, chunk)
+        yield next(it)
+        ctypes.string_at(0)  # SIGSEGV
+
+
+class LeakingDecoder(DecordDecoder):
+    """Allocates without bound, like decord's leak on 4K input."""
+
+    def iter_frames(self, path, width, height, chunk):
+        hoard = []
+        for frames in super().iter_frames(path, width, height, chunk):
+            hoard.append(np.ones((256, 1024, 1024), np.uint8))  # 256 MB per chunk
+            yield frames
+        while True:
+            hoard.append(np.ones((256, 1024, 1024), np.uint8))
+
+

@@ -1,0 +1,114 @@
+"""Videos in a bucket, output to a bucket: a real S3 server (SeaweedFS on loopback), the real flow (embedded
+Triton, local Ray, Prefect), the output read back with DuckDB through flows.query."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+import decord
+from flows.label_archive import run_label_archive
+from flows.query import connect
+from flows.sources import filesystem_for, list_sources
+from tests.media import write_video
+from tests.seaweed import S3Server, s3_server  # noqa: F401  -- s3_server is the fixture
+
+pytestmark = pytest.mark.integration
+
+FPS = 15
+# key -> frame count of a real clip
+CLIPS = {"in/clip one.mp4": 45, "in/sub/é two.mp4": 30}  # a space and unicode: keys are taken literally
+# key -> bytes: what a listing of in/ must skip, keep (empty.mp4: the pipeline fails it) or not reach
+OTHER = {"in/notes.txt": b"not a video", "in/random.mp4": np.random.default_rng(3).bytes(5000), "in/empty.mp4": b"",
+         "in/.hidden.mp4": b"", "elsewhere/x.mp4": b""}
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server, tmp_path_factory):
+    """The clips uploaded under s3://<bucket>/in/, plus the objects that are not (all) videos; returns the
+    local copies of the clips."""
+    local = tmp_path_factory.mktemp("s3-clips")
+    fs = s3_server.filesystem()
+    copies = {}
+    for key, n in CLIPS.items():
+        path = write_video(local / key, n, FPS, audio_seconds=n / FPS if "one" in key else None)
+        copies[key] = path
+        with fs.open_output_stream(f"{s3_server.bucket}/{key}") as f:
+            f.write(path.read_bytes())
+    for key, data in OTHER.items():
+        with fs.open_output_stream(f"{s3_server.bucket}/{key}") as f:
+            f.write(data)
+    return copies
+
+
+def test_filesystem_for_reaches_the_endpoint_in_the_environment(s3_server, bucket):
+    fs, path = filesystem_for(s3_server.uri("in/sub/é two.mp4"))
+    assert path == f"{s3_server.bucket}/in/sub/é two.mp4"
+    assert fs.get_file_info(path).type == pafs.FileType.File
+
+
+def test_listing_a_prefix(s3_server, bucket):
+    listing = list_sources([s3_server.uri("in/")])
+    u = s3_server.uri
+    assert [s.uri for s in listing.sources] == [u("in/clip one.mp4"), u("in/empty.mp4"), u("in/sub/é two.mp4")]
+    assert listing.skipped_not_video == [u("in/notes.txt"), u("in/random.mp4")]
+    assert "signature" in listing.skip_reasons[u("in/random.mp4")]
+    assert listing.missing == []
+    by_uri = {s.uri: s for s in listing.sources}
+    for key, path in bucket.items():
+        src = by_uri[u(key)]
+        assert src.size_bytes == path.stat().st_size
+        assert re.fullmatch(r"[0-9a-f]{32}(-\d+)?", src.mtime)  # the object's ETag
+    assert by_uri[u("in/empty.mp4")].size_bytes == 0
+
+
+def test_listing_globs_includes_excludes_and_missing(s3_server, bucket):
+    u = s3_server.uri
+    assert [s.uri for s in list_sources([u("in/*.mp4")]).sources] == [u("in/clip one.mp4"), u("in/empty.mp4")]
+    assert [s.uri for s in list_sources([u("**/é*.mp4")]).sources] == [u("in/sub/é two.mp4")]
+    only_sub = list_sources([u("in")], include=("sub/*",))
+    assert [s.uri for s in only_sub.sources] == [u("in/sub/é two.mp4")] and only_sub.skipped_not_video == []
+    assert [s.uri for s in list_sources([u("in")], exclude=("sub/*", "empty.*")).sources] == [u("in/clip one.mp4")]
+    assert list_sources([u("nope/"), u("in/*.avi")]).missing == [u("nope/"), u("in/*.avi")]
+
+
+@pytest.fixture(scope="module")
+def labelled(s3_server: S3Server, bucket):
+    """The flow from the bucket to the bucket."""
+    out = s3_server.uri("out")
+    return out, run_label_archive([s3_server.uri("in")], out)
+
+
+def test_flow_labels_from_the_bucket_into_the_bucket(labelled):
+    _, result = labelled
+    assert (result["labelled"], result["failed"], result["skipped_not_video"]) == (2, 1, 2), result["text"]
+
+
+def test_query_reads_the_bucket_one_row_per_decoded_frame(labelled, s3_server, bucket):
+    out, _ = labelled
+    con = connect(out)
+    counts = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
+    assert counts == {s3_server.uri(k): len(decord.VideoReader(str(p))) for k, p in bucket.items()}
+    assert con.sql("SELECT DISTINCT typeof(model_version) FROM frames").fetchall() == [("VARCHAR",)]
+    videos = dict(con.sql("SELECT source_uri, coalesce(error_reason, status) FROM videos").fetchall())
+    assert videos == {s3_server.uri("in/clip one.mp4"): "labelled", s3_server.uri("in/sub/é two.mp4"): "labelled",
+                      s3_server.uri("in/empty.mp4"): "empty_file"}
+    assert con.execute("SELECT count(*) FROM frames f JOIN videos v USING (video_id, model_version)").fetchone()[0] == \
+        sum(counts.values())
+
+
+def test_no_credential_in_the_output_or_the_summary(labelled, s3_server):
+    out, result = labelled
+    con = connect(out)
+    texts = [result["text"], repr(result)]
+    for table in ("frames", "videos"):
+        rel = con.sql(f"SELECT DISTINCT * FROM {table}")
+        texts += [repr(row) for row in rel.fetchall()]
+    fs = s3_server.filesystem()
+    texts += [fi.path for fi in fs.get_file_info(pafs.FileSelector(s3_server.bucket, recursive=True))]
+    blob = "\n".join(texts)
+    for secret in s3_server.credentials:
+        assert secret not in blob

@@ -1,0 +1,240 @@
+"""Source listing: local files, folders and globs, URI handling for s3:// and gs://, and probing of what
+claims to be a video. The object-store listing runs here over pyarrow's in-memory filesystem standing in for
+a bucket; tests/test_s3.py runs it against a real S3 server."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+import flows.sources as sources
+from flows.sources import filesystem_for, list_sources, sniff_container
+from tests.media import write_video
+
+MP4_HEAD = b"\x00\x00\x00\x20ftypisom" + bytes(20)
+
+
+def uris(listing) -> list[str]:
+    return [s.uri for s in listing.sources]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A small archive: real videos in nested folders, odd names, hidden entries, non-videos, fakes."""
+    root = tmp_path / "archive"
+    write_video(root / "a.mp4", 3)
+    write_video(root / "sub" / "deeper" / "b.mkv", 3)
+    write_video(root / "sub" / "with space é.mp4", 3)
+    write_video(root / ".hidden.mp4", 3)
+    write_video(root / ".cache" / "c.mp4", 3)
+    (root / "notes.txt").write_text("not a video")
+    (root / "sub" / "fake.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    (root / "sub" / "page.mov").write_text("<html>an error page saved as a video</html>")
+    (root / "empty.mp4").write_bytes(b"")
+    return root
+
+
+def test_folder_is_listed_recursively_and_sorted(tree):
+    listing = list_sources([str(tree)])
+    assert uris(listing) == [str(tree / "a.mp4"), str(tree / "empty.mp4"), str(tree / "sub/deeper/b.mkv"),
+                             str(tree / "sub/with space é.mp4")]
+    assert listing.missing == []
+
+
+def test_hidden_files_and_folders_are_left_out_unless_named(tree):
+    assert not any("/." in u for u in uris(list_sources([str(tree)])))
+    assert uris(list_sources([str(tree / ".hidden.mp4")])) == [str(tree / ".hidden.mp4")]
+
+
+def test_non_videos_are_skipped_by_extension_with_a_reason(tree):
+    listing = list_sources([str(tree)])
+    notes = str(tree / "notes.txt")
+    assert notes in listing.skipped_not_video
+    assert listing.skip_reasons[notes] == ".txt: not a video file extension"
+
+
+def test_video_extension_without_a_container_signature_is_skipped_by_probing(tree):
+    listing = list_sources([str(tree)])
+    for name in ("sub/fake.mp4", "sub/page.mov"):
+        assert str(tree / name) in listing.skipped_not_video
+        assert "no known video container signature" in listing.skip_reasons[str(tree / name)]
+    assert len(listing.skipped_not_video) == 3  # notes.txt + the two fakes
+
+
+def test_zero_byte_video_is_still_listed_so_the_pipeline_fails_it(tree):
+    listing = list_sources([str(tree / "empty.mp4")])
+    assert [(s.uri, s.size_bytes) for s in listing.sources] == [(str(tree / "empty.mp4"), 0)]
+
+
+def test_size_and_mtime_are_recorded(tree):
+    (src,) = list_sources([str(tree / "a.mp4")]).sources
+    st = (tree / "a.mp4").stat()
+    assert src.size_bytes == st.st_size
+    assert abs(datetime.fromisoformat(src.mtime).timestamp() - st.st_mtime) < 1e-3
+
+
+def test_globs_plain_and_recursive(tree):
+    assert uris(list_sources([str(tree / "*.mp4")])) == [str(tree / "a.mp4"), str(tree / "empty.mp4")]
+    assert uris(list_sources([str(tree / "**" / "*.mkv")])) == [str(tree / "sub/deeper/b.mkv")]
+
+
+def test_an_existing_name_with_glob_characters_is_taken_literally(tmp_path):
+    odd = write_video(tmp_path / "clip[1].mp4", 3)
+    write_video(tmp_path / "clip1.mp4", 3)
+    assert uris(list_sources([str(odd)])) == [str(odd)]
+
+
+def test_include_and_exclude_match_the_relative_path_or_the_name(tree):
+    assert uris(list_sources([str(tree)], include=("sub/*",))) == [str(tree / "sub/deeper/b.mkv"),
+                                                                   str(tree / "sub/with space é.mp4")]
+    assert uris(list_sources([str(tree)], include=("*.mkv",))) == [str(tree / "sub/deeper/b.mkv")]
+    assert uris(list_sources([str(tree)], exclude=("sub/*", "empty*"))) == [str(tree / "a.mp4")]
+    assert uris(list_sources([str(tree)], include=("*.MP4",))) == []  # case-sensitive, like object keys
+
+
+def test_dot_dot_segments_are_resolved_and_duplicates_dropped(tree):
+    listing = list_sources([str(tree / "sub" / ".." / "a.mp4"), str(tree / "a.mp4"), f"file://{tree}/a.mp4"])
+    assert uris(listing) == [str(tree / "a.mp4")]
+
+
+def test_missing_paths_and_empty_globs_are_reported(tree):
+    listing = list_sources([str(tree / "nope"), str(tree / "*.nothing"), str(tree / "a.mp4")])
+    assert listing.missing == [str(tree / "nope"), str(tree / "*.nothing")]
+    assert uris(listing) == [str(tree / "a.mp4")]
+
+
+def test_real_files_of_every_listed_container_pass_the_probe(tmp_path):
+    codecs = {".mp4": "libx264", ".m4v": "mpeg4", ".mov": "mpeg4", ".mkv": "mpeg4", ".webm": "libvpx-vp9",
+              ".avi": "mjpeg", ".ts": "mpeg2video", ".mpg": "mpeg2video", ".mpeg": "mpeg2video", ".flv": "flv",
+              ".wmv": "wmv2"}
+    assert set(codecs) == sources.VIDEO_EXTENSIONS
+    for ext, codec in codecs.items():
+        write_video(tmp_path / f"v{ext}", 3, codec=codec, pix_fmt="yuvj420p" if codec == "mjpeg" else "yuv420p")
+    listing = list_sources([str(tmp_path)])
+    assert len(listing.sources) == len(codecs), listing.skip_reasons
+
+
+@pytest.mark.parametrize("head, container", [
+    (MP4_HEAD, "mp4/mov"),
+    (b"\x00\x00\x00\x08wide\x00\x00\x10\x00mdat", "mp4/mov"),  # QuickTime without ftyp
+    (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81", "matroska/webm"),
+    (b"RIFF\x88\x3a\x00\x00AVI LIST", "avi"),
+    (b"RIFF\x88\x3a\x00\x00WAVEfmt ", None),  # RIFF, but audio
+    (b"\x00\x00\x01\xba\x21\x00\x01\x00", "mpeg-ps"),
+    (b"\x47\x40\x11\x10" + bytes(184) + b"\x47" + bytes(11), "mpeg-ts"),
+    (b"\x47\x40\x11\x10" + bytes(196), None),  # one sync byte alone: 1 random file in 256 has it
+    (bytes(4) + b"\x47" + bytes(191) + b"\x47" + bytes(3), "mpeg-ts"),  # M2TS: 4-byte timestamps
+    (b"FLV\x01\x05\x00\x00\x00\x09", "flv"),
+    (bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"), "asf"),
+    (b"\x89PNG\r\n\x1a\n", None),
+    (b"hello, world", None),
+    (b"", None),
+])
+def test_sniff_container(head, container):
+    assert sniff_container(head) == container
+
+
+# --- URIs -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def s3_env(monkeypatch):
+    """An endpoint in the environment (nothing listens there: constructing a filesystem connects nowhere)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+
+
+def test_filesystem_for_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for uri in ("x/../y.mp4", "file://x/../y.mp4", str(tmp_path / "y.mp4")):
+        fs, path = filesystem_for(uri)
+        assert isinstance(fs, pafs.LocalFileSystem) and path == str(tmp_path / "y.mp4")
+
+
+def test_filesystem_for_s3_keeps_keys_literal(s3_env):
+    for key in ("a b é.mp4", "100%20.mp4", "what?.mp4", "x/../y.mp4"):
+        fs, path = filesystem_for(f"s3://bucket/in/{key}")
+        assert isinstance(fs, pafs.S3FileSystem) and path == f"bucket/in/{key}"
+    assert filesystem_for("s3://bucket/prefix/")[1] == "bucket/prefix"
+    assert filesystem_for("S3://bucket")[1] == "bucket"
+
+
+def test_filesystem_for_gs_takes_the_same_path():
+    for scheme in ("gs", "gcs"):
+        fs, path = filesystem_for(f"{scheme}://bucket/in/a b é.mp4")
+        assert isinstance(fs, pafs.GcsFileSystem) and path == "bucket/in/a b é.mp4"
+
+
+@pytest.mark.parametrize("uri", ["s3://AKIAEXAMPLEKEY:s3cr3t-value@bucket/in", "gs://user:s3cr3t-value@bucket/in",
+                                 "https://user:s3cr3t-value@host/in", "ftp://s3cr3t-value"])
+def test_uris_with_credentials_or_unknown_schemes_are_refused_without_echoing_them(uri, s3_env):
+    with pytest.raises(ValueError) as err:
+        filesystem_for(uri)
+    assert "s3cr3t-value" not in str(err.value) and "AKIAEXAMPLEKEY" not in str(err.value)
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///key", "s3://buck*/key"])
+def test_bad_bucket_names_are_refused(uri, s3_env):
+    with pytest.raises(ValueError):
+        filesystem_for(uri)
+
+
+# --- the object-store code path, over pyarrow's in-memory filesystem ----------------------------------------
+
+@pytest.fixture
+def bucket(monkeypatch, tmp_path) -> pafs.FileSystem:
+    """gs://bkt/... served by an in-memory filesystem: everything but the network is the real code path."""
+    mock = pafs._MockFileSystem()
+    real = sources.filesystem_for
+    monkeypatch.setattr(sources, "filesystem_for", lambda uri: (mock, real(uri)[1]))
+    video = write_video(tmp_path / "v.mp4", 3).read_bytes()
+    objects = {"videos/a b é.mp4": video, "videos/sub/c.mkv": video, "videos/sub/.hidden.mp4": video,
+               "videos/.trash/d.mp4": video, "videos/fake.mp4": b"<html>403</html>", "videos/notes.txt": b"hi",
+               "videos/empty.mp4": b"", "other/e.mp4": video}
+    for key, data in objects.items():
+        mock.create_dir(f"bkt/{key}".rsplit("/", 1)[0])
+        with mock.open_output_stream(f"bkt/{key}") as f:
+            f.write(data)
+    return mock
+
+
+def test_bucket_prefix_listing(bucket):
+    listing = list_sources(["gs://bkt/videos"])
+    assert uris(listing) == ["gs://bkt/videos/a b é.mp4", "gs://bkt/videos/empty.mp4", "gs://bkt/videos/sub/c.mkv"]
+    assert listing.skipped_not_video == ["gs://bkt/videos/notes.txt", "gs://bkt/videos/fake.mp4"]
+    assert "signature" in listing.skip_reasons["gs://bkt/videos/fake.mp4"]
+    assert all(s.size_bytes is not None and s.mtime for s in listing.sources)
+
+
+def test_bucket_globs_includes_and_single_objects(bucket):
+    assert uris(list_sources(["gs://bkt/videos/*.mp4"])) == ["gs://bkt/videos/a b é.mp4", "gs://bkt/videos/empty.mp4"]
+    assert uris(list_sources(["gs://bkt/**/*.mkv"])) == ["gs://bkt/videos/sub/c.mkv"]
+    assert uris(list_sources(["gs://bkt"], include=("*/sub/*", "e.*"))) == ["gs://bkt/other/e.mp4",
+                                                                          "gs://bkt/videos/sub/c.mkv"]
+    assert uris(list_sources(["gs://bkt/videos/a b é.mp4"])) == ["gs://bkt/videos/a b é.mp4"]
+
+
+def test_bucket_missing_keys_prefixes_and_globs(bucket):
+    missing = ["gs://bkt/nope.mp4", "gs://bkt/nope/", "gs://bkt/videos/*.avi"]
+    assert list_sources(missing).missing == missing
+
+
+def test_objects_that_cannot_be_probed_are_kept_for_the_pipeline_to_report(bucket, monkeypatch):
+    real_walk = sources._walk
+
+    def walk_then_delete(fs, root):  # the object goes away between the listing and the probe
+        infos = real_walk(fs, root)
+        bucket.delete_file("bkt/videos/fake.mp4")
+        return infos
+
+    monkeypatch.setattr(sources, "_walk", walk_then_delete)
+    assert "gs://bkt/videos/fake.mp4" in uris(list_sources(["gs://bkt/videos"]))
+
+
+def test_listing_is_the_same_whatever_the_current_folder(tree, monkeypatch):
+    monkeypatch.chdir(tree / "sub")
+    assert uris(list_sources([os.path.join("..", "a.mp4")])) == [str(tree / "a.mp4")]

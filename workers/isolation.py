@@ -1,0 +1,129 @@
+"""Running one video's work in a child process that cannot hang, crash or bloat the worker.
+
+decord is unmaintained: it can segfault, hang inside ``get_batch`` where only SIGKILL stops it, and leak
+memory on large input. So the video task runs in a child forked from a clean forkserver (torch and
+decord preloaded once), with:
+  - a memory cap (RLIMIT_AS = the child's address space at start + ``memory_mb``) it cannot raise;
+  - a stall limit: the child reports progress after every chunk; silence for ``stall_timeout_s`` -> SIGKILL;
+  - an overall limit of ``timeout_s`` -> SIGKILL;
+and the parent turns what happened into a reason: ``decode_timeout``, ``decode_crash`` (killed by a
+signal), ``too_large`` (out of memory). Bad input raised in the child comes back as BadInputError;
+a Triton outage comes back as ServiceUnavailableError (the caller retries).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from workers.errors import BadInputError, ServiceUnavailableError
+
+_CTX: mp.context.BaseContext | None = None
+
+
+def _context() -> mp.context.BaseContext:
+    global _CTX
+    if _CTX is None:
+        ctx = mp.get_context("forkserver")
+        # Imported once in the forkserver, so each child starts in milliseconds instead of seconds.
+        ctx.set_forkserver_preload(["torch", "workers.video_task"])
+        _CTX = ctx
+    return _CTX
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 3600.0  # whole video, wall clock
+    stall_timeout_s: float = 120.0  # no progress report for this long = hung
+    memory_mb: int = 4096  # address space the child may add on top of what it starts with
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(conn: Connection, fn: Callable[..., Any], args: tuple, memory_mb: int) -> None:
+    os.setpgrp()  # its own group: a kill reaches anything it started
+    cap = _vm_size_bytes() + memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    def progress(n: int) -> None:
+        conn.send(("progress", n))
+
+    try:
+        conn.send(("ok", fn(*args, progress=progress)))
+    except BadInputError as exc:
+        conn.send(("bad", exc.reason, exc.message))
+    except ServiceUnavailableError as exc:
+        conn.send(("unavailable", str(exc)))
+    except MemoryError:
+        conn.send(("bad", "too_large", f"needed more than the {memory_mb} MB memory cap"))
+    except BaseException as exc:  # noqa: BLE001 -- everything else goes back to the parent, typed
+        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)))
+    finally:
+        conn.close()
+
+
+def _kill(proc: mp.process.BaseProcess) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.kill()
+    proc.join(5)
+
+
+def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits()) -> Any:
+    """``fn(*args, progress=callback)`` in a child process under ``limits``; returns its result or raises."""
+    ctx = _context()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, fn, args, limits.memory_mb), daemon=True)
+    proc.start()
+    child.close()
+    start = last = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            wait = min(limits.stall_timeout_s - (now - last), limits.timeout_s - (now - start))
+            if wait <= 0 or not parent.poll(wait):
+                stalled = time.monotonic() - last >= limits.stall_timeout_s
+                _kill(proc)
+                what = f"no progress for {limits.stall_timeout_s:g} s" if stalled else f"over {limits.timeout_s:g} s"
+                raise BadInputError("decode_timeout", f"decoding stopped making progress ({what}); killed")
+            try:
+                msg = parent.recv()
+            except EOFError:  # the child died without a word: a crash (segfault, abort) or the OOM killer
+                proc.join(5)
+                code = proc.exitcode
+                if code is not None and code < 0 and -code == signal.SIGKILL:
+                    raise BadInputError("too_large", "the decoder was killed (out of memory?)") from None
+                name = signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
+                raise BadInputError("decode_crash", f"the decoder process died ({name})") from None
+            kind = msg[0]
+            if kind == "progress":
+                last = time.monotonic()
+                continue
+            proc.join(10)
+            if kind == "ok":
+                return msg[1]
+            if kind == "bad":
+                raise BadInputError(msg[1], msg[2])
+            if kind == "unavailable":
+                raise ServiceUnavailableError(msg[1])
+            raise RuntimeError(f"video task failed: {msg[1]}\n{msg[2]}")
+    finally:
+        if proc.is_alive():
+            _kill(proc)
+        parent.close()
