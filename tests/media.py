@@ -25,19 +25,25 @@ def face_frame(i: int, size: int = 96, blank: bool = False) -> np.ndarray:
 def write_video(path: Path, n_frames: int, fps: int = 15, size: tuple[int, int] = (96, 96), *,
                 audio_seconds: float | None = None, blank: range | None = None, codec: str = "libx264",
                 audio_codec: str = "aac", sample_rate: int = 16000, silent: tuple[float, float] | None = None,
-                pix_fmt: str = "yuv420p") -> Path:
+                pix_fmt: str = "yuv420p", pts: list[int] | None = None, time_base: Fraction | None = None,
+                metadata: dict[str, str] | None = None) -> Path:
     """Write ``n_frames`` face frames (blank in ``blank``) and, unless audio_seconds is None, a tone track
-    (silent between the two times in ``silent``)."""
+    (silent between the two times in ``silent``). ``pts`` in ``time_base`` units gives variable frame rate."""
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
     with av.open(str(path), "w") as out:
         vs = out.add_stream(codec, rate=fps)
         vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        tb = time_base or Fraction(1, fps)
+        vs.codec_context.time_base = tb
+        vs.bit_rate = 400_000  # libvpx-vp9 refuses to open without a rate or a crf
+        if metadata:
+            vs.metadata.update(metadata)
         as_ = out.add_stream(audio_codec, rate=sample_rate, layout="mono") if audio_seconds is not None else None
         for i in range(n_frames):
             img = cv2.resize(face_frame(i, 96, blank is not None and i in blank), (w, h))
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
+            frame.pts, frame.time_base = (pts[i] if pts else i), tb
             out.mux(vs.encode(frame))
         out.mux(vs.encode(None))
         if as_ is not None:

@@ -160,25 +160,25 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         "-volume.preStopSeconds=0",  # default 10 s of grace on SIGTERM
         "-master.volumeSizeLimitMB=64", "-volume.max=32",  # small volumes, enough of them for a bucket's growth
     ]
-    log = open(server.log_path, "wb")
-    # Own process group: the teardown signals the group, so nothing weed might spawn outlives the session.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    env = pytest.MonkeyPatch()
-    try:
-        _wait_ready(proc, server)
-        env.setenv("AWS_ACCESS_KEY_ID", access_key)
-        env.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
-        env.setenv("AWS_ENDPOINT_URL", server.endpoint)
-        env.setenv("AWS_REGION", REGION)
-        env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait on an instance-metadata endpoint
-        for stale in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
-            env.delenv(stale, raising=False)  # _S3 would win over AWS_ENDPOINT_URL; the rest would mix identities
-        yield server
-    finally:
-        env.undo()
-        _stop(proc)
-        log.close()
-        # weed puts its gRPC unix sockets in /tmp whatever the flags say; they outlive a killed server.
-        for name, port in (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc), ("s3", s3_grpc)):
-            Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock").unlink(missing_ok=True)
+    with open(server.log_path, "wb") as log:
+        # Own process group: the teardown signals the group, so nothing weed might spawn outlives the session.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        env = pytest.MonkeyPatch()
+        try:
+            _wait_ready(proc, server)
+            env.setenv("AWS_ACCESS_KEY_ID", access_key)
+            env.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+            env.setenv("AWS_ENDPOINT_URL", server.endpoint)
+            env.setenv("AWS_REGION", REGION)
+            env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait on an instance-metadata endpoint
+            for stale in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
+                env.delenv(stale, raising=False)  # _S3 would win over AWS_ENDPOINT_URL; the rest mix identities
+            yield server
+        finally:
+            env.undo()
+            _stop(proc)
+            # weed puts its gRPC unix sockets in /tmp whatever the flags say; a killed server leaves them.
+            for name, port in (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc),
+                               ("s3", s3_grpc)):
+                Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock").unlink(missing_ok=True)

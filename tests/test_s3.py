@@ -4,6 +4,7 @@ Triton, local Ray, Prefect), the output read back with DuckDB through flows.quer
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -15,6 +16,8 @@ from flows.query import connect
 from flows.sources import filesystem_for, list_sources
 from tests.media import write_video
 from tests.seaweed import S3Server, s3_server  # noqa: F401  -- s3_server is the fixture
+from workers.schema import FRAMES_SCHEMA, videos_path
+from workers.sink import video_row, videos_table, write_atomic
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +115,34 @@ def test_no_credential_in_the_output_or_the_summary(labelled, s3_server):
     blob = "\n".join(texts)
     for secret in s3_server.credentials:
         assert secret not in blob
+
+
+def _output_of(where: str, request, tmp_path) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, base path, URI) of a fresh output location, local or in the bucket."""
+    if where == "local":
+        return pafs.LocalFileSystem(), str(tmp_path), str(tmp_path)
+    server = request.getfixturevalue("s3_server")
+    return server.filesystem(), f"{server.bucket}/{tmp_path.name}", server.uri(tmp_path.name)
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_query_output_with_videos_but_no_frames_yet(where, request, tmp_path):
+    """Every video failed: the videos table is worth querying, frames is an empty view with its columns."""
+    fs, base, out = _output_of(where, request, tmp_path)
+    row = video_row("s3://b/in/a.mp4", status="failed", model_name="m", run_id="r", error_reason="empty_file",
+                    error_message="empty", started_at=datetime.now(timezone.utc))
+    write_atomic(videos_table([row]), fs, videos_path(base, "1.10", "s3://b/in/a.mp4"))
+    with fs.open_output_stream(f"{base}/videos/model_version=1.10/.a.parquet.tmp-1234") as f:
+        f.write(b"half a file of a write in progress")  # must be invisible to readers
+    con = connect(out)
+    assert con.execute("SELECT model_version, typeof(model_version), error_reason FROM videos").fetchall() == \
+        [("1.10", "VARCHAR", "empty_file")]
+    assert con.execute("SELECT count(*) FROM frames").fetchone() == (0,)
+    assert [c[0] for c in con.execute("SELECT * FROM frames").description] == FRAMES_SCHEMA.names + ["model_version"]
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_query_without_any_output_says_so(where, request, tmp_path):
+    _, _, out = _output_of(where, request, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no emoframe output in .*emoframe label"):
+        connect(out)

@@ -49,6 +49,10 @@ class Decoder(Protocol):
         """Mono float32 samples in [-1, 1] at ``sample_rate``, or None when there is no audio stream."""
         ...
 
+    def frame_times(self, path: str) -> np.ndarray:
+        """Presentation time (s) of every frame's start: right for variable frame rate, unlike index / fps."""
+        ...
+
 
 def _open_video(path: str, **kwargs) -> decord.VideoReader:
     if not Path(path).is_file():
@@ -118,6 +122,14 @@ class DecordDecoder:
             if resize is not None:
                 frames = np.stack([cv2.resize(f, resize, interpolation=cv2.INTER_AREA) for f in frames])
             yield frames
+
+    def frame_times(self, path: str) -> np.ndarray:
+        vr = _open_video(path)
+        n = len(vr)
+        times = np.empty(n, np.float64)
+        for s in range(0, n, 4096):  # reads the index only, no decoding
+            times[s : s + 4096] = vr.get_frame_timestamp(list(range(s, min(n, s + 4096))))[:, 0]
+        return times
 
     def read_audio(self, path: str, sample_rate: int) -> np.ndarray | None:
         try:

@@ -18,6 +18,7 @@ import torchaudio
 
 from workers.contract import PREPROCESSING, Preprocessing
 from workers.decode import Decoder, DecordDecoder, VideoInfo
+from workers.errors import BadInputError
 
 FaceMode = Literal["centred", "detect"]
 DETECT_MAX_SIDE = 360  # frames are decoded at most this large for face detection (speed; Haar works well here)
@@ -34,6 +35,7 @@ class InputChunk:
     mel: np.ndarray  # float32 [n, mel_frames, n_mels]
     audio_mask: np.ndarray  # bool [n]
     n_faces: np.ndarray  # int16 [n]; 1 in centred mode when the crop is not blank
+    times: np.ndarray | None = None  # float64 [n]: each frame's start time in seconds (None = index / fps)
 
     def __len__(self) -> int:
         return len(self.face_mask)
@@ -104,19 +106,28 @@ def _mel(p: Preprocessing) -> torchaudio.transforms.MelSpectrogram:
     )
 
 
+def frame_midpoints(times: np.ndarray, fps: float) -> np.ndarray:
+    """Mid-time of each frame from its start time; the last frame lasts 1 / fps."""
+    ends = np.append(times[1:], times[-1] + 1.0 / fps) if len(times) else times
+    return (times + ends) / 2.0
+
+
 def audio_features(
-    samples: np.ndarray | None, fps: float, start: int, n: int, p: Preprocessing = PREPROCESSING
+    samples: np.ndarray | None, fps: float, start: int, n: int, p: Preprocessing = PREPROCESSING,
+    mid_times: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log-mel and audio-present mask for frames [start, start + n).
 
-    Frame i gets ``audio_context`` samples centred on its mid-time (i + 0.5) / fps, zero-padded past
-    the ends of the track (an audio track shorter than the video reads as silence there).
+    Frame i gets ``audio_context`` samples centred on its mid-time (``mid_times`` when the decoder gave
+    frame timestamps, else (i + 0.5) / fps), zero-padded past the ends of the track (an audio track
+    shorter than the video reads as silence there).
     """
     mel = np.zeros((n, p.mel_frames, p.n_mels), np.float32)
     if samples is None or n == 0:
         return mel, np.zeros(n, bool)
     ctx = p.audio_context
-    centres = np.round((np.arange(start, start + n) + 0.5) / fps * p.sample_rate).astype(np.int64)
+    mids = mid_times if mid_times is not None else (np.arange(start, start + n) + 0.5) / fps
+    centres = np.round(mids * p.sample_rate).astype(np.int64)
     lo = int(centres[0]) - ctx // 2
     hi = int(centres[-1]) - ctx // 2 + ctx
     seg = np.zeros(hi - lo, np.float32)
@@ -149,6 +160,10 @@ def iter_video_inputs(
     """Stream one video's model inputs in chunks of at most ``chunk`` frames, covering every frame."""
     decoder = decoder or DecordDecoder()
     samples = decoder.read_audio(path, p.sample_rate) if info.has_audio else None
+    times = decoder.frame_times(path)
+    if len(times) != info.n_frames:
+        raise BadInputError("frame_count_mismatch", f"{len(times)} frame timestamps for {info.n_frames} frames")
+    mids = frame_midpoints(times, info.fps)
     if face_mode == "centred":
         size = (p.crop_size, p.crop_size)
     elif face_mode == "detect":
@@ -164,6 +179,6 @@ def iter_video_inputs(
             n_faces = face_mask.astype(np.int16)
         else:
             face, face_mask, n_faces = detect_and_crop(frames, p)
-        mel, audio_mask = audio_features(samples, info.fps, start, n, p)
-        yield InputChunk(start, face, face_mask, mel, audio_mask, n_faces)
+        mel, audio_mask = audio_features(samples, info.fps, start, n, p, mids[start : start + n])
+        yield InputChunk(start, face, face_mask, mel, audio_mask, n_faces, times[start : start + n])
         start += n

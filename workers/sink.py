@@ -43,16 +43,17 @@ def write_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
 
 
 def frames_table(source_uri: str, fps: float, pred: FramePredictions, face_mask: np.ndarray, n_faces: np.ndarray,
-                 audio_mask: np.ndarray, model_name: str, run_id: str) -> pa.Table:
+                 audio_mask: np.ndarray, model_name: str, run_id: str, times: np.ndarray | None = None) -> pa.Table:
     n = len(pred.labels)
-    if not (len(face_mask) == len(audio_mask) == len(n_faces) == n) or pred.probs.shape != (n, NUM_CLASSES):
+    if not (len(face_mask) == len(audio_mask) == len(n_faces) == n) or pred.probs.shape != (n, NUM_CLASSES) or (
+            times is not None and len(times) != n):
         raise ValueError(f"per-frame arrays disagree on the frame count ({n})")
     idx = np.arange(n, dtype=np.int32)
     cols = {
         "video_id": pa.array([video_id(source_uri)] * n, pa.string()),
         "source_uri": pa.array([source_uri] * n, pa.string()),
         "frame_index": idx,
-        "timestamp_s": idx / float(fps),
+        "timestamp_s": times if times is not None else idx / float(fps),
         "label": pa.array(np.asarray(CLASSES, dtype=object)[pred.labels]),
         "label_id": pred.labels.astype(np.int8),
         "confidence": pred.confidence.astype(np.float32),

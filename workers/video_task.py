@@ -93,12 +93,15 @@ class _MaskTap:
         self.face: list[np.ndarray] = []
         self.audio: list[np.ndarray] = []
         self.n_faces: list[np.ndarray] = []
+        self.times: list[np.ndarray] = []
 
     def __iter__(self) -> Iterator[InputChunk]:
         for c in self.chunks:
             self.face.append(c.face_mask.copy())
             self.audio.append(c.audio_mask.copy())
             self.n_faces.append(c.n_faces.copy())
+            if c.times is not None:
+                self.times.append(c.times.copy())
             self.progress(c.start + len(c))
             yield c
 
@@ -128,8 +131,9 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
             except FrameCountError as exc:
                 raise BadInputError("frame_count_mismatch", str(exc)) from None
     face_mask, audio_mask = np.concatenate(tap.face), np.concatenate(tap.audio)
+    times = np.concatenate(tap.times) if tap.times else None
     table = frames_table(source.uri, info.fps, pred, face_mask, np.concatenate(tap.n_faces), audio_mask,
-                         cfg.model_name, cfg.run_id)
+                         cfg.model_name, cfg.run_id, times)
     out_fs, out_base = resolve(cfg.out)
     fpath = frames_path(out_base, cfg.model_version, source.uri)
     write_atomic(table, out_fs, fpath)

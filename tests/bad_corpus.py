@@ -1,0 +1,65 @@
+"""Writes the bad-input corpus: `python -m tests.bad_corpus DIR` prints {file: "labelled" | failure reason}.
+
+Run as its own process: PyAV must not share a process with decord (see tests/test_bad_input.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from tests.media import write_video
+
+FPS = 15
+VFR_PTS = [0, 1, 2, 4, 5, 8, 9, 10, 14, 15, 16, 20, 21, 22, 23, 30]  # in 1/30 s: gaps of 1 to 7 ticks
+
+
+def build(d: Path) -> dict[str, str]:
+    expect: dict[str, str] = {}
+
+    def ok(name: str, n: int, **kw) -> None:
+        write_video(d / name, n, FPS, **kw)
+        expect[name] = "labelled"
+
+    ok("h264 with audio.mp4", 30, audio_seconds=2.0)
+    ok("no audio track.mp4", 30)
+    ok("one frame.mp4", 1, audio_seconds=0.1)
+    ok("hevc.mp4", 20, codec="libx265", audio_seconds=1.4)
+    ok("vp9.webm", 20, codec="libvpx-vp9", audio_codec="libopus", sample_rate=48000, audio_seconds=1.4)
+    ok("mjpeg.avi", 20, codec="mjpeg", pix_fmt="yuvj420p", audio_codec="pcm_s16le", audio_seconds=1.4)
+    ok("mpeg4.mkv", 20, codec="mpeg4", audio_seconds=1.4)
+    ok("tiny 16x16.mp4", 20, size=(16, 16))
+    ok("huge 3840x2160.mp4", 3, size=(3840, 2160))
+    ok("variable frame rate.mp4", len(VFR_PTS), pts=VFR_PTS, time_base=Fraction(1, 30))
+    ok("rotated.mp4", 20, metadata={"rotate": "90"})
+    ok("ünïcødé 表情 clip.mp4", 20, audio_seconds=1.4)
+    (d / "sub").mkdir(parents=True, exist_ok=True)
+    ok("sub/../dotdot.mp4", 20)
+    (d / "zero bytes.mp4").write_bytes(b"")
+    expect["zero bytes.mp4"] = "empty_file"
+    whole = (d / "h264 with audio.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(whole[: len(whole) // 3])
+    expect["truncated.mp4"] = "not_a_video"
+    (d / "random bytes.mp4").write_bytes(np.random.default_rng(1).bytes(20000))
+    (d / "text.mp4").write_text("this is not a video\n" * 100)
+    with av.open(str(d / "audio only.mp4"), "w") as out:
+        s = out.add_stream("aac", rate=16000, layout="mono")
+        tone = (0.2 * np.sin(np.arange(16000) / 5)).astype(np.float32)[None]
+        for i in range(0, 16000, 1024):
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, i:i + 1024]), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 16000, i
+            out.mux(s.encode(f))
+        out.mux(s.encode(None))
+    expect["audio only.mp4"] = "not_a_video"
+    return expect
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    print(json.dumps(build(out)))

@@ -1,0 +1,92 @@
+"""A corpus of awkward and broken files: each ends labelled (right frame count, right masks) or as a
+failed row with a reason a person understands, and the run completes. Real files, real parts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import decord
+from flows.label_archive import run_label_archive
+from flows.query import connect
+from tests.bad_corpus import VFR_PTS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    # Written in a fresh process: once decord is imported, its own bundled libavcodec shadows PyAV's and
+    # encoders PyAV has (libvpx-vp9) fail to open.
+    d = tmp_path_factory.mktemp("bad") / "in"
+    res = subprocess.run([sys.executable, "-m", "tests.bad_corpus", str(d)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return d, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    d, _ = corpus
+    out = tmp_path_factory.mktemp("bad_out") / "labels"
+    return out, run_label_archive([str(d)], str(out))
+
+
+def _rows(out):
+    con = connect(str(out))
+    return {r[0]: r[1:] for r in con.sql(
+        "SELECT source_uri, status, error_reason, error_message, frame_count FROM videos").fetchall()}
+
+
+def test_every_file_is_labelled_or_failed_with_a_reason(run, corpus):
+    d, expect = corpus
+    out, result = run
+    rows = _rows(out)
+    named = {str((d / k).resolve()): v for k, v in expect.items()}
+    for uri, want in named.items():
+        assert uri in rows, f"{uri} has no videos row"
+        status, reason, message, _ = rows[uri]
+        if want == "labelled":
+            assert status == "labelled", (uri, reason, message)
+        else:
+            assert status == "failed" and reason == want and message, (uri, status, reason)
+    # files with a video name whose bytes are not a video: skipped by probing and counted, or failed
+    for junk in ("random bytes.mp4", "text.mp4"):
+        uri = str(d / junk)
+        assert uri not in rows or rows[uri][0] == "failed"
+    assert result["labelled"] == sum(v == "labelled" for v in expect.values())
+
+
+def test_labelled_files_have_one_row_per_decoded_frame_and_right_masks(run, corpus):
+    d, expect = corpus
+    out, _ = run
+    con = connect(str(out))
+    counts = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
+    for name, want in expect.items():
+        if want != "labelled":
+            continue
+        uri = str((d / name).resolve())
+        assert counts[uri] == len(decord.VideoReader(uri)), name
+    masks = dict(con.sql("SELECT source_uri, bool_or(audio_present) FROM frames GROUP BY 1").fetchall())
+    assert masks[str(d / "no audio track.mp4")] is False and masks[str(d / "h264 with audio.mp4")] is True
+
+
+def test_variable_frame_rate_timestamps_come_from_the_container(run, corpus):
+    d, _ = corpus
+    out, _ = run
+    ts = connect(str(out)).sql("SELECT timestamp_s FROM frames WHERE source_uri LIKE '%variable frame rate.mp4' "
+                               "ORDER BY frame_index").fetchnumpy()["timestamp_s"]
+    np.testing.assert_allclose(ts, np.array(VFR_PTS) / 30, atol=2e-3)
+
+
+def test_no_output_lands_outside_the_destination(run):
+    out, _ = run
+    files = [p for p in out.parent.rglob("*") if p.is_file()]
+    assert files and all(out in p.parents for p in files)
+    names = [p.name for p in (out / "frames").rglob("*.parquet")]
+    assert all(n.isascii() and ".." not in n and " " not in n for n in names)

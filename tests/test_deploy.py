@@ -1,0 +1,240 @@
+"""`emoframe serve` (flows/deploy.py) against a real Prefect server on loopback: the deployment is registered
+with its cron schedule, a run triggered with `prefect deployment run` labels real MP4 files on Ray, and
+stopping serve pauses the schedule. Also the set-up errors, without a server.
+
+The process helpers here (ServiceProcesses, free_port, wait_for) are shared with tests/test_ray_job.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import decord
+from flows.deploy import ServeSetupError, serve
+from flows.query import connect
+from tests.media import write_video
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+TAG_VAR = "EMOFRAME_TEST_PROCESSES"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float, interval: float = 1.0,
+              alive: subprocess.Popen | None = None, log: Path | None = None) -> object:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` s, or at once when the process
+    ``alive`` exits (with the tail of ``log``, which says why)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            pytest.fail(f"{what}: the process exited with {alive.returncode}\n{tail(log)}")
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    pytest.fail(f"{what}: not within {timeout:.0f} s\n{tail(log)}")
+
+
+def tail(log: Path | None, n: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log and log.exists() else ""
+
+
+class ServiceProcesses:
+    """The processes a test starts, each in a new session and all carrying a unique tag in their environment.
+    Every descendant inherits the tag (uvicorn, Ray's daemons and workers, tritonserver, the flow run's
+    subprocess), so everything the test caused can be found by pid and ended, without touching anyone else's
+    processes (`ray stop` would kill every Ray process on the machine)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.tag = secrets.token_hex(8)
+        self.env = {**os.environ, **env, TAG_VAR: self.tag}
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], log: Path) -> subprocess.Popen:
+        with log.open("ab") as f:
+            p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                                 cwd=REPO_ROOT, start_new_session=True)
+        self.started.append(p)
+        return p
+
+    def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(args, capture_output=True, text=True, env=self.env, cwd=REPO_ROOT, timeout=timeout)
+
+    def alive(self) -> dict[int, str]:
+        """pid -> command line of every live process carrying this test's tag."""
+        marker = f"{TAG_VAR}={self.tag}".encode()
+        found = {}
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if marker in (d / "environ").read_bytes().split(b"\0"):
+                    state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state != "Z":  # a zombie has ended; only its parent's wait is missing
+                        found[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        return found
+
+    def stop(self, p: subprocess.Popen, grace: float) -> None:
+        """SIGTERM to the process group (a clean shutdown), SIGKILL after ``grace`` s."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+            if p.poll() is not None:
+                return
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                p.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def stop_all(self, grace: float = 15) -> dict[int, str]:
+        """Stop what was started (last first), then whatever else carries the tag. Returns the processes that
+        were still there after their parents stopped and had to be ended one by one (should be none)."""
+        for p in reversed(self.started):
+            self.stop(p, grace)
+        deadline = time.monotonic() + grace
+        while (left := self.alive()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.alive():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if left:
+                time.sleep(2)
+        return left
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A short directory for Ray's session files: its Unix socket paths must stay under 107 characters, which a
+    pytest tmp_path does not guarantee."""
+    with tempfile.TemporaryDirectory(prefix="efray", dir="/tmp") as d:
+        yield Path(d)
+
+
+def two_videos(folder: Path) -> list[Path]:
+    return [write_video(folder / "talking.mp4", 30, 15, audio_seconds=2.0), write_video(folder / "mute.mp4", 20, 15)]
+
+
+def assert_labelled(out: Path, videos: list[Path]) -> None:
+    """One Parquet row per decoded frame of each video, and a `labelled` videos row."""
+    con = connect(str(out))
+    rows = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
+    assert rows == {str(v): len(decord.VideoReader(str(v))) for v in videos}
+    status = dict(con.sql("SELECT source_uri, status FROM videos").fetchall())
+    assert status == {str(v): "labelled" for v in videos}
+
+
+def test_serve_needs_a_prefect_server():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(ServeSetupError, match=r"prefect server start.*PREFECT_API_URL"):
+            serve(["clips/"], "labels/", cron="0 2 * * *")
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        with pytest.raises(ServeSetupError, match="does not answer"):
+            serve(["clips/"], "labels/", cron="0 2 * * *")
+
+
+@pytest.mark.parametrize("cron, tz, why", [("0 2 * *", None, "Invalid cron string"),
+                                          ("0 2 * * *", "Mars/Olympus", "Invalid timezone")])
+def test_serve_rejects_a_bad_schedule_before_contacting_prefect(cron, tz, why):
+    with pytest.raises(ServeSetupError, match=why):
+        serve(["clips/"], "labels/", cron=cron, timezone=tz)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    procs = ServiceProcesses({
+        "PREFECT_HOME": str(tmp_path / "prefect_home"),  # nothing of this test lands in ~/.prefect
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        # Each flow run starts a local Ray; keep its files here, and keep Ray 2.60 from writing an auth token
+        # into ~/.ray (a new local cluster enables token auth by default).
+        "RAY_TMPDIR": str(ray_tmp),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    })
+    videos = two_videos(tmp_path / "in")
+    out = tmp_path / "out"
+    # Monthly at 00:00 on the 1st, in a month 5-6 months away: it cannot fire during the test.
+    cron = f"0 0 1 {(dt.datetime.now(dt.timezone.utc).month + 5) % 12 + 1} *"
+    name = "nightly-test"
+    server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    try:
+        server = procs.start([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                              "--port", str(port)], server_log)
+        http = httpx.Client(base_url=api, timeout=10)
+
+        def get(path: str) -> dict | None:
+            try:
+                r = http.get(path)
+            except httpx.TransportError:
+                return None
+            return r.json() if r.status_code == 200 else None
+
+        wait_for("Prefect server health", lambda: get("/health"), 120, alive=server, log=server_log)
+
+        served = procs.start([sys.executable, "-m", "flows.deploy", str(tmp_path / "in"), "--out", str(out),
+                              "--cron", cron, "--name", name], serve_log)
+        deployment = wait_for("deployment registered", lambda: get(f"/deployments/name/label_archive/{name}"),
+                              120, alive=served, log=serve_log)
+        [schedule] = deployment["schedules"]
+        assert schedule["schedule"]["cron"] == cron and schedule["active"] and not deployment["paused"]
+        assert deployment["parameters"]["sources"] == [str(tmp_path / "in")]
+        assert deployment["parameters"]["out"] == str(out)
+
+        started = procs.run([str(VENV_BIN / "prefect"), "deployment", "run", f"label_archive/{name}"], 60)
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+
+        def finished() -> str | None:
+            state = (get(f"/flow_runs/{run_id}") or {}).get("state") or {}
+            return state.get("type") if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") \
+                else None
+
+        assert wait_for("flow run finished", finished, 240, interval=2, alive=served, log=serve_log) \
+            == "COMPLETED", tail(serve_log)
+        assert "prefect.task_runner.ray - Creating a local Ray instance" in serve_log.read_text()
+        assert_labelled(out, videos)
+
+        # Stopped right after a run (the case where Prefect's own pause on shutdown is lost), the deployment is
+        # paused; serving it again resumes it.
+        procs.stop(served, grace=30)
+        assert get(f"/deployments/{deployment['id']}")["paused"], tail(serve_log)
+        assert "paused label_archive/nightly-test" in serve_log.read_text()
+        served = procs.start(served.args, serve_log)
+        wait_for("deployment resumed", lambda: not get(f"/deployments/{deployment['id']}")["paused"], 120,
+                 alive=served, log=serve_log)
+    finally:
+        left = procs.stop_all()
+    assert not left, f"processes left behind: {left}"
+    assert not procs.alive()
