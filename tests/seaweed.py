@@ -42,11 +42,10 @@ class S3Server:
     region: str
     log_path: Path
 
-    def filesystem(self, allow_bucket_creation: bool = False) -> pafs.S3FileSystem:
+    def filesystem(self) -> pafs.S3FileSystem:
         """A client with the endpoint and credentials given explicitly (not from the environment)."""
         return pafs.S3FileSystem(endpoint_override=self.endpoint.removeprefix("http://"), scheme="http",
-                                 access_key=self.access_key, secret_key=self.secret_key, region=self.region,
-                                 allow_bucket_creation=allow_bucket_creation)
+                                 access_key=self.access_key, secret_key=self.secret_key, region=self.region)
 
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"

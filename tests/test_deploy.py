@@ -76,8 +76,9 @@ class ServiceProcesses:
         self.started.append(p)
         return p
 
-    def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
-        return subprocess.run(args, capture_output=True, text=True, env=self.env, cwd=REPO_ROOT, timeout=timeout)
+    def run(self, args: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, capture_output=True, text=True, env={**self.env, **env}, cwd=REPO_ROOT,
+                              timeout=timeout)
 
     def alive(self) -> dict[int, str]:
         """pid -> command line of every live process carrying this test's tag."""
@@ -109,23 +110,26 @@ class ServiceProcesses:
             except subprocess.TimeoutExpired:
                 pass
 
-    def stop_all(self, grace: float = 15) -> dict[int, str]:
-        """Stop what was started (last first), then whatever else carries the tag. Returns the processes that
-        were still there after their parents stopped and had to be ended one by one (should be none)."""
-        for p in reversed(self.started):
-            self.stop(p, grace)
-        deadline = time.monotonic() + grace
+    def wait_gone(self, timeout: float) -> dict[int, str]:
+        """Wait until no tagged process is left; returns those still there after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
         while (left := self.alive()) and time.monotonic() < deadline:
             time.sleep(0.5)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.alive():
+        return left
+
+    def end_all(self, grace: float = 10) -> None:
+        """Stop what was started (last first), then every other tagged process, daemons such as a Ray head
+        included: SIGTERM, SIGKILL after ``grace`` s. `ray stop --force`, limited to this test's processes."""
+        for p in reversed(self.started):
+            self.stop(p, grace)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            for pid in (pids := self.alive()):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            if left:
-                time.sleep(2)
-        return left
+            if pids:
+                self.wait_gone(wait)
 
 
 @pytest.fixture
@@ -234,7 +238,10 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
         served = procs.start(served.args, serve_log)
         wait_for("deployment resumed", lambda: not get(f"/deployments/{deployment['id']}")["paused"], 120,
                  alive=served, log=serve_log)
+
+        procs.stop(served, grace=30)
+        procs.stop(server, grace=30)
+        left = procs.wait_gone(20)
+        assert not left, f"processes left behind once serve and the server stopped: {left}"
     finally:
-        left = procs.stop_all()
-    assert not left, f"processes left behind: {left}"
-    assert not procs.alive()
+        procs.end_all()

@@ -124,6 +124,7 @@ class EmbeddedTriton:
         *,
         model_names: Sequence[str] = (MODEL_NAME,),
         log_verbose: int = 0,
+        ports: tuple[int, int] | None = None,
     ):
         self.model_repo = Path(model_repo).resolve()
         self.ready_timeout_s = ready_timeout_s
@@ -137,6 +138,7 @@ class EmbeddedTriton:
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._http_port = self._grpc_port = 0
+        self._fixed_ports = ports  # (http, grpc): a restart at the same address, e.g. after a crash
         self._lock = threading.RLock()  # re-entrant: a signal may arrive while stop() runs on the main thread
         self._prev_handlers: dict[int, object] = {}
 
@@ -209,7 +211,7 @@ class EmbeddedTriton:
         return backends
 
     def _launch(self, binary: Path, backends: Path) -> None:
-        self._http_port, self._grpc_port = _free_ports(2)
+        self._http_port, self._grpc_port = self._fixed_ports or _free_ports(2)
         cmd = [
             str(binary),
             f"--model-repository={self.model_repo}",

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING
 from workers.decode import Decoder, VideoInfo
-from workers.errors import BadInputError
+from workers.errors import BadInputError, ServiceUnavailableError
 from workers.isolation import Limits, run_isolated
 from workers.labeling import predict_video
 from workers.preprocess import FaceMode, InputChunk, iter_video_inputs
@@ -161,6 +161,19 @@ class _Attempts:
             f.write(json.dumps({"attempts": before + 1}).encode())
         return before
 
+    def undo(self) -> None:
+        """Takes back the last attempt: it ended for a reason outside the file (Triton down)."""
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                made = int(json.loads(f.read())["attempts"])
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            return
+        if made <= 1:
+            self.clear()
+            return
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(json.dumps({"attempts": made - 1}).encode())
+
     def clear(self) -> None:
         try:
             self.fs.delete_file(self.path)
@@ -185,6 +198,9 @@ def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
             break
         try:
             done = run_isolated(_label_frames, (source, cfg), cfg.limits) if cfg.isolate else _label_frames(source, cfg)
+        except ServiceUnavailableError:
+            attempts.undo()  # not the file's fault; the caller retries later
+            raise
         except BadInputError as exc:
             error = exc
             if exc.reason in RETRYABLE_REASONS:
