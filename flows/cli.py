@@ -133,11 +133,13 @@ def cmd_label(a: argparse.Namespace) -> int:
     if not sources:
         from training.synth import generate
 
-        sample = a.out / "_sample_videos"
+        if "://" in a.out:
+            raise SystemExit("give the videos to label; sample videos are only generated for a local --out")
+        sample = Path(a.out) / "_sample_videos"
         print(f"no sources given: generating sample videos in {sample} (synthetic set, seed {a.sample_seed})")
         generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, progress=True)
         sources = [str(sample / "videos")]
-    result = run_label_archive(sources, str(a.out), ray_address=a.ray_address, triton_url=a.triton_url,
+    result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
                                face_mode=a.faces, include=a.include, exclude=a.exclude, force=a.force)
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
 
@@ -145,7 +147,7 @@ def cmd_label(a: argparse.Namespace) -> int:
 def cmd_query(a: argparse.Namespace) -> int:
     from flows.query import run_query
 
-    print(run_query(a.sql, str(a.out)))
+    print(run_query(a.sql, a.out))
     return 0
 
 
@@ -199,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("label", help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label; none = generate a few sample videos and label them")
-    p.add_argument("--out", type=Path, default=Path("emoframe_out"), help="output folder (Parquet)")
+    p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")
     p.add_argument("--faces", choices=("centred", "detect"), default="centred",
@@ -215,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
     p.add_argument("sql")
-    p.add_argument("--out", type=Path, default=Path("emoframe_out"), help="output folder written by label")
+    p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix written by label")
     p.set_defaults(fn=cmd_query)
 
     for name, fn, helptext in (("build-model", cmd_build_model, "synth data, train, evaluate and export the deployed model"),

@@ -1,22 +1,43 @@
-"""`emoframe serve`: the `label_archive` flow as a Prefect deployment with a cron schedule, run by this process.
+"""Scheduled operation of the `label_archive` flow (see docs/operations.md).
 
-Prefect's serve registers the deployment (and its schedule) with a Prefect API server, then polls it and runs
-each scheduled or manually triggered flow run itself, on Ray (a local Ray, or the cluster at ``ray_address``).
-The production alternative (a work pool and a worker) is described in docs/operations.md.
+- ``serve``: `emoframe serve`. Prefect's serve registers deployment ``label_archive/<name>`` with a cron schedule
+  on a Prefect API server, then polls it and runs each scheduled or triggered flow run itself, on Ray.
+- ``label_archive_on_ray``: the entrypoint for work-pool deployments (`flows/deploy.py:label_archive_on_ray`),
+  where a worker loads the flow from source and it must already carry its Ray task runner.
 
-This module's top level imports nothing heavy: flows/cli.py builds its parser from ``add_serve_arguments``
-and `emoframe --help` stays instant.
+The CLI imports this module only inside its `serve` subcommand: it pulls in Prefect, Ray and the workers.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from typing import get_args
 
+from prefect import Flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL
+from prefect_ray import RayTaskRunner
+from pydantic import ValidationError
+
+from flows.label_archive import label_archive
 from workers.errors import EmoframeError
+from workers.preprocess import FaceMode
 
 DEFAULT_NAME = "label-archive"
+
+
+def on_ray(ray_address: str | None) -> Flow:
+    """`label_archive` with its tasks on the Ray cluster at ``ray_address``; None: the cluster in RAY_ADDRESS,
+    else one started by `ray start` on this machine, else a new local Ray (ray.init's own search order)."""
+    return label_archive.with_options(task_runner=RayTaskRunner(address=ray_address))
+
+
+# A worker imports the deployment's entrypoint and runs what it finds there; the plain `label_archive` would
+# come back with Prefect's default thread-pool task runner. Point the work pool's RAY_ADDRESS at the cluster.
+label_archive_on_ray = on_ray(None)
 
 
 class ServeSetupError(EmoframeError):
@@ -32,9 +53,6 @@ def _absolute(uri: str) -> str:
 def _require_api() -> str:
     """The configured Prefect API URL, checked to answer. Without one Prefect would fall back on an ephemeral
     in-process API, which runs no scheduler: the schedule would silently never fire."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
     url = PREFECT_API_URL.value()
     if not url:
         raise ServeSetupError(
@@ -51,9 +69,6 @@ def _require_api() -> str:
 
 def _check_cron(cron: str, timezone: str | None) -> None:
     """Fail now, not at the first scheduled time, on a malformed expression or an unknown time zone."""
-    from prefect.client.schemas.schedules import CronSchedule
-    from pydantic import ValidationError
-
     try:
         CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as exc:
@@ -69,16 +84,9 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     """Register deployment ``label_archive/<name>`` on ``cron`` (in ``timezone``, default UTC) and run its flow
     runs in this process until interrupted. Each run labels ``sources`` into ``out`` on Ray.
 
-    Needs PREFECT_API_URL pointing at a running Prefect server. On exit Prefect pauses the schedule, so runs do
+    Needs PREFECT_API_URL pointing at a running Prefect server. On exit the deployment is paused, so runs do
     not pile up while nothing serves them; the next `serve` with the same name resumes it.
     """
-    from typing import get_args
-
-    from prefect_ray import RayTaskRunner
-
-    from flows.label_archive import label_archive
-    from workers.preprocess import FaceMode
-
     if not sources:
         raise ServeSetupError("give at least one source (a file, folder, glob or s3:// / gs:// URI) to label")
     if face_mode not in get_args(FaceMode):
@@ -86,61 +94,41 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     _check_cron(cron, timezone)
     api = _require_api()
 
-    from prefect.schedules import Cron
-
     parameters = {"sources": [_absolute(s) for s in sources], "out": _absolute(out), "triton_url": triton_url,
                   "face_mode": face_mode, "include": include or None, "exclude": exclude or None,
                   "model_repo": _absolute(model_repo) if model_repo else None}
     # The task runner is not a flow parameter, so it lives on the served flow object itself. Prefect's serve
-    # runs this very object (cloudpickled into a subprocess per run), not a fresh import of the entrypoint,
-    # which would come back with the default thread-pool runner.
-    flow = label_archive.with_options(task_runner=RayTaskRunner(address=ray_address))
+    # runs this very object (cloudpickled into a subprocess per run), not a fresh import of the entrypoint.
+    flow = on_ray(ray_address)
     ray_text = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray"
-    print(f"serving label_archive/{name} from Prefect API {api}: cron {cron!r} ({timezone or 'UTC'}), "
+    print(f"serving {flow.name}/{name} from Prefect API {api}: cron {cron!r} ({timezone or 'UTC'}), "
           f"{len(sources)} source(s) -> {parameters['out']}, tasks on {ray_text}")
-    flow.serve(
-        name=name,
-        schedules=[Cron(cron, timezone=timezone)],
-        parameters=parameters,
-        description=f"Label {', '.join(parameters['sources'])} into {parameters['out']} with tasks on {ray_text}.",
-        tags=["emoframe"],
-        # One run at a time: a run that outlasts the cron period would otherwise overlap the next one and
-        # label the same videos twice. The later run waits for the slot instead.
-        limit=1,
-    )
-
-
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    """The `serve` flags; shared by flows/cli.py and ``python -m flows.deploy``."""
-    p.add_argument("sources", nargs="+", help="videos to label on each run: files, folders, globs, s3://, gs://")
-    p.add_argument("--out", required=True, help="output folder or bucket URI (Parquet)")
-    p.add_argument("--cron", required=True, help="schedule, e.g. '0 2 * * *' (02:00 every day)")
-    p.add_argument("--timezone", help="IANA time zone of the cron expression (default UTC)")
-    p.add_argument("--name", default=DEFAULT_NAME, help="deployment name: runs are label_archive/<name>")
-    p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: each run starts the "
-                                        "embedded server")
-    p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray per run")
-    p.add_argument("--faces", choices=("centred", "detect"), default="centred",
-                   help="centred: face-centred input; detect: raw footage, OpenCV face detector")
-    p.add_argument("--include", action="append", default=[], help="glob on paths under a folder (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
-
-
-def cmd_serve(a: argparse.Namespace) -> int:
     try:
-        serve(a.sources, str(a.out), cron=a.cron, name=a.name, triton_url=a.triton_url, ray_address=a.ray_address,
-              face_mode=a.faces, include=a.include, exclude=a.exclude, timezone=a.timezone)
-    except ServeSetupError as exc:
-        print(f"emoframe serve: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        flow.serve(
+            name=name,
+            schedules=[Cron(cron, timezone=timezone)],
+            parameters=parameters,
+            description=f"Label {', '.join(parameters['sources'])} into {parameters['out']} with tasks on "
+                        f"{ray_text}.",
+            tags=["emoframe"],
+            # One run at a time: a run that outlasts the cron period would otherwise overlap the next one and
+            # label the same videos twice. The later run waits for the slot instead.
+            limit=1,
+            # Prefect's own pause on shutdown runs inside the event loop that its SIGTERM handler is tearing
+            # down, and is lost when the signal comes soon after a run; the pause below is not.
+            pause_on_shutdown=False,
+        )
+    finally:
+        _pause(f"{flow.name}/{name}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n")[0])
-    add_serve_arguments(p)
-    return cmd_serve(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _pause(deployment: str) -> None:
+    """Pause the deployment on the way out, so the server stops scheduling runs that nothing would start (they
+    would pile up as Late and all start at once on the next `serve`)."""
+    try:
+        with get_client(sync_client=True) as client:
+            client.pause_deployment(client.read_deployment_by_name(deployment).id)
+        print(f"paused {deployment}: run `emoframe serve` again to resume its schedule")
+    except Exception as exc:  # exiting anyway: say what is left to do rather than mask the original exit
+        print(f"could not pause {deployment} ({type(exc).__name__}: {exc}); its schedule stays active: pause it "
+              f"with `prefect deployment schedule pause {deployment} --all`", file=sys.stderr)

@@ -48,6 +48,7 @@ class RunSummary:
     skipped_not_video: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def labelled(self) -> int:
@@ -74,6 +75,8 @@ class RunSummary:
                          f"{o.face_missing} frames, audio missing {o.audio_missing} frames")
         for m in self.missing:
             lines.append(f"  NOT FOUND {m}")
+        for uri, why in self.skip_reasons.items():
+            lines.append(f"  SKIPPED {uri}: {why}")
         lines.append(f"output: {self.out}/frames and {self.out}/videos (model_version={self.model_version})")
         return "\n".join(lines)
 
@@ -126,8 +129,9 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         ledger = {} if force else read_ledger(out, version)
         todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri))]
         todo_uris = {s.uri for s in todo}
-        summary = RunSummary(run_id, out_base, version, skipped_not_video=listing.skipped_not_video,
-                             missing=listing.missing,
+        shown_out = out if "://" in out else out_base
+        summary = RunSummary(run_id, shown_out, version, skipped_not_video=listing.skipped_not_video,
+                             missing=listing.missing, skip_reasons=listing.skip_reasons,
                              already_done=[s.uri for s in listing.sources if s.uri not in todo_uris])
         if summary.already_done:
             print(f"{len(summary.already_done)} videos already labelled by model version {version} and unchanged: "
@@ -140,7 +144,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             summary.outcomes.append(outcome)
             print(f"[{i}/{len(futures)}] {outcome.row['status']}: {src.uri}")
     print(summary.format())
-    return {"run_id": run_id, "out": out_base, "model_version": version, "labelled": summary.labelled,
+    return {"run_id": run_id, "out": summary.out, "model_version": version, "labelled": summary.labelled,
             "failed": summary.failed, "already_done": len(summary.already_done),
             "skipped_not_video": len(listing.skipped_not_video),
             "missing": listing.missing, "text": summary.format()}
@@ -150,7 +154,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
 def prefect_api() -> Iterator[str]:
     """The Prefect API every process of the run talks to: PREFECT_API_URL when set, else one temporary
     local server shared by the flow and all Ray workers (left alone, each worker would start its own)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
     url = PREFECT_API_URL.value()
     if url:
@@ -160,22 +164,29 @@ def prefect_api() -> Iterator[str]:
 
     server = SubprocessASGIServer()
     server.start(timeout=180)
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by a local Ray started below
+    # The temporary server dies with the run, so logs are not shipped to it (otherwise the process
+    # retries sending them for a minute at exit); they still go to the terminal.
+    env = {"PREFECT_API_URL": server.api_url, "PREFECT_LOGGING_TO_API_ENABLED": "false"}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # inherited by a local Ray started below
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}):
             yield server.api_url
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         server.stop()
 
 
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
     """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there."""
     with prefect_api() as api_url:
-        init = {"runtime_env": {"env_vars": {"PREFECT_API_URL": api_url}}}
+        env = {"PREFECT_API_URL": api_url}
+        if os.environ.get("PREFECT_LOGGING_TO_API_ENABLED"):
+            env["PREFECT_LOGGING_TO_API_ENABLED"] = os.environ["PREFECT_LOGGING_TO_API_ENABLED"]
+        init = {"runtime_env": {"env_vars": env}}
         runner = RayTaskRunner(address=ray_address, init_kwargs=init) if ray_address else RayTaskRunner(init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)

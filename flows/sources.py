@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
+from workers.storage import REMOTE_SCHEMES, filesystem_for
+
 if TYPE_CHECKING:  # imported where used: workers.video_task pulls in torch, and `emoframe query` needs none of it
     from workers.video_task import Source
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
-REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs"})  # gcs:// is pyarrow's alias of gs://
 
 # Enough for MPEG-TS's second sync byte (188-byte packets, 192 in M2TS): one sync byte alone would accept one
 # random file in 256. Still a single small ranged read per object.
@@ -32,35 +33,6 @@ PROBE_BYTES = 200
 PROBE_THREADS = 16  # object-store probes are round trips, not work: overlap them
 _QUICKTIME_ATOMS = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})  # old .mov lack ftyp
 _ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and the path inside it for a local path, file://, s3:// or gs:// URI.
-
-    Local paths come back absolute with ``..`` resolved. For a bucket, only ``scheme://bucket`` goes through
-    pyarrow's URI parser (which rejects spaces and decodes ``%xx`` in keys); pyarrow 25 takes the endpoint
-    from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and, with such an endpoint, defaults the region to us-east-1
-    instead of asking AWS where the bucket lives. Messages never echo credentials.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme.lower() == "file":
-        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
-    scheme = scheme.lower()
-    if scheme not in REMOTE_SCHEMES:
-        # Only the scheme is quoted: the rest of an unknown URI may hold a password.
-        raise ValueError(f"unsupported URI scheme {scheme}://: use a local path, s3://bucket/key or gs://bucket/key")
-    bucket, _, key = rest.partition("/")
-    if "@" in bucket:  # bucket names cannot contain '@': this is user:secret@bucket
-        raise ValueError(f"{scheme}://***@{bucket.rsplit('@', 1)[1]}/{key}: credentials in a URI are not accepted "
-                         "(URIs are written into the output); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
-                         "your provider's credential chain")
-    if not bucket:
-        raise ValueError(f"{uri}: no bucket name")
-    if glob.has_magic(bucket):
-        raise ValueError(f"{uri}: globs work in keys, not in bucket names")
-    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
-    key = key.rstrip("/")
-    return fs, f"{bucket}/{key}" if key else bucket
 
 
 @dataclass
@@ -141,8 +113,8 @@ def _iso(mtime_ns: int | None) -> str | None:
 def _walk(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
     """Every non-hidden file below ``root`` (hidden: a name or folder starting with '.'), sorted by path."""
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return sorted((fi for fi in infos if fi.type == pafs.FileType.File and not _hidden(fi.path[len(root):].strip("/"))),
-                  key=lambda fi: fi.path)
+    files = (fi for fi in infos if fi.type == pafs.FileType.File and not _hidden(fi.path[len(root):].strip("/")))
+    return sorted(files, key=lambda fi: fi.path)
 
 
 def _expand_remote(spec: str) -> list[_Found] | None:
@@ -152,7 +124,8 @@ def _expand_remote(spec: str) -> list[_Found] | None:
     if info.type == pafs.FileType.File:
         return [_Found(f"{scheme}://{path}", info.base_name, info, fs, True)]
     if info.type == pafs.FileType.Directory:
-        return [_Found(f"{scheme}://{fi.path}", fi.path[len(path):].lstrip("/"), fi, fs, True) for fi in _walk(fs, path)]
+        return [_Found(f"{scheme}://{fi.path}", fi.path[len(path):].lstrip("/"), fi, fs, True)
+                for fi in _walk(fs, path)]
     if not glob.has_magic(path):  # a key holding glob characters was tried literally first
         return None
     parts = path.split("/")

@@ -29,6 +29,9 @@ from tests.media import write_video
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 TAG_VAR = "EMOFRAME_TEST_PROCESSES"
+# What `emoframe serve SOURCE --out OUT --cron CRON --name NAME` runs.
+SERVE = ("import sys; from flows.deploy import serve; "
+         "serve([sys.argv[1]], sys.argv[2], cron=sys.argv[3], name=sys.argv[4])")
 
 
 def free_port() -> int:
@@ -207,8 +210,7 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
 
         wait_for("Prefect server health", lambda: get("/health"), 120, alive=server, log=server_log)
 
-        served = procs.start([sys.executable, "-m", "flows.deploy", str(tmp_path / "in"), "--out", str(out),
-                              "--cron", cron, "--name", name], serve_log)
+        served = procs.start([sys.executable, "-c", SERVE, str(tmp_path / "in"), str(out), cron, name], serve_log)
         deployment = wait_for("deployment registered", lambda: get(f"/deployments/name/label_archive/{name}"),
                               120, alive=served, log=serve_log)
         [schedule] = deployment["schedules"]

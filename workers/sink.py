@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from workers.storage import filesystem_for
+
 from workers.contract import CLASSES, NUM_CLASSES
 from workers.labeling import FramePredictions
 from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
@@ -19,11 +21,7 @@ from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_S
 
 def resolve(dest: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and path for a local folder or a URI (s3://, gs://, file://)."""
-    if "://" in dest:
-        return pafs.FileSystem.from_uri(dest)
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(dest)
+    return filesystem_for(dest)
 
 
 def write_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:

@@ -23,6 +23,7 @@ from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING
 from workers.decode import Decoder, VideoInfo
 from workers.errors import BadInputError, ServiceUnavailableError
 from workers.isolation import Limits, run_isolated
+from workers.storage import filesystem_for
 from workers.labeling import predict_video
 from workers.preprocess import FaceMode, InputChunk, iter_video_inputs
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, attempts_path, frames_path, videos_path
@@ -74,7 +75,7 @@ def local_copy(uri: str) -> Iterator[str]:
     if "://" not in uri or uri.startswith("file://"):
         yield uri.removeprefix("file://")
         return
-    fs, path = pafs.FileSystem.from_uri(uri)
+    fs, path = filesystem_for(uri)
     suffix = os.path.splitext(path)[1][:10]
     with tempfile.NamedTemporaryFile(suffix=suffix, prefix="emoframe-") as tmp:
         with fs.open_input_stream(path) as src:
