@@ -144,6 +144,17 @@ def cmd_label(a: argparse.Namespace) -> int:
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from flows.deploy import ServeSetupError, serve
+
+    try:
+        serve(a.sources, a.out, cron=a.cron, timezone=a.timezone, name=a.name, triton_url=a.triton_url,
+              ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude)
+    except ServeSetupError as exc:
+        raise SystemExit(f"emoframe serve: {exc}") from None
+    return 0
+
+
 def cmd_query(a: argparse.Namespace) -> int:
     from flows.query import run_query
 
@@ -214,6 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
+
+    p = sub.add_parser("serve", help="label on a cron schedule: a Prefect deployment run by this process "
+                                      "(needs PREFECT_API_URL; see docs/operations.md)")
+    p.add_argument("sources", nargs="+", help="what each run labels: files, folders, globs, s3://, gs://")
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix (Parquet)")
+    p.add_argument("--cron", required=True, help="schedule, e.g. '0 2 * * *' (02:00 every day)")
+    p.add_argument("--timezone", help="IANA time zone of --cron (default UTC), e.g. Europe/Paris")
+    p.add_argument("--name", default="label-archive", help="deployment name: runs are label_archive/NAME")
+    p.add_argument("--triton-url", help="gRPC host:port of a running Triton; "
+                                        "default: each run starts the embedded server")
+    p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray per run")
+    p.add_argument("--faces", choices=("centred", "detect"), default="centred",
+                   help="centred: face-centred input; detect: raw footage, OpenCV face detector")
+    p.add_argument("--include", action="append", default=[], help="glob on paths under a folder (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
     p.add_argument("sql")

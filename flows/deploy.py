@@ -31,12 +31,19 @@ DEFAULT_NAME = "label-archive"
 
 def on_ray(ray_address: str | None) -> Flow:
     """`label_archive` with its tasks on the Ray cluster at ``ray_address``; None: the cluster in RAY_ADDRESS,
-    else one started by `ray start` on this machine, else a new local Ray (ray.init's own search order)."""
-    return label_archive.with_options(task_runner=RayTaskRunner(address=ray_address))
+    else one started by `ray start` on this machine, else a new local Ray (ray.init's own search order).
+
+    Ray workers get this process's PREFECT_API_URL, so that their task runs are recorded in the same API: a
+    worker on a cluster node has no Prefect settings of its own and would start a temporary API per process.
+    """
+    api = PREFECT_API_URL.value()
+    init = {"runtime_env": {"env_vars": {"PREFECT_API_URL": api}}} if api else {}
+    return label_archive.with_options(task_runner=RayTaskRunner(address=ray_address, init_kwargs=init))
 
 
-# A worker imports the deployment's entrypoint and runs what it finds there; the plain `label_archive` would
-# come back with Prefect's default thread-pool task runner. Point the work pool's RAY_ADDRESS at the cluster.
+# A worker imports the deployment's entrypoint, in a flow-run process whose PREFECT_API_URL is set, and runs
+# what it finds there; the plain `label_archive` would come back with Prefect's default thread-pool task
+# runner. Point the work pool's RAY_ADDRESS at the cluster.
 label_archive_on_ray = on_ray(None)
 
 
@@ -56,7 +63,7 @@ def _require_api() -> str:
     url = PREFECT_API_URL.value()
     if not url:
         raise ServeSetupError(
-            "emoframe serve needs a Prefect API server to hold the deployment and run its schedule, and none is "
+            "a Prefect API server is needed to hold the deployment and run its schedule, and none is "
             "configured: start one with `prefect server start` and set PREFECT_API_URL "
             "(e.g. `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`), or `prefect cloud login`")
     with get_client(sync_client=True) as client:

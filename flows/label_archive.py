@@ -7,6 +7,7 @@ Ray is either a local `ray.init()` or the cluster at `ray_address`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -187,6 +188,11 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
         env = {"PREFECT_API_URL": api_url}
         if os.environ.get("PREFECT_LOGGING_TO_API_ENABLED"):
             env["PREFECT_LOGGING_TO_API_ENABLED"] = os.environ["PREFECT_LOGGING_TO_API_ENABLED"]
-        init = {"runtime_env": {"env_vars": env}}
+        # Inside a `ray job submit` job, keys the job's runtime env already sets must not be set again:
+        # Ray refuses to merge a conflict. The job's config reaches its driver in this variable.
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+        inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in inherited}
+        init = {"runtime_env": {"env_vars": env}} if env else {}
         runner = RayTaskRunner(address=ray_address, init_kwargs=init) if ray_address else RayTaskRunner(init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)

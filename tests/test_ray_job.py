@@ -47,12 +47,9 @@ def test_ray_job_submit_labels_on_the_cluster(tmp_path, ray_tmp):
 
         # The entrypoint runs on the head with Ray's environment, whose PATH need not hold the venv: give the
         # venv's emoframe by absolute path (and absolute paths for files, the job's working directory is not
-        # this one). The Prefect settings keep the job's ephemeral Prefect API out of ~/.prefect.
+        # this one). The Prefect settings keep the job's temporary Prefect API out of ~/.prefect.
         runtime_env = {"env_vars": {"PREFECT_HOME": str(tmp_path / "prefect_home"),
-                                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                                    # Prefect 3.8.8 otherwise spends ~75 s at exit trying to ship logs to the
-                                    # ephemeral API it has just stopped.
-                                    "PREFECT_LOGGING_TO_API_ENABLED": "false"}}
+                                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}}
         job = procs.run([ray, "job", "submit", "--address", dashboard, "--runtime-env-json", json.dumps(runtime_env),
                          "--", str(VENV_BIN / "emoframe"), "label", str(tmp_path / "in"), "--out", str(out),
                          "--ray-address", gcs], timeout=200)
