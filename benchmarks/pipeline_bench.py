@@ -120,13 +120,16 @@ def bench_model(model_dir: Path, triton_url: str, n_batches: int = 30) -> dict:
 
 
 def run_task(path: Path, triton_url: str, out: Path) -> dict:
-    """One video task in a fresh process; returns its wall time and peak RSS (VmHWM)."""
+    """One video task in a fresh process; returns its wall time and peak RSS (VmHWM).
+
+    isolate=False: the same work in this process rather than in the watchdog's child, so that VmHWM
+    measures the video work itself (a forkserver child's memory is not the caller's)."""
     code = f"""
 import json, time, resource
 import torch
 from workers.video_task import LabelConfig, Source, label_video
 t = time.perf_counter()
-o = label_video(Source({str(path)!r}), LabelConfig(out={str(out)!r}, run_id='bench', triton_url={triton_url!r}, model_version='bench'))
+o = label_video(Source({str(path)!r}), LabelConfig(out={str(out)!r}, run_id='bench', triton_url={triton_url!r}, model_version='bench', isolate=False))
 wall = time.perf_counter() - t
 hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
 print(json.dumps({{"wall_s": wall, "frames": o.row["frame_count"], "status": o.row["status"], "peak_rss_mb": int(hwm) / 1024}}))
