@@ -18,6 +18,8 @@ from workers.decode import DecordDecoder
 from workers.preprocess import FaceMode, iter_video_inputs
 
 FIELDS = ("face", "face_mask", "mel", "audio_mask")
+# Bump when the feature code changes in a way the contract does not capture (2: audio decoded with PyAV).
+FEATURE_CODE_VERSION = 2
 
 
 @dataclass
@@ -36,7 +38,7 @@ class VideoArrays:
 
 def _cache_key(path: Path, face_mode: str, p: Preprocessing) -> str:
     st = path.stat()
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{face_mode}|{fingerprint(p)}"
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{face_mode}|{fingerprint(p)}|{FEATURE_CODE_VERSION}"
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 

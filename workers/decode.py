@@ -46,8 +46,8 @@ class Decoder(Protocol):
         """Yields uint8 [n, height, width, 3] RGB chunks covering every frame in order."""
         ...
 
-    def read_audio(self, path: str, sample_rate: int) -> np.ndarray | None:
-        """Mono float32 samples in [-1, 1] at ``sample_rate``, or None when there is no audio stream."""
+    def read_audio(self, path: str, sample_rate: int) -> AudioStream | None:
+        """The audio track as mono float32 samples at ``sample_rate`` (streamed), or None without one."""
         ...
 
     def frame_times(self, path: str) -> np.ndarray:
@@ -132,26 +132,68 @@ class DecordDecoder:
             times[s : s + 4096] = vr.get_frame_timestamp(list(range(s, min(n, s + 4096))))[:, 0]
         return times
 
-    def read_audio(self, path: str, sample_rate: int) -> np.ndarray | None:
+    def read_audio(self, path: str, sample_rate: int) -> AudioStream | None:
         # Not decord's AudioReader: it decodes the whole track at the source rate before resampling
-        # (+660 MB peak for a 10-minute 48 kHz stereo track). PyAV's decoder + libswresample stream it,
-        # keeping only the 16 kHz mono result (38 MB for 10 minutes).
+        # (+660 MB peak for a 10-minute 48 kHz stereo track). PyAV's decoder + libswresample stream it.
         try:
             container = av.open(path)
         except av.error.FFmpegError as exc:
             raise BadInputError("audio_decode_error", f"audio of {path} could not be read ({exc})") from None
-        with container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            parts: list[np.ndarray] = []
-            try:
-                for frame in container.decode(stream):
-                    parts.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
-                parts.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
-            except av.error.FFmpegError as exc:
-                raise BadInputError("audio_decode_error", f"audio of {path} could not be decoded ({exc})") from None
-        if not parts:
+        if not container.streams.audio:
+            container.close()
             return None
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return AudioStream(container, sample_rate)
+
+
+class AudioStream:
+    """Mono float32 samples at ``sample_rate``, decoded forward on demand; samples before the last
+    ``release`` are dropped, so memory stays bounded for any length (reads must move forward)."""
+
+    def __init__(self, container: av.container.InputContainer, sample_rate: int):
+        self._container = container
+        self._frames = container.decode(container.streams.audio[0])
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        self._buf = np.zeros(0, np.float32)
+        self._start = 0  # sample index of _buf[0]
+        self._done = False
+
+    def _decode_until(self, end: int) -> None:
+        parts = [self._buf]
+        have = self._start + len(self._buf)
+        while have < end and not self._done:
+            try:
+                frame = next(self._frames)
+                out = self._resampler.resample(frame)
+            except StopIteration:
+                out = self._resampler.resample(None)
+                self._done = True
+                self._container.close()
+            except av.error.FFmpegError as exc:
+                raise BadInputError("audio_decode_error", f"the audio track could not be decoded ({exc})") from None
+            for r in out:
+                a = r.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                parts.append(a)
+                have += len(a)
+        if len(parts) > 1:
+            self._buf = np.concatenate(parts)
+
+    def get(self, lo: int, hi: int) -> np.ndarray:
+        """Samples [lo, hi), zeros where the track has none (before 0, past its end)."""
+        if max(lo, 0) < self._start:
+            raise ValueError(f"audio sample {lo} was already released (stream is at {self._start})")
+        self._decode_until(hi)
+        out = np.zeros(hi - lo, np.float32)
+        a, b = max(lo, self._start), min(hi, self._start + len(self._buf))
+        if b > a:
+            out[a - lo : b - lo] = self._buf[a - self._start : b - self._start]
+        return out
+
+    def release(self, before: int) -> None:
+        drop = min(max(0, before - self._start), len(self._buf))
+        if drop:
+            self._buf = self._buf[drop:].copy()
+            self._start += drop
+
+    def read_all(self) -> np.ndarray:
+        self._decode_until(1 << 62)
+        return self._buf[: len(self._buf)]

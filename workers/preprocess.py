@@ -17,7 +17,7 @@ import torch
 import torchaudio
 
 from workers.contract import PREPROCESSING, Preprocessing
-from workers.decode import Decoder, DecordDecoder, VideoInfo
+from workers.decode import AudioStream, Decoder, DecordDecoder, VideoInfo
 from workers.errors import BadInputError
 
 FaceMode = Literal["centred", "detect"]
@@ -113,7 +113,7 @@ def frame_midpoints(times: np.ndarray, fps: float) -> np.ndarray:
 
 
 def audio_features(
-    samples: np.ndarray | None, fps: float, start: int, n: int, p: Preprocessing = PREPROCESSING,
+    samples: np.ndarray | AudioStream | None, fps: float, start: int, n: int, p: Preprocessing = PREPROCESSING,
     mid_times: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log-mel and audio-present mask for frames [start, start + n).
@@ -130,10 +130,13 @@ def audio_features(
     centres = np.round(mids * p.sample_rate).astype(np.int64)
     lo = int(centres[0]) - ctx // 2
     hi = int(centres[-1]) - ctx // 2 + ctx
-    seg = np.zeros(hi - lo, np.float32)
-    a, b = max(lo, 0), min(hi, len(samples))
-    if b > a:
-        seg[a - lo : b - lo] = samples[a:b]
+    if isinstance(samples, AudioStream):
+        seg = samples.get(lo, hi)
+    else:
+        seg = np.zeros(hi - lo, np.float32)
+        a, b = max(lo, 0), min(hi, len(samples))
+        if b > a:
+            seg[a - lo : b - lo] = samples[a:b]
     offsets = centres - ctx // 2 - lo
     windows = np.lib.stride_tricks.sliding_window_view(seg, ctx)[offsets]  # [n, ctx] view, no copy
     rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1))
@@ -180,5 +183,7 @@ def iter_video_inputs(
         else:
             face, face_mask, n_faces = detect_and_crop(frames, p)
         mel, audio_mask = audio_features(samples, info.fps, start, n, p, mids[start : start + n])
+        if isinstance(samples, AudioStream) and start + n < len(mids):  # later frames need nothing earlier
+            samples.release(int(round(mids[start + n] * p.sample_rate)) - p.audio_context)
         yield InputChunk(start, face, face_mask, mel, audio_mask, n_faces, times[start : start + n])
         start += n

@@ -7,6 +7,7 @@ ServiceUnavailableError so the caller's retry policy can try again later.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -118,8 +119,19 @@ class _Labelled:
     outcome: VideoOutcome
 
 
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each thread its own malloc arena; the Triton request threads' MB-sized buffers then
+    fragment several arenas and peak RSS grows with video length (measured: 1.27x for 10 vs 1 minute,
+    1.18x with 2 arenas). Applies to arenas created from now on, so call it before threads start."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except OSError:
+        pass  # not glibc
+
+
 def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], None] = lambda n: None) -> _Labelled:
     """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError."""
+    _limit_malloc_arenas()
     decoder = make_decoder(cfg.decoder)
     with local_copy(source.uri) as path:
         info = decoder.probe(path)
