@@ -137,7 +137,9 @@ def cmd_label(a: argparse.Namespace) -> int:
             raise SystemExit("give the videos to label; sample videos are only generated for a local --out")
         sample = Path(a.out) / "_sample_videos"
         print(f"no sources given: generating sample videos in {sample} (synthetic set, seed {a.sample_seed})")
-        generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, progress=True)
+        # A third without an audio track, so the summary shows the missing-modality path too.
+        generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, no_audio_fraction=0.34,
+                 progress=True)
         sources = [str(sample / "videos")]
     result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
                                face_mode=a.faces, include=a.include, exclude=a.exclude, force=a.force)

@@ -72,8 +72,9 @@ class RunSummary:
             n = r["frame_count"]
             shares = sorted(((c / n, CLASSES[i]) for i, c in enumerate(o.class_counts) if c), reverse=True)
             share_txt = ", ".join(f"{cls} {s:.0%}" for s, cls in shares)
+            audio = "no audio track" if not r["has_audio"] else f"audio missing {o.audio_missing} frames"
             lines.append(f"  {name}: {n} frames, {r['duration_s']:.1f} s | {share_txt} | face missing "
-                         f"{o.face_missing} frames, audio missing {o.audio_missing} frames")
+                         f"{o.face_missing} frames, {audio}")
         for m in self.missing:
             lines.append(f"  NOT FOUND {m}")
         for uri, why in self.skip_reasons.items():
@@ -163,6 +164,7 @@ def prefect_api() -> Iterator[str]:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from an offline box
     server = SubprocessASGIServer()
     server.start(timeout=180)
     # The temporary server dies with the run, so logs are not shipped to it (otherwise the process
