@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402  -- before decord
 
-from workers.contract import MAX_BATCH_SIZE, PREPROCESSING  # noqa: E402
+from workers.contract import INPUT_NAMES, MAX_BATCH_SIZE, PREPROCESSING  # noqa: E402
 
 FPS = 25
 SR = 48000
@@ -48,7 +48,7 @@ def make_video(path: Path, seconds: float) -> Path:
         vs.width, vs.height, vs.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
         vs.options = {"preset": "ultrafast", "crf": "28"}
         as_ = out.add_stream("aac", rate=SR, layout="stereo")
-        apos, t_audio = 0, 0
+        apos = 0
         for i in range(n):
             img = bg.copy()
             cx, cy = 640 + int(200 * np.sin(i / 50)), 360 + int(60 * np.cos(i / 70))
@@ -93,7 +93,7 @@ def batches(n_batches: int, batch: int) -> list[dict]:
     out = []
     for i in range(n_batches):
         x = example_inputs(batch, seed=i)
-        out.append({s: t.numpy() for s, t in zip(("face", "face_mask", "mel", "audio_mask"), x)})
+        out.append({s: t.numpy() for s, t in zip(INPUT_NAMES, x)})
     return out
 
 

@@ -21,7 +21,7 @@ from prefect_ray import RayTaskRunner
 
 from flows.ledger import is_done, read_ledger
 from flows.sources import list_sources
-from workers.contract import CLASSES, MODEL_NAME
+from workers.contract import CLASSES
 from workers.errors import ServiceUnavailableError
 from workers.schema import STATUS_FAILED, videos_path
 from workers.sink import resolve, video_row, videos_table, write_atomic

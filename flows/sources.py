@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
-from workers.storage import REMOTE_SCHEMES, filesystem_for
+from workers.storage import filesystem_for
 
 if TYPE_CHECKING:  # imported where used: workers.video_task pulls in torch, and `emoframe query` needs none of it
     from workers.video_task import Source

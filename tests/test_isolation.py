@@ -3,7 +3,6 @@ file has an attempt budget, and no process is left behind."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import psutil

@@ -16,7 +16,7 @@ import decord
 from flows.label_archive import DEFAULT_MODEL_REPO, run_label_archive
 from flows.query import connect
 from tests.media import write_video
-from training.synth import load_manifest, make_video
+from training.synth import make_video
 from workers.contract import CLASSES
 from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA
 

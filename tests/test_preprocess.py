@@ -1,6 +1,5 @@
 import cv2
 import numpy as np
-import pytest
 
 from workers.contract import PREPROCESSING as P
 from workers.preprocess import audio_features, blank_mask, crop_face, detect_faces

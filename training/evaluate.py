@@ -3,15 +3,16 @@ confusion matrix, with soft voting on and off, under missing-modality conditions
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from training.features import VideoArrays
 from training.metrics import summarize
 from training.model import FusionModel
-from training.train import infer_fn
-from workers.contract import CLASSES
-from workers.labeling import arrays_to_chunks, predict_video
+from workers.contract import CLASSES, INPUT_NAMES, PREPROCESSING, Preprocessing
+from workers.labeling import InferMany, arrays_to_chunks, predict_video
 from workers.voting import label_flips
 
 CONDITIONS = ("full", "faces_hidden_50", "audio_hidden_50", "no_audio_track")
@@ -44,28 +45,55 @@ def apply_condition(v: VideoArrays, condition: str, seed: int) -> dict[str, np.n
     return arrays
 
 
+def infer_fn(model: FusionModel, device: torch.device) -> InferMany:
+    """``infer_many`` for ``predict_video`` from a training model: numpy batches -> probabilities."""
+
+    def infer_many(batches):
+        model.eval()
+        with torch.inference_mode():
+            for b in batches:
+                t = [torch.from_numpy(b[k]).to(device) for k in INPUT_NAMES]
+                yield torch.softmax(model(*t), -1).cpu().numpy()
+
+    return infer_many
+
+
+def scripted_infer(module: torch.jit.ScriptModule) -> InferMany:
+    """``infer_many`` from an exported model (it already returns probabilities)."""
+
+    def infer_many(batches):
+        with torch.inference_mode():
+            for b in batches:
+                yield module(*[torch.from_numpy(b[k]) for k in INPUT_NAMES]).numpy()
+
+    return infer_many
+
+
+def score(videos: list[VideoArrays], infer_many: InferMany, p: Preprocessing = PREPROCESSING, *,
+          voting: bool = True, condition: str = "full", seed: int = 0) -> dict:
+    """Run the serving labelling path over whole videos; ABAW metrics plus label flips per minute."""
+    preds, labels, flips, minutes = [], [], 0, 0.0
+    for v in videos:
+        arrays = apply_condition(v, condition, seed)
+        pred = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_many, voting=voting, p=p)
+        preds.append(pred.labels.astype(np.int64))
+        labels.append(v.labels)
+        flips += label_flips(pred.labels)
+        minutes += len(v) / v.fps / 60.0
+    m = summarize(np.concatenate(labels), np.concatenate(preds))
+    m["flips_per_minute"] = flips / minutes if minutes else 0.0
+    return m
+
+
 def evaluate(model: FusionModel, videos: list[VideoArrays], conditions=CONDITIONS, seed: int = 0,
              device: str = "cpu") -> dict:
     """{condition: {"voting": metrics, "no_voting": metrics}}; metrics include label flips per minute."""
     dev = torch.device(device)
     model = model.to(dev).eval()
-    out: dict = {}
-    for cond in conditions:
-        out[cond] = {}
-        for voting in (True, False):
-            preds, labels, flips, minutes = [], [], 0, 0.0
-            for v in videos:
-                arrays = apply_condition(v, cond, seed)
-                pred = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_fn(model, dev), voting=voting,
-                                     p=model.cfg.preprocessing)
-                preds.append(pred.labels.astype(np.int64))
-                labels.append(v.labels)
-                flips += label_flips(pred.labels)
-                minutes += len(v) / v.fps / 60.0
-            m = summarize(np.concatenate(labels), np.concatenate(preds))
-            m["flips_per_minute"] = flips / minutes if minutes else 0.0
-            out[cond]["voting" if voting else "no_voting"] = m
-    return out
+    return {cond: {("voting" if voting else "no_voting"): score(videos, infer_fn(model, dev), model.cfg.preprocessing,
+                                                                voting=voting, condition=cond, seed=seed)
+                   for voting in (True, False)}
+            for cond in conditions}
 
 
 def format_report(result: dict) -> str:
@@ -81,24 +109,13 @@ def format_report(result: dict) -> str:
 def sweep_voting(model: FusionModel, videos: list[VideoArrays], vote_seconds: list[float],
                  strides: list[int] | None = None, device: str = "cpu") -> list[dict]:
     """Validation macro F1 and flips/min for each soft-voting span (and window stride): picks the defaults."""
-    import dataclasses
-
     dev = torch.device(device)
     model = model.to(dev).eval()
     base = model.cfg.preprocessing
     rows = []
     for stride in strides or [base.stride]:
         for vs in vote_seconds:
-            p = dataclasses.replace(base, vote_seconds=vs, stride=stride)
-            preds, labels, flips, minutes = [], [], 0, 0.0
-            for v in videos:
-                arrays = apply_condition(v, "full", 0)
-                pred = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_fn(model, dev), voting=True, p=p)
-                preds.append(pred.labels.astype(np.int64))
-                labels.append(v.labels)
-                flips += label_flips(pred.labels)
-                minutes += len(v) / v.fps / 60.0
-            m = summarize(np.concatenate(labels), np.concatenate(preds))
+            m = score(videos, infer_fn(model, dev), dataclasses.replace(base, vote_seconds=vs, stride=stride))
             rows.append({"stride": stride, "vote_seconds": vs, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
-                         "flips_per_minute": flips / minutes})
+                         "flips_per_minute": m["flips_per_minute"]})
     return rows

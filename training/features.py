@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.contract import PREPROCESSING, Preprocessing, fingerprint
+from workers.contract import INPUT_NAMES, PREPROCESSING, Preprocessing, fingerprint
 from workers.decode import DecordDecoder
 from workers.preprocess import FaceMode, iter_video_inputs
 
-FIELDS = ("face", "face_mask", "mel", "audio_mask")
+FIELDS = INPUT_NAMES
 # Bump when the feature code changes in a way the contract does not capture (2: audio decoded with PyAV).
 FEATURE_CODE_VERSION = 2
 

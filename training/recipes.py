@@ -19,7 +19,6 @@ from training.datasets import load_items, synth_split
 from training.evaluate import evaluate
 from training.export import export
 from training.features import VideoArrays
-from training.model import ModelConfig
 from training.train import TrainConfig, load_checkpoint, train
 from workers.contract import CLASSES
 
@@ -103,26 +102,13 @@ def ci_check(vdir: Path, work: Path) -> dict:
     """Macro F1 / accuracy of the exported TorchScript (voting on) on the freshly generated CI_CHECK set."""
     import torch
 
-    from training.metrics import summarize
+    from training.evaluate import score, scripted_infer
     from training.synth import generate
-    from workers.labeling import arrays_to_chunks, predict_video
 
     generate(work, CI_CHECK["videos"], CI_CHECK["seed"], min_seconds=CI_CHECK["min_seconds"],
              max_seconds=CI_CHECK["max_seconds"])
     videos = load_items(synth_split(work), None, desc="ci-check features")
-    scripted = torch.jit.load(str(vdir / "model.pt"))
-
-    def infer_many(batches):
-        with torch.inference_mode():
-            for b in batches:
-                yield scripted(*[torch.from_numpy(b[k]) for k in ("face", "face_mask", "mel", "audio_mask")]).numpy()
-
-    preds, labels = [], []
-    for v in videos:
-        arrays = {"face": v.face, "face_mask": v.face_mask, "mel": v.mel, "audio_mask": v.audio_mask}
-        preds.append(predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_many).labels.astype(np.int64))
-        labels.append(v.labels)
-    m = summarize(np.concatenate(labels), np.concatenate(preds))
+    m = score(videos, scripted_infer(torch.jit.load(str(vdir / "model.pt"))))
     return {**CI_CHECK, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "frames": m["frames"]}
 
 

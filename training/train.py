@@ -7,7 +7,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.features import VideoArrays
-from training.metrics import summarize
+from training.evaluate import infer_fn, score
 from training.model import FusionModel, ModelConfig, load_backbone
-from workers.contract import NUM_CLASSES, UNANNOTATED
-from workers.labeling import arrays_to_chunks, predict_video
+from workers.contract import INPUT_NAMES, NUM_CLASSES, UNANNOTATED
 
 
 @dataclass(frozen=True)
@@ -118,31 +116,11 @@ class WindowSampler:
                 continue
             rows.append((v.face[sl], v.face_mask[sl], v.mel[sl], v.audio_mask[sl], v.labels[sl]))
         cols = [torch.from_numpy(np.stack(c)) for c in zip(*rows)]
-        return dict(zip(("face", "face_mask", "mel", "audio_mask", "labels"), cols))
+        return dict(zip((*INPUT_NAMES, "labels"), cols))
 
 
-def infer_fn(model: FusionModel, device: torch.device):
-    """``infer_many`` for ``predict_video``: batches of numpy windows -> probabilities, in process."""
-
-    def infer_many(batches) -> Iterator[np.ndarray]:
-        model.eval()
-        with torch.inference_mode():
-            for b in batches:
-                t = {k: torch.from_numpy(v).to(device) for k, v in b.items()}
-                yield torch.softmax(model(t["face"], t["face_mask"], t["mel"], t["audio_mask"]), -1).cpu().numpy()
-
-    return infer_many
-
-
-def evaluate_videos(model: FusionModel, videos: list[VideoArrays], device: torch.device, voting: bool = True) -> dict:
-    preds, labels = [], []
-    for v in videos:
-        arrays = {"face": v.face, "face_mask": v.face_mask, "mel": v.mel, "audio_mask": v.audio_mask}
-        out = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_fn(model, device), voting=voting,
-                            p=model.cfg.preprocessing)
-        preds.append(out.labels.astype(np.int64))
-        labels.append(v.labels)
-    return summarize(np.concatenate(labels), np.concatenate(preds))
+def evaluate_videos(model: FusionModel, videos: list[VideoArrays], device: torch.device) -> dict:
+    return score(videos, infer_fn(model, device), model.cfg.preprocessing)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -84,6 +84,9 @@ def input_specs(p: Preprocessing = PREPROCESSING) -> tuple[TensorSpec, ...]:
     )
 
 
+INPUT_NAMES: tuple[str, ...] = tuple(s.name for s in input_specs())  # the order every batch dict and forward use
+
+
 def output_specs(p: Preprocessing = PREPROCESSING) -> tuple[TensorSpec, ...]:
     return (TensorSpec("probs", "FP32", (p.window, NUM_CLASSES)),)  # softmax per frame
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING
 from workers.decode import Decoder, VideoInfo

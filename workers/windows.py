@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.contract import PREPROCESSING, Preprocessing
+from workers.contract import INPUT_NAMES, PREPROCESSING, Preprocessing
 from workers.preprocess import InputChunk
 
-FIELDS = ("face", "face_mask", "mel", "audio_mask")
+FIELDS = INPUT_NAMES
 
 
 class FrameCountError(RuntimeError):
