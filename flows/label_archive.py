@@ -70,11 +70,14 @@ class RunSummary:
                 lines.append(f"  FAILED {name}: {r['error_reason']}: {r['error_message']}")
                 continue
             n = r["frame_count"]
-            shares = sorted(((c / n, CLASSES[i]) for i, c in enumerate(o.class_counts) if c), reverse=True)
-            share_txt = ", ".join(f"{cls} {s:.0%}" for s, cls in shares)
+            rows = sum(o.class_counts) or 1  # labelled rows: one per face and frame, and audio-only frames
+            shares = sorted(((c / rows, CLASSES[i]) for i, c in enumerate(o.class_counts) if c), reverse=True)
+            share_txt = ", ".join(f"{cls} {s:.0%}" for s, cls in shares) or "no label (no face, no audio)"
             audio = "no audio track" if not r["has_audio"] else f"audio missing {o.audio_missing} frames"
-            lines.append(f"  {name}: {n} frames, {r['duration_s']:.1f} s | {share_txt} | face missing "
-                         f"{o.face_missing} frames, {audio}")
+            lines.append(f"  {name}: {n} frames, {r['duration_s']:.1f} s | {share_txt} | {o.tracks} face "
+                         f"track(s), no face in {o.face_missing} frames, {audio}")
+            if o.warning:
+                lines.append(f"    WARNING {o.warning}")
         for m in self.missing:
             lines.append(f"  NOT FOUND {m}")
         for uri, why in self.skip_reasons.items():
@@ -111,7 +114,7 @@ def _failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> Vid
 
 
 @flow(name="label_archive", log_prints=True)
-def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "centred",
+def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "detect",
                   include: list[str] | None = None, exclude: list[str] | None = None,
                   model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
                   decoder: str = "workers.decode:DecordDecoder") -> dict:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.contract import INPUT_NAMES, PREPROCESSING, Preprocessing, fingerprint
+from workers.contract import INPUT_NAMES, PREPROCESSING, FaceMode, Preprocessing, fingerprint
 from workers.decode import DecordDecoder
-from workers.preprocess import FaceMode, iter_video_inputs
+from workers.preprocess import InputChunk, iter_video_inputs
 
 FIELDS = INPUT_NAMES
 # Bump when the feature code changes in a way the contract does not capture (2: audio decoded with PyAV).
@@ -42,13 +42,27 @@ def _cache_key(path: Path, face_mode: str, p: Preprocessing) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 
+def main_face(chunk: InputChunk) -> tuple[np.ndarray, np.ndarray]:
+    """One face per frame for training on a single stream: the frame's largest present face (face-centred
+    input has exactly one). Returns face [n, crop, crop, 3] and face_mask [n]."""
+    f = chunk.faces
+    face = np.zeros((len(chunk), *f.face.shape[1:]), np.uint8)
+    mask = np.zeros(len(chunk), bool)
+    area = np.where(f.present, np.nan_to_num(f.box[:, 2] * f.box[:, 3], nan=1.0), -1.0)
+    for r in np.argsort(area, kind="stable"):  # largest last: it wins
+        if f.present[r]:
+            face[f.frame[r]], mask[f.frame[r]] = f.face[r], True
+    return face, mask
+
+
 def compute_inputs(path: Path, face_mode: FaceMode = "centred", p: Preprocessing = PREPROCESSING) -> tuple[dict, float]:
     decoder = DecordDecoder()
     info = decoder.probe(str(path))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
     for chunk in iter_video_inputs(str(path), info, face_mode=face_mode, decoder=decoder, p=p):
-        for k in FIELDS:
-            parts[k].append(getattr(chunk, k))
+        face, face_mask = main_face(chunk)
+        for k, v in (("face", face), ("face_mask", face_mask), ("mel", chunk.mel), ("audio_mask", chunk.audio_mask)):
+            parts[k].append(v)
     return {k: np.concatenate(v) for k, v in parts.items()}, info.fps
 
 

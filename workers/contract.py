@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 # ABAW Expression annotation order; ids are positions in this tuple and are fixed.
 CLASSES: tuple[str, ...] = (
@@ -89,6 +90,34 @@ INPUT_NAMES: tuple[str, ...] = tuple(s.name for s in input_specs())  # the order
 
 def output_specs(p: Preprocessing = PREPROCESSING) -> tuple[TensorSpec, ...]:
     return (TensorSpec("probs", "FP32", (p.window, NUM_CLASSES)),)  # softmax per frame
+
+
+# How frames become faces. detect: raw footage; every face is detected, tracked and aligned (the default).
+# centred: the input is already one face filling each frame (ABAW cropped_aligned videos, the synthetic set).
+FaceMode = Literal["detect", "centred"]
+FACE_MODES: tuple[str, ...] = ("detect", "centred")
+
+
+@dataclass(frozen=True)
+class FaceAlignment:
+    """The aligned face crop of raw footage: five landmarks mapped by a similarity transform onto a fixed
+    template, like Aff-Wild2's ``cropped_aligned`` frames (112x112 RGB, whole face with a margin). The
+    model's face tensor is derived from this crop in one place (``workers.faces.align.model_face``).
+
+    Not yet part of ``fingerprint()``: the deployed model was trained on face-centred synthetic frames,
+    not on aligned crops; the first model trained on aligned crops adds it.
+    """
+
+    size: int = 112
+    # (x, y) of the eye on the image's left, the other eye, nose tip, left and right mouth corner (image
+    # left/right, MTCNN's landmark order), as fractions of ``size``. Inter-ocular distance 0.34 of the width leaves
+    # forehead and chin inside the crop, as expression models expect.
+    template: tuple[tuple[float, float], ...] = (
+        (0.33, 0.40), (0.67, 0.40), (0.50, 0.56), (0.36, 0.72), (0.64, 0.72),
+    )
+
+
+ALIGNMENT = FaceAlignment()
 
 
 MODEL_NAME = "expression_fusion"

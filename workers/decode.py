@@ -46,6 +46,10 @@ class Decoder(Protocol):
         """Yields uint8 [n, height, width, 3] RGB chunks covering every frame in order."""
         ...
 
+    def read_frames(self, path: str, indices: list[int], width: int, height: int) -> np.ndarray:
+        """uint8 [len(indices), height, width, 3] RGB frames at the given indices (a sample, not a stream)."""
+        ...
+
     def read_audio(self, path: str, sample_rate: int) -> AudioStream | None:
         """The audio track as mono float32 samples at ``sample_rate`` (streamed), or None without one."""
         ...
@@ -123,6 +127,14 @@ class DecordDecoder:
             if resize is not None:
                 frames = np.stack([cv2.resize(f, resize, interpolation=cv2.INTER_AREA) for f in frames])
             yield frames
+
+    def read_frames(self, path: str, indices: list[int], width: int, height: int) -> np.ndarray:
+        vr = _open_video(path, width=width, height=height)
+        if not _decoder_resize_works(vr):
+            vr = _open_video(path)
+            return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA)
+                             for f in vr.get_batch(indices).asnumpy()])
+        return vr.get_batch(indices).asnumpy()
 
     def frame_times(self, path: str) -> np.ndarray:
         vr = _open_video(path)

@@ -9,36 +9,59 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
-import cv2
 import numpy as np
 import torch
 import torchaudio
 
-from workers.contract import PREPROCESSING, Preprocessing
+from workers.contract import FACE_MODES, PREPROCESSING, FaceMode, Preprocessing
 from workers.decode import AudioStream, Decoder, DecordDecoder, VideoInfo
 from workers.errors import BadInputError
+from workers.faces.align import align_faces, model_face
+from workers.faces.detector import MTCNN
+from workers.faces.tracker import FaceTracker, TrackerSettings
 
-FaceMode = Literal["centred", "detect"]
-DETECT_MAX_SIDE = 360  # frames are decoded at most this large for face detection (speed; Haar works well here)
-CROP_MARGIN = 0.15  # context kept around a detected face box, as a fraction of its size
+DETECT_MAX_SIDE = 640  # raw footage is decoded at most this large: enough for 112 px aligned crops, 2.5x faster
+
+
+@dataclass
+class FaceRows:
+    """The faces of a chunk's frames: one row per face and frame, ordered by frame then track."""
+
+    frame: np.ndarray  # int32 [m]: frame index within the chunk
+    track: np.ndarray  # int32 [m]: track id, stable while the face stays in view
+    present: np.ndarray  # bool [m]: False for a blank frame of face-centred input (the face is missing)
+    box: np.ndarray  # float32 [m, 4]: x, y, width, height in pixels of the decoded source frame
+    score: np.ndarray  # float32 [m]: detector's face probability (NaN for face-centred input)
+    face: np.ndarray  # uint8 [m, crop, crop, 3]: the model's face tensor, derived from the aligned crop
+
+    def __len__(self) -> int:
+        return len(self.frame)
 
 
 @dataclass
 class InputChunk:
-    """Model inputs for frames [start, start + n) of one video."""
+    """Model inputs for frames [start, start + n) of one video: per-frame audio, and the faces of each frame."""
 
     start: int
-    face: np.ndarray  # uint8 [n, crop, crop, 3]
-    face_mask: np.ndarray  # bool [n]
     mel: np.ndarray  # float32 [n, mel_frames, n_mels]
     audio_mask: np.ndarray  # bool [n]
-    n_faces: np.ndarray  # int16 [n]; 1 in centred mode when the crop is not blank
+    faces: FaceRows
     times: np.ndarray | None = None  # float64 [n]: each frame's start time in seconds (None = index / fps)
 
     def __len__(self) -> int:
-        return len(self.face_mask)
+        return len(self.audio_mask)
+
+    def faces_per_frame(self) -> np.ndarray:
+        return np.bincount(self.faces.frame[self.faces.present], minlength=len(self)).astype(np.int16)
+
+
+def centred_rows(face: np.ndarray, face_mask: np.ndarray, width: int, height: int) -> FaceRows:
+    """Face-centred input: every frame is one face (track 0), the whole frame; a blank frame is no face."""
+    n = len(face_mask)
+    return FaceRows(np.arange(n, dtype=np.int32), np.zeros(n, np.int32), face_mask.astype(bool),
+                    np.tile(np.array([0, 0, width, height], np.float32), (n, 1)), np.full(n, np.nan, np.float32),
+                    face)
 
 
 # ---- visual --------------------------------------------------------------------------------------
@@ -50,50 +73,73 @@ def blank_mask(crops: np.ndarray, p: Preprocessing = PREPROCESSING) -> np.ndarra
     return grey.reshape(len(crops), -1).std(axis=1) >= p.blank_std
 
 
-@lru_cache(maxsize=1)
-def _haar() -> cv2.CascadeClassifier:
-    # The cascade ships inside the opencv wheel: nothing is downloaded at run time.
-    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-    clf = cv2.CascadeClassifier(path)
-    if clf.empty():
-        raise RuntimeError(f"OpenCV face cascade could not be loaded from {path}")
-    return clf
-
-
-def detect_faces(frame: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h) in an RGB uint8 frame, largest first."""
-    grey = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
-    min_side = max(24, min(grey.shape) // 12)
-    boxes = _haar().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-    return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: b[2] * b[3], reverse=True)
-
-
-def crop_face(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Square crop around ``box`` with a margin, clamped to the frame, resized to size x size."""
-    x, y, w, h = box
-    side = int(max(w, h) * (1 + 2 * CROP_MARGIN))
-    cx, cy = x + w // 2, y + h // 2
-    x0, y0 = max(0, cx - side // 2), max(0, cy - side // 2)
-    x1, y1 = min(frame.shape[1], x0 + side), min(frame.shape[0], y0 + side)
-    return cv2.resize(frame[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
-
-
-def detect_and_crop(frames: np.ndarray, p: Preprocessing = PREPROCESSING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw footage: the largest detected face per frame. Returns crops, face_mask, n_faces."""
-    n = len(frames)
-    crops = np.zeros((n, p.crop_size, p.crop_size, 3), np.uint8)
-    n_faces = np.zeros(n, np.int16)
-    for i, frame in enumerate(frames):
-        boxes = detect_faces(frame)
-        n_faces[i] = len(boxes)
-        if boxes:
-            crops[i] = crop_face(frame, boxes[0], p.crop_size)
-    return crops, n_faces > 0, n_faces
-
-
 def detect_size(info: VideoInfo) -> tuple[int, int]:
     scale = min(1.0, DETECT_MAX_SIDE / max(info.width, info.height))
     return max(2, int(round(info.width * scale))), max(2, int(round(info.height * scale)))
+
+
+class FaceFrontEnd:
+    """Raw footage: every face of every frame, tracked, aligned and turned into the model's face tensor."""
+
+    def __init__(self, info: VideoInfo, p: Preprocessing = PREPROCESSING,
+                 tracker: TrackerSettings = TrackerSettings()) -> None:
+        self.p = p
+        self.tracker = FaceTracker(MTCNN(), tracker)
+        w, h = detect_size(info)
+        self.to_source = np.array([info.width / w, info.height / h], np.float32)  # decoded -> source pixels
+
+    def __call__(self, frames: np.ndarray) -> FaceRows:
+        per_frame = self.tracker.track_chunk(frames)
+        idx, tracks, boxes, scores, crops = [], [], [], [], []
+        for i, (ids, faces) in enumerate(per_frame):
+            if not len(ids):
+                continue
+            idx.append(np.full(len(ids), i, np.int32))
+            tracks.append(ids)
+            xy = faces.boxes[:, :2] * self.to_source
+            wh = (faces.boxes[:, 2:] - faces.boxes[:, :2]) * self.to_source
+            boxes.append(np.concatenate([xy, wh], 1))
+            scores.append(faces.scores)
+            crops.append(model_face(align_faces(frames[i], faces.landmarks), self.p))
+        if not idx:
+            c = self.p.crop_size
+            return FaceRows(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, bool),
+                            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, c, c, 3), np.uint8))
+        frame = np.concatenate(idx)
+        return FaceRows(frame, np.concatenate(tracks), np.ones(len(frame), bool),
+                        np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32),
+                        np.concatenate(crops))
+
+
+CENTRED_SAMPLE = 5  # frames checked per video in face-centred mode
+CENTRED_MIN_WIDTH = 0.35  # a face-centred frame's face spans at least this fraction of its width
+
+
+def check_face_centred(path: str, info: VideoInfo, decoder: Decoder) -> str | None:
+    """A warning when sampled frames of supposedly face-centred input show small or several faces (raw
+    footage labelled with ``--faces centred`` gets nonsense: a whole scene squashed into one face crop).
+    Frames where the detector finds nothing raise no warning: tight crops and drawn faces defeat it."""
+    n = min(CENTRED_SAMPLE, info.n_frames)
+    idx = sorted({int(i) for i in np.linspace(0, info.n_frames - 1, n + 2)[1:-1].round()}) or [0]
+    w, h = detect_size(info)
+    try:
+        frames = decoder.read_frames(path, idx, w, h)
+    except BadInputError:
+        return None  # the labelling itself will report what is wrong with the file
+    detector = MTCNN()
+    bad, worst = 0, ""
+    for f in frames:
+        faces = detector.detect(f)
+        if not len(faces):
+            continue
+        widest = float((faces.boxes[:, 2] - faces.boxes[:, 0]).max()) / w
+        if len(faces) > 1 or widest < CENTRED_MIN_WIDTH:
+            bad += 1
+            worst = f"{len(faces)} face(s), the largest {widest:.0%} of the frame's width"
+    if bad * 2 <= len(frames):
+        return None
+    return (f"{bad} of {len(frames)} sampled frames do not look face-centred ({worst}); "
+            "this looks like raw footage: label it with --faces detect")
 
 
 # ---- audio ---------------------------------------------------------------------------------------
@@ -155,7 +201,7 @@ def iter_video_inputs(
     path: str,
     info: VideoInfo,
     *,
-    face_mode: FaceMode = "centred",
+    face_mode: FaceMode = "detect",
     chunk: int = 256,
     decoder: Decoder | None = None,
     p: Preprocessing = PREPROCESSING,
@@ -171,19 +217,19 @@ def iter_video_inputs(
         size = (p.crop_size, p.crop_size)
     elif face_mode == "detect":
         size = detect_size(info)
+        front = FaceFrontEnd(info, p)
     else:
-        raise ValueError(f"face_mode must be 'centred' or 'detect', not {face_mode!r}")
+        raise ValueError(f"face_mode must be one of {FACE_MODES}, not {face_mode!r}")
     start = 0
     for frames in decoder.iter_frames(path, size[0], size[1], chunk):
         n = len(frames)
         if face_mode == "centred":
             face = np.ascontiguousarray(frames)
-            face_mask = blank_mask(face, p)
-            n_faces = face_mask.astype(np.int16)
+            rows = centred_rows(face, blank_mask(face, p), info.width, info.height)
         else:
-            face, face_mask, n_faces = detect_and_crop(frames, p)
+            rows = front(frames)
         mel, audio_mask = audio_features(samples, info.fps, start, n, p, mids[start : start + n])
         if isinstance(samples, AudioStream) and start + n < len(mids):  # later frames need nothing earlier
             samples.release(int(round(mids[start + n] * p.sample_rate)) - p.audio_context)
-        yield InputChunk(start, face, face_mask, mel, audio_mask, n_faces, times[start : start + n])
+        yield InputChunk(start, mel, audio_mask, rows, times[start : start + n])
         start += n

@@ -1,6 +1,6 @@
 """The Parquet output: schemas (defined once, versioned) and the layout of the output folder.
 
-    <out>/frames/model_version=<v>/<video_key>.parquet   one row per decoded frame of one video
+    <out>/frames/model_version=<v>/<video_key>.parquet   one row per face and frame (and per face-less frame)
     <out>/videos/model_version=<v>/<video_key>.parquet   one row: that video's latest run (labelled or failed)
 
 ``model_version`` is a Hive partition key (a path segment, not a column in the files): read with
@@ -18,7 +18,11 @@ import pyarrow as pa
 
 from workers.contract import CLASSES
 
-SCHEMA_VERSION = 1
+# 2: one frames row per face and frame with track id, box and detection score (1 had one row per frame and
+#    labelled only the largest face); no label where a frame has neither a face nor audio; videos gain
+#    width, height, face_mode, tracks and warning. Version 1 files read beside version 2 with
+#    union_by_name (their new columns read as NULL): see README "Reading version 1 output".
+SCHEMA_VERSION = 2
 SCHEMA_METADATA = {b"emoframe.schema_version": str(SCHEMA_VERSION).encode()}
 PARTITION_KEY = "model_version"
 
@@ -35,13 +39,21 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("frame_index", pa.int32(), nullable=False),
         pa.field("timestamp_s", pa.float64(), nullable=False),  # the frame's presentation (start) time
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("label_id", pa.int8(), nullable=False),
-        pa.field("confidence", pa.float32(), nullable=False),  # the label's probability after voting
-        *[pa.field(c, pa.float32(), nullable=False) for c in PROB_COLUMNS],
+        pa.field("track_id", pa.int32()),  # the face followed across frames; NULL on a row of a face-less frame
         pa.field("face_present", pa.bool_(), nullable=False),
-        pa.field("faces_detected", pa.int16(), nullable=False),  # faces found in the frame (detect mode)
+        # The face's box in pixels of the decoded frame (x, y of the top-left corner); NULL without a face.
+        pa.field("box_x", pa.float32()),
+        pa.field("box_y", pa.float32()),
+        pa.field("box_w", pa.float32()),
+        pa.field("box_h", pa.float32()),
+        pa.field("det_score", pa.float32()),  # detector's face probability; NULL for face-centred input
+        pa.field("faces_detected", pa.int16(), nullable=False),  # faces in this frame
         pa.field("audio_present", pa.bool_(), nullable=False),
+        # NULL where the frame has neither a face nor audio: no evidence, no label.
+        pa.field("label", pa.string()),
+        pa.field("label_id", pa.int8()),
+        pa.field("confidence", pa.float32()),  # the label's probability after voting
+        *[pa.field(c, pa.float32()) for c in PROB_COLUMNS],
         pa.field("model_name", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
     ],
@@ -57,7 +69,12 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("duration_s", pa.float64()),
         pa.field("fps", pa.float64()),
         pa.field("frame_count", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
         pa.field("has_audio", pa.bool_()),
+        pa.field("face_mode", pa.string()),  # "detect" (raw footage) or "centred" (face-centred input)
+        pa.field("tracks", pa.int32()),  # face tracks found
+        pa.field("warning", pa.string()),  # something the user should check, e.g. input not face-centred
         pa.field("status", pa.string(), nullable=False),  # "labelled" or "failed"
         pa.field("error_reason", pa.string()),  # short code, e.g. "not_a_video", "empty_file", "triton_unavailable"
         pa.field("error_message", pa.string()),

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from workers.storage import filesystem_for
 
 from workers.contract import CLASSES, NUM_CLASSES
-from workers.labeling import FramePredictions
+from workers.labeling import Predictions
 from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
 
 
@@ -40,25 +40,39 @@ def write_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
         raise
 
 
-def frames_table(source_uri: str, fps: float, pred: FramePredictions, face_mask: np.ndarray, n_faces: np.ndarray,
-                 audio_mask: np.ndarray, model_name: str, run_id: str, times: np.ndarray | None = None) -> pa.Table:
-    n = len(pred.labels)
-    if not (len(face_mask) == len(audio_mask) == len(n_faces) == n) or pred.probs.shape != (n, NUM_CLASSES) or (
-            times is not None and len(times) != n):
-        raise ValueError(f"per-frame arrays disagree on the frame count ({n})")
-    idx = np.arange(n, dtype=np.int32)
+def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str, run_id: str,
+                 times: np.ndarray | None = None) -> pa.Table:
+    """The frames rows of one video: one per face and frame, one per face-less frame. A row whose frame has
+    neither a face nor audio gets no label (NULL label, id, confidence and probabilities)."""
+    n = len(pred)
+    if pred.probs.shape != (n, NUM_CLASSES):
+        raise ValueError(f"probabilities of shape {pred.probs.shape} for {n} rows")
+    if times is not None and (len(pred) and pred.frame.max() >= len(times)):
+        raise ValueError(f"a row's frame index {pred.frame.max()} is past the {len(times)} frame timestamps")
+    evidence = pred.face_present | pred.audio_present
+    faced = pred.track >= 0
+    faces = np.bincount(pred.frame[pred.face_present], minlength=int(pred.frame.max()) + 1 if n else 0)
+    labels = pred.labels.astype(np.int64)
+
+    def masked(a: np.ndarray, keep: np.ndarray, typ: pa.DataType) -> pa.Array:
+        return pa.array(a, typ, mask=~keep)
+
     cols = {
         "video_id": pa.array([video_id(source_uri)] * n, pa.string()),
         "source_uri": pa.array([source_uri] * n, pa.string()),
-        "frame_index": idx,
-        "timestamp_s": times if times is not None else idx / float(fps),
-        "label": pa.array(np.asarray(CLASSES, dtype=object)[pred.labels]),
-        "label_id": pred.labels.astype(np.int8),
-        "confidence": pred.confidence.astype(np.float32),
-        **{c: pred.probs[:, i].astype(np.float32) for i, c in enumerate(PROB_COLUMNS)},
-        "face_present": face_mask.astype(bool),
-        "faces_detected": n_faces.astype(np.int16),
-        "audio_present": audio_mask.astype(bool),
+        "frame_index": pred.frame.astype(np.int32),
+        "timestamp_s": times[pred.frame] if times is not None else pred.frame / float(fps),
+        "track_id": masked(pred.track, faced, pa.int32()),
+        "face_present": pred.face_present,
+        **{f"box_{k}": masked(pred.box[:, i], faced & np.isfinite(pred.box[:, i]), pa.float32())
+           for i, k in enumerate("xywh")},
+        "det_score": masked(pred.score, faced & np.isfinite(pred.score), pa.float32()),
+        "faces_detected": faces[pred.frame].astype(np.int16) if n else np.zeros(0, np.int16),
+        "audio_present": pred.audio_present,
+        "label": masked(np.asarray(CLASSES, dtype=object)[labels], evidence, pa.string()),
+        "label_id": masked(labels.astype(np.int8), evidence, pa.int8()),
+        "confidence": masked(pred.confidence.astype(np.float32), evidence, pa.float32()),
+        **{c: masked(pred.probs[:, i].astype(np.float32), evidence, pa.float32()) for i, c in enumerate(PROB_COLUMNS)},
         "model_name": pa.array([model_name] * n, pa.string()),
         "run_id": pa.array([run_id] * n, pa.string()),
     }
@@ -68,12 +82,15 @@ def frames_table(source_uri: str, fps: float, pred: FramePredictions, face_mask:
 def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, started_at: datetime,
               size_bytes: int | None = None, source_mtime: str | None = None, duration_s: float | None = None,
               fps: float | None = None, frame_count: int | None = None, has_audio: bool | None = None,
+              width: int | None = None, height: int | None = None, face_mode: str | None = None,
+              tracks: int | None = None, warning: str | None = None,
               error_reason: str | None = None, error_message: str | None = None) -> dict:
     finished = datetime.now(timezone.utc)
     return {
         "video_id": video_id(source_uri), "source_uri": source_uri, "size_bytes": size_bytes,
         "source_mtime": source_mtime, "duration_s": duration_s, "fps": fps, "frame_count": frame_count,
-        "has_audio": has_audio, "status": status, "error_reason": error_reason, "error_message": error_message,
+        "width": width, "height": height, "has_audio": has_audio, "face_mode": face_mode, "tracks": tracks,
+        "warning": warning, "status": status, "error_reason": error_reason, "error_message": error_message,
         "model_name": model_name, "processing_s": (finished - started_at).total_seconds(), "run_id": run_id,
         "started_at": started_at, "finished_at": finished, "schema_version": SCHEMA_VERSION,
     }

@@ -25,7 +25,7 @@ from workers.errors import BadInputError, ServiceUnavailableError
 from workers.isolation import Limits, run_isolated
 from workers.storage import filesystem_for
 from workers.labeling import predict_video
-from workers.preprocess import FaceMode, InputChunk, iter_video_inputs
+from workers.preprocess import FaceMode, InputChunk, check_face_centred, iter_video_inputs
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, attempts_path, frames_path, videos_path
 from workers.sink import frames_table, resolve, video_row, videos_table, write_atomic
 from workers.triton_client import TritonClient
@@ -44,7 +44,7 @@ class LabelConfig:
     triton_url: str  # gRPC host:port
     model_version: str
     model_name: str = MODEL_NAME
-    face_mode: FaceMode = "centred"
+    face_mode: FaceMode = "detect"
     chunk_frames: int = 256  # frames decoded and preprocessed at a time: bounds memory
     max_in_flight: int = 4  # Triton requests outstanding per video
     decoder: str = "workers.decode:DecordDecoder"  # "module:Class"; tests inject faulty decoders here
@@ -64,9 +64,11 @@ class Source:
 class VideoOutcome:
     row: dict
     class_counts: list[int] = field(default_factory=lambda: [0] * NUM_CLASSES)
-    face_missing: int = 0
+    face_missing: int = 0  # frames without any face
     audio_missing: int = 0
     frames_file: str | None = None
+    tracks: int = 0
+    warning: str | None = None
 
 
 @contextlib.contextmanager
@@ -84,23 +86,17 @@ def local_copy(uri: str) -> Iterator[str]:
         yield tmp.name
 
 
-class _MaskTap:
-    """Passes chunks through, keeping the per-frame masks the Parquet rows need (O(frames) memory) and
+class _ProgressTap:
+    """Passes chunks through, keeping the frame timestamps the Parquet rows need (O(frames) memory) and
     reporting progress after each chunk (the isolation watchdog's heartbeat)."""
 
     def __init__(self, chunks: Iterator[InputChunk], progress: Callable[[int], None]):
         self.chunks = chunks
         self.progress = progress
-        self.face: list[np.ndarray] = []
-        self.audio: list[np.ndarray] = []
-        self.n_faces: list[np.ndarray] = []
         self.times: list[np.ndarray] = []
 
     def __iter__(self) -> Iterator[InputChunk]:
         for c in self.chunks:
-            self.face.append(c.face_mask.copy())
-            self.audio.append(c.audio_mask.copy())
-            self.n_faces.append(c.n_faces.copy())
             if c.times is not None:
                 self.times.append(c.times.copy())
             self.progress(c.start + len(c))
@@ -135,22 +131,27 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
     with local_copy(source.uri) as path:
         info = decoder.probe(path)
         progress(0)
-        tap = _MaskTap(iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames,
-                                         decoder=decoder), progress)
+        warning = check_face_centred(path, info, decoder) if cfg.face_mode == "centred" else None
+        tap = _ProgressTap(iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames,
+                                             decoder=decoder), progress)
         with TritonClient(cfg.triton_url, max_in_flight=cfg.max_in_flight) as client:
             try:
                 pred = predict_video(tap, info.n_frames, info.fps, client.infer_many, p=PREPROCESSING)
             except FrameCountError as exc:
                 raise BadInputError("frame_count_mismatch", str(exc)) from None
-    face_mask, audio_mask = np.concatenate(tap.face), np.concatenate(tap.audio)
     times = np.concatenate(tap.times) if tap.times else None
-    table = frames_table(source.uri, info.fps, pred, face_mask, np.concatenate(tap.n_faces), audio_mask,
-                         cfg.model_name, cfg.run_id, times)
+    table = frames_table(source.uri, info.fps, pred, cfg.model_name, cfg.run_id, times)
     out_fs, out_base = resolve(cfg.out)
     fpath = frames_path(out_base, cfg.model_version, source.uri)
     write_atomic(table, out_fs, fpath)
-    counts = np.bincount(pred.labels, minlength=NUM_CLASSES).tolist()
-    return _Labelled(info, VideoOutcome({}, counts, int((~face_mask).sum()), int((~audio_mask).sum()), fpath))
+    evidence = pred.face_present | pred.audio_present
+    counts = np.bincount(pred.labels[evidence], minlength=NUM_CLASSES).tolist()
+    face_frames = np.unique(pred.frame[pred.face_present])
+    audio_frames = np.unique(pred.frame[pred.audio_present])
+    tracks = len(np.unique(pred.track[pred.track >= 0]))
+    outcome = VideoOutcome({}, counts, info.n_frames - len(face_frames), info.n_frames - len(audio_frames), fpath,
+                           tracks=tracks, warning=warning)
+    return _Labelled(info, outcome)
 
 
 class _Attempts:
@@ -219,7 +220,9 @@ def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
                 continue  # a crash or a hang may not repeat; the attempt counter bounds this loop
             break
         row = video_row(source.uri, status=STATUS_LABELLED, duration_s=done.info.duration_s, fps=done.info.fps,
-                        frame_count=done.info.n_frames, has_audio=done.info.has_audio, **base)
+                        frame_count=done.info.n_frames, has_audio=done.info.has_audio, width=done.info.width,
+                        height=done.info.height, face_mode=cfg.face_mode, tracks=done.outcome.tracks,
+                        warning=done.outcome.warning, **base)
         # The videos row is written last: it is the record that this video is done.
         write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
         attempts.clear()

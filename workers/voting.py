@@ -14,22 +14,33 @@ from workers.contract import NUM_CLASSES
 
 
 class WindowAccumulator:
-    """Sums per-window, per-frame probabilities into per-frame means. O(n_frames x classes) memory."""
+    """Sums per-window, per-frame probabilities of one segment into per-frame means; grows as windows
+    arrive (a segment's length is known only when it ends). O(frames x classes) memory."""
 
-    def __init__(self, n_frames: int, n_classes: int = NUM_CLASSES):
-        self.sum = np.zeros((n_frames, n_classes), np.float64)
-        self.count = np.zeros(n_frames, np.int32)
+    def __init__(self, n_classes: int = NUM_CLASSES):
+        self.sum = np.zeros((0, n_classes), np.float64)
+        self.count = np.zeros(0, np.int32)
+
+    def _reserve(self, n: int) -> None:
+        if n > len(self.count):
+            size = max(n, 2 * len(self.count), 64)
+            self.sum = np.concatenate([self.sum, np.zeros((size - len(self.sum), self.sum.shape[1]))])
+            self.count = np.concatenate([self.count, np.zeros(size - len(self.count), np.int32)])
 
     def add(self, start: int, probs: np.ndarray, length: int) -> None:
         """``probs``: [T, C] for a window at ``start`` of which the first ``length`` frames are real."""
+        self._reserve(start + length)
         self.sum[start : start + length] += probs[:length]
         self.count[start : start + length] += 1
 
-    def mean(self) -> np.ndarray:
-        if (self.count == 0).any():
-            missing = np.flatnonzero(self.count == 0)
+    def mean(self, n_frames: int) -> np.ndarray:
+        """Per-frame mean probabilities of frames [0, n_frames); every one must have had a window."""
+        self._reserve(n_frames)
+        count = self.count[:n_frames]
+        if (count == 0).any():
+            missing = np.flatnonzero(count == 0)
             raise RuntimeError(f"{len(missing)} frames got no prediction (first: {missing[0]})")
-        return (self.sum / self.count[:, None]).astype(np.float32)
+        return (self.sum[:n_frames] / count[:, None]).astype(np.float32)
 
 
 def smooth(probs: np.ndarray, span: int) -> np.ndarray:

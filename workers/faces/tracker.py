@@ -1,0 +1,139 @@
+"""Following every face through a video with a stable id per face.
+
+A full MTCNN detection (image pyramid, 40-70 ms a frame here) runs every ``detect_every`` frames, and
+again as soon as a track is lost. In between, each track is carried by O-Net alone on the square around
+its last box: the face has moved little, so one O-Net pass gives the new box, landmarks and a face score
+(about 2 ms per face instead of a pyramid). O-Net runs on every ``refine_every``-th frame of a chunk
+(and its last); the frames in between get boxes and landmarks interpolated linearly between the two
+passes, which halves the cost for the sub-pixel error of smooth motion. A track ends when its score
+drops below ``keep_score`` (the face left, turned away or was covered); a face that comes back gets a
+new id.
+
+Detections are matched to live tracks by IoU; a detection that matches none starts a new track. Two
+tracks that converge on one face (IoU above ``merge_iou``) are merged into the older one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.faces.detector import MTCNN, Faces, iou_matrix
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    detect_every: int = 30  # frames between full detections (a new face is found at most this late)
+    refine_every: int = 2  # frames between O-Net passes over tracked faces; frames between are interpolated
+    keep_score: float = 0.6  # O-Net score below which a tracked face is lost
+    match_iou: float = 0.3  # a detection continues the track it overlaps this much
+    merge_iou: float = 0.5  # two tracks overlapping this much are one face
+    min_face: float = 12.0  # a tracked box smaller than this (pixels of the tracked frame) is lost
+    max_faces: int = 32  # most faces followed in one frame (the largest are kept)
+
+
+class FaceTracker:
+    """Feed frames in order with ``update``; each call returns the faces of that frame with their track ids."""
+
+    def __init__(self, detector: MTCNN, settings: TrackerSettings = TrackerSettings()) -> None:
+        self.detector = detector
+        self.s = settings
+        self.ids = np.zeros(0, np.int32)
+        self.faces = Faces()
+        self.next_id = 0
+        self.since_detect = settings.detect_every  # frames since the last detection: detect on the first
+        self.lost = False
+        self.detections = 0  # full detections run (for cost reports)
+        self.refines = 0  # O-Net passes over tracked faces
+
+    def _valid(self, f: Faces, score: float) -> np.ndarray:
+        side = np.minimum(f.boxes[:, 2] - f.boxes[:, 0], f.boxes[:, 3] - f.boxes[:, 1])
+        return (f.scores >= score) & (side >= self.s.min_face) & np.isfinite(f.boxes).all(axis=1)
+
+    def _follow(self, frame: np.ndarray) -> None:
+        if not len(self.ids):
+            return
+        self.refines += len(self.ids)
+        moved = self.detector.refine(frame, self.faces.boxes)
+        keep = np.flatnonzero(self._valid(moved, self.s.keep_score))
+        self.lost |= len(keep) < len(self.ids)
+        self.ids, self.faces = self.ids[keep], moved.take(keep)
+
+    def _detect(self, frame: np.ndarray) -> None:
+        self.detections += 1
+        found = self.detector.detect(frame)
+        found = found.take(np.flatnonzero(self._valid(found, 0.0)))
+        iou = iou_matrix(found.boxes, self.faces.boxes)
+        claimed_det, claimed_track = set(), set()
+        for d, t in zip(*np.unravel_index(np.argsort(-iou, axis=None), iou.shape)) if iou.size else ():
+            if iou[d, t] < self.s.match_iou:
+                break
+            if d in claimed_det or t in claimed_track:
+                continue
+            claimed_det.add(d)
+            claimed_track.add(t)
+            # The detection's box and landmarks come from the same O-Net: take them (the pyramid re-centres).
+            self.faces.boxes[t], self.faces.landmarks[t] = found.boxes[d], found.landmarks[d]
+            self.faces.scores[t] = found.scores[d]
+        new = np.asarray([d for d in range(len(found)) if d not in claimed_det], np.int64)
+        if len(new):
+            add = found.take(new)
+            self.ids = np.concatenate([self.ids, np.arange(self.next_id, self.next_id + len(new), dtype=np.int32)])
+            self.next_id += len(new)
+            self.faces = Faces(np.concatenate([self.faces.boxes, add.boxes]),
+                               np.concatenate([self.faces.scores, add.scores]),
+                               np.concatenate([self.faces.landmarks, add.landmarks]))
+
+    def _dedupe(self) -> None:
+        if len(self.ids) < 2:
+            return
+        order = np.argsort(self.ids, kind="stable")  # older tracks (smaller ids) win
+        iou = iou_matrix(self.faces.boxes[order], self.faces.boxes[order])
+        keep: list[int] = []
+        for i in range(len(order)):
+            if all(iou[i, j] <= self.s.merge_iou for j in keep):
+                keep.append(i)
+        idx = order[keep]
+        if len(idx) > self.s.max_faces:
+            area = (self.faces.boxes[idx, 2] - self.faces.boxes[idx, 0]) * (self.faces.boxes[idx, 3] - self.faces.boxes[idx, 1])
+            idx = idx[np.argsort(-area, kind="stable")[: self.s.max_faces]]
+        idx = np.sort(idx)
+        self.ids, self.faces = self.ids[idx], self.faces.take(idx)
+
+    def update(self, frame: np.ndarray, elapsed: int = 1) -> tuple[np.ndarray, Faces]:
+        """Track ids int32 [k] and faces of ``frame`` (an RGB uint8 image), oldest track first.
+        ``elapsed``: frames since the previous call (more than 1 when frames in between are skipped)."""
+        self._follow(frame)
+        self.since_detect += elapsed
+        if self.since_detect >= self.s.detect_every or self.lost:
+            self._detect(frame)
+            self.since_detect, self.lost = 0, False
+        self._dedupe()
+        return self.ids.copy(), Faces(self.faces.boxes.copy(), self.faces.scores.copy(), self.faces.landmarks.copy())
+
+    def track_chunk(self, frames: np.ndarray) -> list[tuple[np.ndarray, Faces]]:
+        """``update`` over consecutive frames, running it on every ``refine_every``-th frame and the last.
+
+        A frame in between gets the tracks present at both neighbouring passes, their boxes and landmarks
+        interpolated; a track that starts or ends between two passes is counted from the pass that saw it.
+        """
+        n = len(frames)
+        keys = list(range(0, n, max(1, self.s.refine_every)))
+        if keys and keys[-1] != n - 1:
+            keys.append(n - 1)
+        out: list[tuple[np.ndarray, Faces] | None] = [None] * n
+        prev = None
+        for k in keys:
+            out[k] = self.update(frames[k], elapsed=1 if prev is None else k - prev)
+            if prev is not None and k - prev > 1:
+                (ids_a, fa), (ids_b, fb) = out[prev], out[k]
+                common, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
+                for j in range(prev + 1, k):
+                    w = (j - prev) / (k - prev)
+                    out[j] = (common.astype(np.int32), Faces(
+                        ((1 - w) * fa.boxes[ia] + w * fb.boxes[ib]).astype(np.float32),
+                        np.minimum(fa.scores[ia], fb.scores[ib]),
+                        ((1 - w) * fa.landmarks[ia] + w * fb.landmarks[ib]).astype(np.float32)))
+            prev = k
+        return out  # type: ignore[return-value]
