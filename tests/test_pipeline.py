@@ -1,5 +1,6 @@
 """The labelling pipeline end to end with the real parts: the tritonserver binary over model_repo/, a
-local Ray, the Prefect flow, real MP4 files; output read back with DuckDB."""
+local Ray, the Prefect flow, real MP4 files; output read back with DuckDB. The corpus is face-centred
+(synthetic and drawn faces), labelled with --faces centred; raw footage is in test_real_footage.py."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def corpus(tmp_path_factory):
 def run(corpus, tmp_path_factory):
     src, _ = corpus
     out = tmp_path_factory.mktemp("out")
-    result = run_label_archive([str(src)], str(out))
+    result = run_label_archive([str(src)], str(out), face_mode="centred")
     return out, result
 
 
@@ -109,10 +110,9 @@ def test_masks_follow_the_input(run, corpus):
 def test_labels_and_probabilities_come_from_the_model(run):
     out, _ = run
     con = connect(str(out))
-    probs = np.stack([con.sql(f"SELECT {c} FROM frames ORDER BY source_uri, frame_index").fetchnumpy()[c]
-                      for c in PROB_COLUMNS], 1)
-    df = con.sql("SELECT label, label_id, confidence, model_name, model_version, run_id FROM frames "
-                 "ORDER BY source_uri, frame_index").fetchnumpy()
+    labelled = "FROM frames WHERE label IS NOT NULL ORDER BY source_uri, frame_index"
+    probs = np.stack([con.sql(f"SELECT {c} {labelled}").fetchnumpy()[c] for c in PROB_COLUMNS], 1)
+    df = con.sql(f"SELECT label, label_id, confidence, model_name, model_version, run_id {labelled}").fetchnumpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     np.testing.assert_array_equal(df["label_id"], probs.argmax(1))
     np.testing.assert_allclose(df["confidence"], probs.max(1), atol=1e-6)
@@ -121,6 +121,33 @@ def test_labels_and_probabilities_come_from_the_model(run):
     assert set(df["model_name"]) == {"expression_fusion"} and len(set(df["run_id"])) == 1
     versions = sorted(p.name for p in (DEFAULT_MODEL_REPO / "expression_fusion").iterdir() if p.name.isdigit())
     assert set(df["model_version"]) == {versions[-1]}
+
+
+def test_no_label_where_a_frame_has_neither_face_nor_audio(run):
+    """'face gap.mp4': blank frames 20-34, silence from 1.0 to 2.0 s (frames 15-30 at 15 fps): the frames
+    in both get NULL label, id, confidence and probabilities; every other frame a label."""
+    out, _ = run
+    con = connect(str(out))
+    rows = con.sql("SELECT frame_index, face_present, audio_present, label IS NULL AS no_label, "
+                   "label_id IS NULL AND confidence IS NULL AND prob_happiness IS NULL AS all_null FROM frames "
+                   "WHERE source_uri LIKE '%/face gap.mp4' ORDER BY frame_index").fetchnumpy()
+    neither = ~rows["face_present"] & ~rows["audio_present"]
+    assert neither.sum() >= 8  # the overlap of the two stretches, less the audio context's margins
+    np.testing.assert_array_equal(rows["no_label"], neither)
+    np.testing.assert_array_equal(rows["all_null"], neither)
+    assert con.sql("SELECT count(*) FROM frames WHERE label IS NULL AND (face_present OR audio_present)"
+                   ).fetchall() == [(0,)]
+
+
+def test_face_centred_rows_carry_track_0_and_the_whole_frame_as_box(run):
+    out, _ = run
+    con = connect(str(out))
+    rows = con.sql("SELECT f.face_present, f.track_id, f.box_x, f.box_y, f.box_w, f.box_h, v.width, v.height, "
+                   "f.det_score, f.faces_detected, v.face_mode FROM frames f JOIN videos v USING (video_id) "
+                   "WHERE f.source_uri LIKE '%/face gap.mp4'").fetchall()
+    for present, track, x, y, w, h, vw, vh, score, n, mode in rows:
+        assert mode == "centred" and score is None and n == int(present)
+        assert (track, x, y, w, h) == ((0, 0, 0, vw, vh) if present else (None, None, None, None, None))
 
 
 def test_videos_table_is_complete(run, corpus):
@@ -211,13 +238,17 @@ def test_every_sql_query_in_the_readme_runs_on_real_output(run):
     readme = (DEFAULT_MODEL_REPO.parent / "README.md").read_text()
     blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
     queries = [q.strip() for b in blocks for q in b.split(";") if "SELECT" in q]
-    assert len(queries) == 4
+    assert len(queries) == 5
     con = connect(str(out))
     for q in queries[:2]:
         assert con.sql(q).fetchall(), q
-    for _, start, end, n in con.sql(queries[2]).fetchall():  # stretches of one expression
+    for row in con.sql(queries[2]).fetchall():  # stretches of one expression per face
+        start, end, n = row[-3:]
         assert end >= start and n >= 1
-    failed = con.sql(queries[3]).fetchall()
+    main = con.sql(queries[3]).fetchall()  # one row per frame: its largest face
+    total = con.sql("SELECT count(DISTINCT (video_id, frame_index)) FROM frames").fetchall()[0][0]
+    assert len(main) == total
+    failed = con.sql(queries[4]).fetchall()
     assert [r[1] for r in failed] == ["not_a_video"]
     share = con.sql(queries[0]).fetchall()
     per_video = {}

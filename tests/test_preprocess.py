@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 
 from workers.contract import PREPROCESSING as P
-from workers.preprocess import audio_features, blank_mask, crop_face, detect_faces
+from workers.preprocess import audio_features, blank_mask
 
 SR = P.sample_rate
 
@@ -63,35 +63,3 @@ def test_blank_crops_are_missing_and_faces_are_present():
     face = np.full((1, P.crop_size, P.crop_size, 3), 200, np.uint8)
     cv2.circle(face[0], (20, 20), 10, (30, 30, 30), -1)
     np.testing.assert_array_equal(blank_mask(np.concatenate([blank, face])), [False, False, False, True])
-
-
-def _rgb(path):
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-
-
-def test_detector_finds_the_face_in_a_real_photograph(face_media):
-    img = _rgb(face_media / "single_face.jpg")
-    boxes = detect_faces(img)
-    assert len(boxes) == 1
-    x, y, w, h = boxes[0]
-    assert w > img.shape[1] * 0.1  # a real face, not a speck
-    crop = crop_face(img, boxes[0], P.crop_size)
-    assert crop.shape == (P.crop_size, P.crop_size, 3) and blank_mask(crop[None])[0]
-
-
-def test_detector_counts_several_faces_and_orders_largest_first(face_media):
-    boxes = detect_faces(_rgb(face_media / "multi_face.jpg"))
-    assert len(boxes) >= 2
-    areas = [w * h for _, _, w, h in boxes]
-    assert areas == sorted(areas, reverse=True)
-
-
-def test_detector_finds_nothing_in_a_frame_without_a_face(face_media):
-    import decord
-
-    vr = decord.VideoReader(str(face_media / "no_face.mp4"))
-    frames = vr.get_batch([0, len(vr) // 2]).asnumpy()
-    assert all(detect_faces(f) == [] for f in frames)
-    landscape = _rgb(face_media / "free-mountain-vector-01.jpg") if (face_media / "free-mountain-vector-01.jpg").exists() else None
-    if landscape is not None:
-        assert detect_faces(landscape) == []

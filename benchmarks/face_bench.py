@@ -1,0 +1,281 @@
+"""Face benchmark on real footage: decode, face detection + tracking, and end-to-end labelling, with ratios.
+
+    .venv/bin/python benchmarks/face_bench.py [--seconds 60] [--out-json PATH] [--skip-e2e]
+
+For a 720p clip with one face and one with three (benchmarks/clips.py), measured in the same run:
+
+- ``ffmpeg -threads 1 -i CLIP -f null -``: the reference single-thread decode rate every other figure is
+  compared with (the wall time of that subprocess, frames / elapsed, best of ``--repeats``);
+- decord decode fps at full size and at 640x360 (one thread, ``get_batch`` in chunks of 256, ``asnumpy``
+  included: that is what the pipeline gets), best of ``--repeats``;
+- FaceTracker(MTCNN()) over the 640x360 frames with torch on one thread (as in the workers): ms/frame,
+  full detections, O-Net refines, frames with a face, mean faces per frame, distinct track ids;
+- ``emoframe label CLIP --out TMP`` as a subprocess: the per-video ``processing_s`` from the videos table
+  (the CLI's own Triton/Ray/Prefect start-up is excluded), end-to-end fps, realtime factor and its ratio
+  to the ffmpeg decode rate; the subprocess's total wall time is recorded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402  -- before decord: the other order can crash at import
+
+import decord  # noqa: E402
+
+from clips import BENCH_CACHE, ClipInfo, one_face_720p, probe, three_faces_720p  # noqa: E402
+
+CHUNK = 256
+SMALL = (640, 360)  # width, height the tracker sees
+EMOFRAME = ROOT / ".venv" / "bin" / "emoframe"
+
+
+def ffmpeg_decode_fps(clip: Path, frames: int, repeats: int) -> float:
+    """Single-thread ffmpeg decode rate: the baseline any pipeline over this clip is compared with."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", str(clip), "-f", "null", "-"],
+                       check=True)
+        best = min(best, time.perf_counter() - t0)
+    return frames / best
+
+
+def _reader(clip: Path, size: tuple[int, int] | None) -> decord.VideoReader:
+    kw = {} if size is None else {"width": size[0], "height": size[1]}
+    return decord.VideoReader(str(clip), ctx=decord.cpu(0), num_threads=1, **kw)
+
+
+def _chunks(vr: decord.VideoReader) -> Any:
+    n = len(vr)
+    for s in range(0, n, CHUNK):
+        yield vr.get_batch(list(range(s, min(n, s + CHUNK)))).asnumpy()
+
+
+def decord_fps(clip: Path, size: tuple[int, int] | None, repeats: int) -> tuple[float, int]:
+    """Frames per second of decord reading every frame (opening the file included), and the frame count."""
+    best, n = float("inf"), 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = sum(len(c) for c in _chunks(_reader(clip, size)))
+        best = min(best, time.perf_counter() - t0)
+    return n / best, n
+
+
+def track(clip: Path) -> dict[str, Any]:
+    """Detection + tracking cost per 640x360 frame (decoding not timed) and what the tracker found."""
+    from workers.faces.detector import MTCNN
+    from workers.faces.tracker import FaceTracker
+
+    torch.set_num_threads(1)
+    detector = MTCNN()
+    first = _reader(clip, SMALL).get_batch([0]).asnumpy()[0]
+    warm = detector.detect(first)  # first-call allocations are not the tracker's steady cost
+    detector.refine(first, warm.boxes)
+    tracker = FaceTracker(detector)
+    chunked = hasattr(tracker, "track_chunk")
+    counts: list[int] = []
+    detect_ms: list[float] = []
+    follow_ms: list[float] = []
+    elapsed = 0.0
+    for frames in _chunks(_reader(clip, SMALL)):
+        if chunked:
+            t0 = time.perf_counter()
+            out = tracker.track_chunk(frames)
+            elapsed += time.perf_counter() - t0
+            counts += [len(ids) for ids, _ in out]
+            continue
+        for frame in frames:
+            d0 = tracker.detections
+            t0 = time.perf_counter()
+            ids, _ = tracker.update(frame)
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            (detect_ms if tracker.detections > d0 else follow_ms).append(dt * 1e3)
+            counts.append(len(ids))
+    c = np.asarray(counts)
+    return {
+        "api": "track_chunk" if chunked else "update",
+        "frames": len(c),
+        "ms_per_frame": elapsed * 1e3 / len(c),
+        "tracker_fps": len(c) / elapsed,
+        "ms_detect_frames": float(np.mean(detect_ms)) if detect_ms else None,  # per-frame API only
+        "ms_follow_frames": float(np.mean(follow_ms)) if follow_ms else None,
+        "detections": tracker.detections,
+        "refines": tracker.refines,
+        "frames_with_face": int((c >= 1).sum()),
+        "mean_faces": float(c.mean()),
+        "track_ids": int(tracker.next_id),
+        "torch_threads": torch.get_num_threads(),
+        "tracker_settings": asdict(tracker.s),
+        "detector_settings": asdict(detector.s),
+    }
+
+
+def label_flags(faces: str) -> list[str]:
+    """``--faces <faces>`` if the CLI offers that choice now (its flags are being reworked), else nothing."""
+    if not faces:
+        return []
+    help_text = subprocess.run([str(EMOFRAME), "label", "--help"], capture_output=True, text=True).stdout
+    m = re.search(r"--faces \{([^}]*)\}", help_text)
+    return ["--faces", faces] if m and faces in m.group(1).split(",") else []
+
+
+def end_to_end(clip: Path, flags: list[str], timeout_s: float) -> dict[str, Any]:
+    """Runs the real CLI on ``clip``; per-video figures come from the Parquet it writes."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="face-bench-") as tmp:
+        out = Path(tmp) / "out"
+        cmd = [str(EMOFRAME), "label", str(clip), "--out", str(out), *flags]
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "cmd": cmd, "error": f"timed out after {timeout_s:.0f} s"}
+        wall = time.perf_counter() - t0
+        res: dict[str, Any] = {"cmd": cmd, "rc": done.returncode, "wall_s": wall}
+        videos = sorted(out.glob("videos/*/*.parquet"))
+        if not videos:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-25:]
+            return {**res, "ok": False, "error": "no videos table written", "log_tail": tail}
+        row = pq.read_table(videos[0]).to_pylist()[0]
+        res.update({k: row.get(k) for k in ("status", "error_reason", "error_message", "frame_count", "fps",
+                                             "processing_s", "model_name")})
+        frames = sorted(out.glob("frames/*/*.parquet"))
+        if frames:
+            names = pq.read_schema(frames[0]).names
+            cols = [c for c in ("faces_detected", "face_present") if c in names]
+            t = pq.read_table(frames[0], columns=cols)
+            res["frame_rows"] = t.num_rows
+            for col in cols:
+                res[f"mean_{col}"] = float(np.mean(t.column(col).to_numpy(zero_copy_only=False)))
+        res["ok"] = done.returncode == 0 and row.get("status") == "labelled" and bool(row.get("processing_s"))
+        if not res["ok"]:
+            res["log_tail"] = (done.stdout + done.stderr).strip().splitlines()[-25:]
+        return res
+
+
+def bench_clip(clip: Path, info: ClipInfo, a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
+    r: dict[str, Any] = {"path": str(clip), "clip": asdict(info)}
+    r["ffmpeg_fps"] = ffmpeg_decode_fps(clip, info.frames, a.repeats)
+    r["decord_full_fps"], n_full = decord_fps(clip, None, a.repeats)
+    r["decord_small_fps"], n_small = decord_fps(clip, SMALL, a.repeats)
+    r["decord_frames"] = {"full": n_full, "small": n_small}
+    r["tracker"] = track(clip)
+    if not a.skip_e2e:
+        e = end_to_end(clip, flags, a.e2e_timeout)
+        if e.get("ok"):
+            e["fps_e2e"] = e["frame_count"] / e["processing_s"]
+            e["realtime"] = e["fps_e2e"] / info.fps
+            e["vs_ffmpeg"] = e["fps_e2e"] / r["ffmpeg_fps"]
+        r["e2e"] = e
+    return r
+
+
+def _git() -> dict[str, Any]:
+    def run(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+    status = run("status", "--porcelain")
+    return {"head": run("rev-parse", "HEAD"), "dirty": bool(status), "changed": status.splitlines()}
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """One column per clip; ratios are against the same clip's ffmpeg -threads 1 decode rate."""
+    rows: list[tuple[str, list[str]]] = []
+
+    def add(label: str, fn: Any) -> None:
+        cells = []
+        for r in results.values():
+            try:
+                cells.append(fn(r))
+            except (KeyError, TypeError, ZeroDivisionError):
+                cells.append("-")
+        rows.append((label, cells))
+
+    add("frames / fps / size", lambda r: f"{r['clip']['frames']} @ {r['clip']['fps']:g} {r['clip']['width']}x{r['clip']['height']}")
+    add("ffmpeg -threads 1 decode fps", lambda r: _fmt(r["ffmpeg_fps"]))
+    add("decord full-size fps (x ffmpeg)", lambda r: f"{r['decord_full_fps']:.1f} ({r['decord_full_fps'] / r['ffmpeg_fps']:.2f}x)")
+    add("decord 640x360 fps (x ffmpeg)", lambda r: f"{r['decord_small_fps']:.1f} ({r['decord_small_fps'] / r['ffmpeg_fps']:.2f}x)")
+    add("tracker ms/frame (API)", lambda r: f"{r['tracker']['ms_per_frame']:.2f} ({r['tracker']['api']})")
+    add("  ms on detect / follow frames", lambda r: f"{_fmt(r['tracker']['ms_detect_frames'], '.2f')} / {_fmt(r['tracker']['ms_follow_frames'], '.2f')}")
+    add("  tracker fps (x ffmpeg)", lambda r: f"{r['tracker']['tracker_fps']:.1f} ({r['tracker']['tracker_fps'] / r['ffmpeg_fps']:.2f}x)")
+    add("  full detections / O-Net refines", lambda r: f"{r['tracker']['detections']} / {r['tracker']['refines']}")
+    add("  frames with >=1 face", lambda r: f"{r['tracker']['frames_with_face']} / {r['tracker']['frames']}")
+    add("  mean faces / track ids", lambda r: f"{r['tracker']['mean_faces']:.2f} / {r['tracker']['track_ids']}")
+    add("e2e processing_s (status)", lambda r: f"{r['e2e']['processing_s']:.1f} ({r['e2e']['status']})" if r["e2e"].get("processing_s") else f"failed: {r['e2e'].get('error') or r['e2e'].get('error_reason')}")
+    add("e2e fps / realtime", lambda r: f"{r['e2e']['fps_e2e']:.1f} / {r['e2e']['realtime']:.2f}x")
+    add("e2e fps vs ffmpeg decode", lambda r: f"{r['e2e']['vs_ffmpeg']:.3f}x")
+    add("e2e mean faces_detected (rows)", lambda r: f"{r['e2e']['mean_faces_detected']:.2f} ({r['e2e']['frame_rows']})")
+    add("e2e CLI wall s (incl. start-up)", lambda r: f"{r['e2e']['wall_s']:.1f}")
+
+    names = list(results)
+    w0 = max(len(label) for label, _ in rows)
+    ws = [max(len(n), *(len(cells[i]) for _, cells in rows)) for i, n in enumerate(names)]
+    lines = [" | ".join([" " * w0, *(n.rjust(w) for n, w in zip(names, ws))])]
+    lines.append("-" * len(lines[0]))
+    lines += [" | ".join([label.ljust(w0), *(c.rjust(w) for c, w in zip(cells, ws))]) for label, cells in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60, help="length of each clip")
+    ap.add_argument("--out-json", type=Path, help="write the figures and settings here")
+    ap.add_argument("--folder", type=Path, default=BENCH_CACHE, help="where the clips are built and cached")
+    ap.add_argument("--repeats", type=int, default=2, help="decode timings are the best of this many runs")
+    ap.add_argument("--faces", default="detect", help="passed as `label --faces` when the CLI offers it; '' = none")
+    ap.add_argument("--skip-e2e", action="store_true", help="leave out the `emoframe label` run")
+    ap.add_argument("--e2e-timeout", type=float, default=1800, help="seconds before the CLI run is abandoned")
+    a = ap.parse_args()
+
+    clips = {"one_face_720p": one_face_720p(a.folder, a.seconds), "three_faces_720p": three_faces_720p(a.folder, a.seconds)}
+    flags = [] if a.skip_e2e else label_flags(a.faces)
+    results: dict[str, dict[str, Any]] = {}
+    for name, clip in clips.items():
+        info = probe(clip)
+        print(f"{name}: {clip} ({info.frames} frames, {info.fps:g} fps, {info.width}x{info.height})", flush=True)
+        results[name] = bench_clip(clip, info, a, flags)
+        if "e2e" in results[name] and not results[name]["e2e"].get("ok"):
+            e = results[name]["e2e"]
+            print(f"  end-to-end failed: {e.get('error') or e.get('error_reason')}: {e.get('error_message') or ''}")
+            print("    " + "\n    ".join(e.get("log_tail", [])))
+
+    print()
+    print(table(results))
+    if a.out_json:
+        report = {
+            "git": _git(),
+            "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
+            "settings": {"seconds": a.seconds, "repeats": a.repeats, "chunk": CHUNK, "tracker_size": SMALL,
+                         "decord_threads": 1, "ffmpeg_threads": 1, "torch_threads_tracker": 1,
+                         "label_flags": flags, "e2e": not a.skip_e2e, "folder": str(a.folder)},
+            "clips": results,
+        }
+        a.out_json.parent.mkdir(parents=True, exist_ok=True)
+        a.out_json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"\nwrote {a.out_json}")
+
+
+if __name__ == "__main__":
+    main()

