@@ -77,6 +77,7 @@ def _build(out: Path, make: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         make(tmp)
+        tmp.chmod(0o644)  # mkstemp makes it private
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

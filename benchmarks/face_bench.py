@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,7 @@ def _reader(clip: Path, size: tuple[int, int] | None) -> decord.VideoReader:
     return decord.VideoReader(str(clip), ctx=decord.cpu(0), num_threads=1, **kw)
 
 
-def _chunks(vr: decord.VideoReader) -> Any:
+def _chunks(vr: decord.VideoReader) -> Iterator[np.ndarray]:
     n = len(vr)
     for s in range(0, n, CHUNK):
         yield vr.get_batch(list(range(s, min(n, s + CHUNK)))).asnumpy()
@@ -196,6 +198,10 @@ def _git() -> dict[str, Any]:
     return {"head": run("rev-parse", "HEAD"), "dirty": bool(status), "changed": status.splitlines()}
 
 
+def _fmt_load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
 def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -213,21 +219,30 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                 cells.append("-")
         rows.append((label, cells))
 
-    add("frames / fps / size", lambda r: f"{r['clip']['frames']} @ {r['clip']['fps']:g} {r['clip']['width']}x{r['clip']['height']}")
+    def x_ffmpeg(r: dict[str, Any], fps: float) -> str:
+        return f"{fps:.1f} ({fps / r['ffmpeg_fps']:.2f}x)"
+
+    def e2e_status(e: dict[str, Any]) -> str:
+        if e.get("processing_s"):
+            return f"{e['processing_s']:.1f} ({e['status']})"
+        return f"failed: {e.get('error') or e.get('error_reason')}"
+
+    add("frames / fps / size", lambda r: "{frames} @ {fps:g} {width}x{height}".format(**r["clip"]))
     add("ffmpeg -threads 1 decode fps", lambda r: _fmt(r["ffmpeg_fps"]))
-    add("decord full-size fps (x ffmpeg)", lambda r: f"{r['decord_full_fps']:.1f} ({r['decord_full_fps'] / r['ffmpeg_fps']:.2f}x)")
-    add("decord 640x360 fps (x ffmpeg)", lambda r: f"{r['decord_small_fps']:.1f} ({r['decord_small_fps'] / r['ffmpeg_fps']:.2f}x)")
-    add("tracker ms/frame (API)", lambda r: f"{r['tracker']['ms_per_frame']:.2f} ({r['tracker']['api']})")
-    add("  ms on detect / follow frames", lambda r: f"{_fmt(r['tracker']['ms_detect_frames'], '.2f')} / {_fmt(r['tracker']['ms_follow_frames'], '.2f')}")
-    add("  tracker fps (x ffmpeg)", lambda r: f"{r['tracker']['tracker_fps']:.1f} ({r['tracker']['tracker_fps'] / r['ffmpeg_fps']:.2f}x)")
-    add("  full detections / O-Net refines", lambda r: f"{r['tracker']['detections']} / {r['tracker']['refines']}")
-    add("  frames with >=1 face", lambda r: f"{r['tracker']['frames_with_face']} / {r['tracker']['frames']}")
-    add("  mean faces / track ids", lambda r: f"{r['tracker']['mean_faces']:.2f} / {r['tracker']['track_ids']}")
-    add("e2e processing_s (status)", lambda r: f"{r['e2e']['processing_s']:.1f} ({r['e2e']['status']})" if r["e2e"].get("processing_s") else f"failed: {r['e2e'].get('error') or r['e2e'].get('error_reason')}")
-    add("e2e fps / realtime", lambda r: f"{r['e2e']['fps_e2e']:.1f} / {r['e2e']['realtime']:.2f}x")
-    add("e2e fps vs ffmpeg decode", lambda r: f"{r['e2e']['vs_ffmpeg']:.3f}x")
-    add("e2e mean faces_detected (rows)", lambda r: f"{r['e2e']['mean_faces_detected']:.2f} ({r['e2e']['frame_rows']})")
-    add("e2e CLI wall s (incl. start-up)", lambda r: f"{r['e2e']['wall_s']:.1f}")
+    add("decord full-size fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["decord_full_fps"]))
+    add("decord 640x360 fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["decord_small_fps"]))
+    add("tracker ms/frame (API)", lambda r: "{ms_per_frame:.2f} ({api})".format(**r["tracker"]))
+    add("  ms on detect / follow frames",
+        lambda r: f"{_fmt(r['tracker']['ms_detect_frames'], '.2f')} / {_fmt(r['tracker']['ms_follow_frames'], '.2f')}")
+    add("  tracker fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["tracker"]["tracker_fps"]))
+    add("  full detections / O-Net refines", lambda r: "{detections} / {refines}".format(**r["tracker"]))
+    add("  frames with >=1 face", lambda r: "{frames_with_face} / {frames}".format(**r["tracker"]))
+    add("  mean faces / track ids", lambda r: "{mean_faces:.2f} / {track_ids}".format(**r["tracker"]))
+    add("e2e processing_s (status)", lambda r: e2e_status(r["e2e"]))
+    add("e2e fps / realtime", lambda r: "{fps_e2e:.1f} / {realtime:.2f}x".format(**r["e2e"]))
+    add("e2e fps vs ffmpeg decode", lambda r: "{vs_ffmpeg:.3f}x".format(**r["e2e"]))
+    add("e2e mean faces_detected (rows)", lambda r: "{mean_faces_detected:.2f} ({frame_rows})".format(**r["e2e"]))
+    add("e2e CLI wall s (incl. start-up)", lambda r: "{wall_s:.1f}".format(**r["e2e"]))
 
     names = list(results)
     w0 = max(len(label) for label, _ in rows)
@@ -249,7 +264,10 @@ def main() -> None:
     ap.add_argument("--e2e-timeout", type=float, default=1800, help="seconds before the CLI run is abandoned")
     a = ap.parse_args()
 
-    clips = {"one_face_720p": one_face_720p(a.folder, a.seconds), "three_faces_720p": three_faces_720p(a.folder, a.seconds)}
+    git = _git()  # the code measured: taken before the run, as the tree may change while it runs
+    load_before = os.getloadavg()
+    clips = {"one_face_720p": one_face_720p(a.folder, a.seconds),
+             "three_faces_720p": three_faces_720p(a.folder, a.seconds)}
     flags = [] if a.skip_e2e else label_flags(a.faces)
     results: dict[str, dict[str, Any]] = {}
     for name, clip in clips.items():
@@ -261,11 +279,15 @@ def main() -> None:
             print(f"  end-to-end failed: {e.get('error') or e.get('error_reason')}: {e.get('error_message') or ''}")
             print("    " + "\n    ".join(e.get("log_tail", [])))
 
+    load_after = os.getloadavg()
     print()
     print(table(results))
+    print(f"\nload average (1/5/15 min) before: {_fmt_load(load_before)}, after: {_fmt_load(load_after)}; "
+          f"other work on the machine skews every figure")
     if a.out_json:
         report = {
-            "git": _git(),
+            "git": git,
+            "loadavg": {"before": load_before, "after": load_after},
             "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
             "settings": {"seconds": a.seconds, "repeats": a.repeats, "chunk": CHUNK, "tracker_size": SMALL,
                          "decord_threads": 1, "ffmpeg_threads": 1, "torch_threads_tracker": 1,

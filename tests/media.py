@@ -59,3 +59,46 @@ def write_video(path: Path, n_frames: int, fps: int = 15, size: tuple[int, int] 
                 out.mux(as_.encode(af))
             out.mux(as_.encode(None))
     return path
+
+
+def write_frames(path: Path, frames: np.ndarray, fps: int = 25, *, codec: str = "libx264", pix_fmt: str = "yuv420p",
+                 audio: np.ndarray | None = None, sample_rate: int = 16000,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write RGB uint8 frames [n, h, w, 3] (real footage, stills made into clips) and optional mono audio."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, h, w = frames.shape[:3]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        if metadata:
+            vs.metadata.update(metadata)
+        as_ = out.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        if as_ is not None:
+            step = as_.codec_context.frame_size or 1024
+            for s in range(0, len(audio), step):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, s:s + step].astype(np.float32)),
+                                                format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = sample_rate, s, Fraction(1, sample_rate)
+                out.mux(as_.encode(af))
+            out.mux(as_.encode(None))
+    return path
+
+
+def reencode(src: Path, dst: Path, *, keep_audio: bool = True) -> Path:
+    """A clean re-encode of real footage (H.264, AAC): drops container quirks such as edit lists."""
+    with av.open(str(src)) as inp:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in inp.decode(video=0)])
+        fps = int(round(float(inp.streams.video[0].average_rate)))
+    audio = None
+    if keep_audio:
+        with av.open(str(src)) as inp:
+            if inp.streams.audio:
+                res = av.AudioResampler(format="flt", layout="mono", rate=16000)
+                audio = np.concatenate([r.to_ndarray().reshape(-1) for f in inp.decode(audio=0)
+                                        for r in res.resample(f)])
+    return write_frames(dst, frames, fps, audio=audio)

@@ -50,7 +50,7 @@ def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str
     if times is not None and (len(pred) and pred.frame.max() >= len(times)):
         raise ValueError(f"a row's frame index {pred.frame.max()} is past the {len(times)} frame timestamps")
     evidence = pred.face_present | pred.audio_present
-    faced = pred.track >= 0
+    faced = pred.face_present  # a masked frame of face-centred input belongs to track 0 but shows no face
     faces = np.bincount(pred.frame[pred.face_present], minlength=int(pred.frame.max()) + 1 if n else 0)
     labels = pred.labels.astype(np.int64)
 
