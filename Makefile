@@ -34,5 +34,8 @@ model: env
 ablation: env
 	$(VENV)/bin/emoframe ablate
 
+# Published figures: refused on a dirty tree (they must come from a commit). Commit, then `make bench`.
 bench: env
+	$(PY) benchmarks/face_bench.py --publish
+	$(PY) benchmarks/face_accuracy.py
 	$(PY) benchmarks/pipeline_bench.py

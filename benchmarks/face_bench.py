@@ -1,6 +1,8 @@
 """Face benchmark on real footage: decode, face detection + tracking, and end-to-end labelling, with ratios.
 
     .venv/bin/python benchmarks/face_bench.py [--seconds 60] [--out-json PATH] [--skip-e2e]
+    .venv/bin/python benchmarks/face_bench.py --publish     # what `make bench` runs: writes docs/face_bench.json
+                                                            # (refused on a dirty tree) and README's table
 
 For a 720p clip with one face and one with three (benchmarks/clips.py), measured in the same run:
 
@@ -45,6 +47,24 @@ from clips import BENCH_CACHE, ClipInfo, one_face_720p, probe, three_faces_720p 
 CHUNK = 256
 SMALL = (640, 360)  # width, height the tracker sees
 EMOFRAME = ROOT / ".venv" / "bin" / "emoframe"
+PUBLISHED = ROOT / "docs" / "face_bench.json"
+README = ROOT / "README.md"
+START, END = "<!-- face-bench:start -->", "<!-- face-bench:end -->"
+
+
+def render(report: dict[str, Any]) -> str:
+    """README block: the table as printed, and the stamp of the run that measured it."""
+    g = report["git"]
+    return ("```text\n" + table(report["clips"]) + "\n```\n\n"
+            f"Measured by `make bench` (`benchmarks/face_bench.py`, {report['settings']['seconds']:g} s clips) at "
+            f"commit `{g['head'][:12]}` on {report['nproc']} cores, load average {_fmt_load(report['loadavg']['before'])} "
+            f"before; figures in `docs/face_bench.json`.")
+
+
+def write_readme(report: dict[str, Any]) -> None:
+    text = README.read_text()
+    a, b = text.index(START) + len(START), text.index(END)
+    README.write_text(text[:a] + "\n" + render(report) + "\n" + text[b:])
 
 
 def ffmpeg_decode_fps(clip: Path, frames: int, repeats: int) -> float:
@@ -118,6 +138,9 @@ def track(clip: Path) -> dict[str, Any]:
         "tracker_fps": len(c) / elapsed,
         "ms_detect_frames": float(np.mean(detect_ms)) if detect_ms else None,  # per-frame API only
         "ms_follow_frames": float(np.mean(follow_ms)) if follow_ms else None,
+        # the tracker's own clocks: full detections and carrying tracks, per frame of the clip
+        "detect_ms_per_frame": tracker.detect_s * 1e3 / len(c) if hasattr(tracker, "detect_s") else None,
+        "follow_ms_per_frame": tracker.follow_s * 1e3 / len(c) if hasattr(tracker, "follow_s") else None,
         "detections": tracker.detections,
         "refines": tracker.refines,
         "frames_with_face": int((c >= 1).sum()),
@@ -194,7 +217,7 @@ def _git() -> dict[str, Any]:
     def run(*args: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
 
-    status = run("status", "--porcelain")
+    status = run("status", "--porcelain", "--untracked-files=no")
     return {"head": run("rev-parse", "HEAD"), "dirty": bool(status), "changed": status.splitlines()}
 
 
@@ -232,8 +255,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     add("decord full-size fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["decord_full_fps"]))
     add("decord 640x360 fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["decord_small_fps"]))
     add("tracker ms/frame (API)", lambda r: "{ms_per_frame:.2f} ({api})".format(**r["tracker"]))
-    add("  ms on detect / follow frames",
-        lambda r: f"{_fmt(r['tracker']['ms_detect_frames'], '.2f')} / {_fmt(r['tracker']['ms_follow_frames'], '.2f')}")
+    add("  of which detection / tracking ms/frame",
+        lambda r: f"{_fmt(r['tracker']['detect_ms_per_frame'], '.2f')} / {_fmt(r['tracker']['follow_ms_per_frame'], '.2f')}")
     add("  tracker fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["tracker"]["tracker_fps"]))
     add("  full detections / O-Net refines", lambda r: "{detections} / {refines}".format(**r["tracker"]))
     add("  frames with >=1 face", lambda r: "{frames_with_face} / {frames}".format(**r["tracker"]))
@@ -262,9 +285,16 @@ def main() -> None:
     ap.add_argument("--faces", default="detect", help="passed as `label --faces` when the CLI offers it; '' = none")
     ap.add_argument("--skip-e2e", action="store_true", help="leave out the `emoframe label` run")
     ap.add_argument("--e2e-timeout", type=float, default=1800, help="seconds before the CLI run is abandoned")
+    ap.add_argument("--publish", action="store_true",
+                    help=f"write {PUBLISHED.relative_to(ROOT)} and README's table (refused with uncommitted changes)")
     a = ap.parse_args()
 
     git = _git()  # the code measured: taken before the run, as the tree may change while it runs
+    if a.publish:
+        if git["dirty"]:
+            sys.exit("face_bench --publish: the tree has uncommitted changes; published figures must come from a "
+                     "commit (commit, then rerun)")
+        a.out_json = PUBLISHED
     load_before = os.getloadavg()
     clips = {"one_face_720p": one_face_720p(a.folder, a.seconds),
              "three_faces_720p": three_faces_720p(a.folder, a.seconds)}
@@ -295,8 +325,11 @@ def main() -> None:
             "clips": results,
         }
         a.out_json.parent.mkdir(parents=True, exist_ok=True)
-        a.out_json.write_text(json.dumps(report, indent=2, default=str))
+        a.out_json.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"\nwrote {a.out_json}")
+        if a.publish:
+            write_readme(json.loads(a.out_json.read_text()))
+            print(f"rendered the table into {README.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -176,19 +176,3 @@ def test_several_faces_keep_their_own_ids(face_media):
     shift = last[1].boxes[:, 0] - first[1].boxes[:, 0]
     np.testing.assert_allclose(shift, 78, atol=8)
 
-
-def test_readme_face_table_is_rendered_from_the_measured_figures():
-    """The README's table is what benchmarks/face_accuracy.py measured and wrote to docs/face_accuracy.json."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("face_accuracy", root / "benchmarks" / "face_accuracy.py")
-    fa = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fa)
-    data = json.loads(fa.JSON_PATH.read_text())
-    readme = fa.README.read_text()
-    block = readme[readme.index(fa.START) + len(fa.START):readme.index(fa.END)]
-    assert block.strip() == fa.render(data).strip()
-    assert data["stills"]["multi_face.jpg"]["faces"] == 5 and data["stamp"]["commit"]

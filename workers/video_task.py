@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import cv2
 import numpy as np
+import torch
 
 from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING
 from workers.decode import Decoder, VideoInfo
@@ -127,6 +129,10 @@ def _limit_malloc_arenas(n: int = 2) -> None:
 def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], None] = lambda n: None) -> _Labelled:
     """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError."""
     _limit_malloc_arenas()
+    # One core per video task (what the task declares to Ray): the face networks and OpenCV would otherwise
+    # spread over every core and fight Triton and the other videos for them.
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     decoder = make_decoder(cfg.decoder)
     with local_copy(source.uri) as path:
         info = decoder.probe(path)

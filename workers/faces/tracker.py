@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import time
+
 import cv2
 import numpy as np
 
@@ -51,6 +53,8 @@ class FaceTracker:
         self.thumb: np.ndarray | None = None
         self.detections = 0  # full detections run (for cost reports)
         self.refines = 0  # O-Net passes over tracked faces
+        self.detect_s = 0.0  # time spent in full detections
+        self.follow_s = 0.0  # time spent carrying tracks (O-Net passes, cut checks)
 
     def _valid(self, f: Faces, score: float) -> np.ndarray:
         side = np.minimum(f.boxes[:, 2] - f.boxes[:, 0], f.boxes[:, 3] - f.boxes[:, 1])
@@ -109,14 +113,18 @@ class FaceTracker:
     def update(self, frame: np.ndarray, elapsed: int = 1) -> tuple[np.ndarray, Faces]:
         """Track ids int32 [k] and faces of ``frame`` (an RGB uint8 image), oldest track first.
         ``elapsed``: frames since the previous call (more than 1 when frames in between are skipped)."""
+        t0 = time.perf_counter()
         thumb = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 18), interpolation=cv2.INTER_AREA)
         cut = self.thumb is not None and float(np.abs(thumb.astype(np.float32) - self.thumb).mean()) > self.s.cut_diff
         self.thumb = thumb.astype(np.float32)
         self._follow(frame)
+        t1 = time.perf_counter()
+        self.follow_s += t1 - t0
         self.since_detect += elapsed
         if self.since_detect >= self.s.detect_every or self.lost or cut:
             self._detect(frame)
             self.since_detect, self.lost = 0, False
+            self.detect_s += time.perf_counter() - t1
         self._dedupe()
         return self.ids.copy(), Faces(self.faces.boxes.copy(), self.faces.scores.copy(), self.faces.landmarks.copy())
 
