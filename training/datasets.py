@@ -17,6 +17,7 @@ from tqdm import tqdm
 from training.abaw_format import read_annotation
 from training.features import VideoArrays, load_video
 from workers.contract import PREPROCESSING, Preprocessing
+from workers.faces.align import model_face
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
@@ -73,8 +74,9 @@ def cropped_faces(folder: Path, n_frames: int, p: Preprocessing = PREPROCESSING)
         img = cv2.imread(str(folder / f"{i + 1:05d}.jpg"), cv2.IMREAD_COLOR)
         if img is None:
             continue  # missing or unreadable image: the face is missing in this frame
-        face[i] = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (p.crop_size, p.crop_size),
-                             interpolation=cv2.INTER_AREA)
+        # cropped_aligned images are aligned crops: the model's tensor comes from them as serving derives it
+        # from its own aligned crops.
+        face[i] = model_face(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[None], p)[0]
         mask[i] = True
     return face, mask
 

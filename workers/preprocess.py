@@ -6,6 +6,7 @@ no training/serving skew.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -73,8 +74,13 @@ def blank_mask(crops: np.ndarray, p: Preprocessing = PREPROCESSING) -> np.ndarra
     return grey.reshape(len(crops), -1).std(axis=1) >= p.blank_std
 
 
+MIN_FACE_SOURCE_PX = 24  # smallest face labelled, in pixels of the source video
+DETECT_MIN_SIDE = 64  # tiny videos are scaled up to this in the decoder: decord fails batches of 16x16 frames
+
+
 def detect_size(info: VideoInfo) -> tuple[int, int]:
-    scale = min(1.0, DETECT_MAX_SIDE / max(info.width, info.height))
+    long = max(info.width, info.height)
+    scale = min(1.0, DETECT_MAX_SIDE / long) if long >= DETECT_MIN_SIDE else DETECT_MIN_SIDE / long
     return max(2, int(round(info.width * scale))), max(2, int(round(info.height * scale)))
 
 
@@ -84,9 +90,12 @@ class FaceFrontEnd:
     def __init__(self, info: VideoInfo, p: Preprocessing = PREPROCESSING,
                  tracker: TrackerSettings = TrackerSettings()) -> None:
         self.p = p
-        self.tracker = FaceTracker(MTCNN(), tracker)
         w, h = detect_size(info)
         self.to_source = np.array([info.width / w, info.height / h], np.float32)  # decoded -> source pixels
+        # A face smaller than MIN_FACE_SOURCE_PX in the source carries no expression to speak of (a tiny video
+        # is decoded scaled up, so the limit is set in source pixels).
+        min_face = max(tracker.min_face, MIN_FACE_SOURCE_PX / float(self.to_source.min()))
+        self.tracker = FaceTracker(MTCNN(), dataclasses.replace(tracker, min_face=min_face))
 
     def __call__(self, frames: np.ndarray) -> FaceRows:
         per_frame = self.tracker.track_chunk(frames)

