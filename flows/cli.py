@@ -129,8 +129,6 @@ def cmd_ablate(a: argparse.Namespace) -> int:
 
 
 def cmd_label(a: argparse.Namespace) -> int:
-    from flows.label_archive import run_label_archive
-
     sources, faces = a.sources, a.faces or "detect"
     if not sources:
         from training.synth import generate
@@ -144,8 +142,14 @@ def cmd_label(a: argparse.Namespace) -> int:
                  progress=True)
         sources = [str(sample / "videos")]
         faces = a.faces or "centred"  # the synthetic set's frames are the face (drawn, not for a detector)
-    result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
-                               face_mode=faces, include=a.include, exclude=a.exclude, force=a.force)
+    from flows.label_archive import run_label_archive
+    from workers.faces.weights import MissingWeightsError
+
+    try:
+        result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
+                                   face_mode=faces, include=a.include, exclude=a.exclude, force=a.force)
+    except MissingWeightsError as exc:
+        raise SystemExit(f"emoframe label: {exc}") from None
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
 
 

@@ -176,3 +176,17 @@ def test_several_faces_keep_their_own_ids(face_media):
     shift = last[1].boxes[:, 0] - first[1].boxes[:, 0]
     np.testing.assert_allclose(shift, 78, atol=8)
 
+
+
+def test_label_without_the_weights_is_one_clear_error(tmp_path):
+    """A machine where the set-up never ran: `emoframe label` stops before starting anything, says what to
+    run, and prints no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EMOFRAME_WEIGHTS": str(tmp_path / "empty")}
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "label", str(tmp_path), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1
+    assert "emoframe fetch-weights" in res.stderr and "Traceback" not in res.stderr

