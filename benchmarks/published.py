@@ -1,0 +1,34 @@
+"""What every published figure shares: the commit it was measured at, and its table in the README.
+
+Published figures must come from committed code, so a measuring command refuses to publish from a tree with
+uncommitted changes to tracked files, and stamps what it writes with the commit. The README shows each
+table between a pair of markers; ``tests/test_published_figures.py`` checks the README against the JSON.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def git_state() -> dict:
+    """HEAD, whether tracked files differ from it, and which."""
+    def run(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"head": run("rev-parse", "HEAD"), "dirty": bool(status), "changed": status.splitlines()}
+
+
+def readme_block(start: str, end: str) -> str:
+    text = README.read_text()
+    return text[text.index(start) + len(start):text.index(end)].strip()
+
+
+def write_readme_block(start: str, end: str, body: str) -> None:
+    text = README.read_text()
+    a, b = text.index(start) + len(start), text.index(end)
+    README.write_text(text[:a] + "\n" + body.strip() + "\n" + text[b:])
