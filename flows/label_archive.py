@@ -23,7 +23,7 @@ from flows.ledger import is_done, read_ledger
 from flows.sources import list_sources
 from workers.contract import CLASSES
 from workers.errors import ServiceUnavailableError
-from workers.faces.weights import require_all
+from workers.faces.weights import MTCNN_WEIGHTS, require
 from workers.schema import STATUS_FAILED, videos_path
 from workers.sink import resolve, video_row, videos_table, write_atomic
 from workers.triton_client import TritonClient
@@ -191,7 +191,7 @@ def prefect_api() -> Iterator[str]:
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
     """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there."""
     if kwargs.get("face_mode", "detect") == "detect":
-        require_all()  # before anything starts: a missing set-up is one clear error, not one per video
+        require(MTCNN_WEIGHTS)  # before anything starts: a missing set-up is one clear error, not one per video
     with prefect_api() as api_url:
         env = {"PREFECT_API_URL": api_url}
         if os.environ.get("PREFECT_LOGGING_TO_API_ENABLED"):

