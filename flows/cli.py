@@ -76,12 +76,19 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from training.datasets import load_items
-    from training.evaluate import CONDITIONS, evaluate, format_report
-    from training.train import load_checkpoint
+    from training.evaluate import CONDITIONS, ModelFileError, evaluate_infer, format_report, load_for_evaluation
 
-    model = load_checkpoint(a.checkpoint)
+    try:
+        infer_many, what = load_for_evaluation(a.model)
+    except ModelFileError as exc:
+        raise SystemExit(f"emoframe evaluate: {exc}") from None
+    conditions = a.conditions.split(",") if a.conditions else CONDITIONS
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        raise SystemExit(f"emoframe evaluate: unknown condition(s) {unknown}; choose from {list(CONDITIONS)}")
     videos = load_items(_dataset(a.data, a.annotations, a.videos, a.cropped), a.cache, "features")
-    result = evaluate(model, videos, a.conditions.split(",") if a.conditions else CONDITIONS)
+    print(f"scoring {what} on {len(videos)} videos")
+    result = evaluate_infer(infer_many, videos, conditions=conditions)
     print(format_report(result))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -207,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[data_flags], help="ABAW metric with/without voting, missing modalities")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("model", type=Path, help="a deployed model (model_repo/expression_fusion/<version> or its "
+                                            "model.pt) or a training checkpoint (runs/.../best.pt)")
     p.add_argument("--data", type=Path, default=Path("data/synth/test"))
     p.add_argument("--conditions", default="", help="comma-separated subset of the conditions")
     p.add_argument("--json", type=Path, help="also write the full result as JSON here")

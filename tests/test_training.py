@@ -80,6 +80,40 @@ def test_evaluate_reports_every_condition_with_and_without_voting(data, tmp_path
             assert np.array(m["confusion"]).sum() == n
 
 
+def test_evaluate_scores_a_deployed_model_like_its_checkpoint(data, small_synth, tmp_path, capsys):
+    """`emoframe evaluate` takes a model-repository version, its model.pt or a checkpoint; all three score alike
+    (the export is the checkpoint's model), and a model of another contract is refused with a clear message."""
+    from flows.cli import main
+    from training.evaluate import ModelFileError, evaluate_infer, load_for_evaluation
+
+    cfg = TrainConfig(epochs=1, steps_per_epoch=3, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
+    train(cfg, data, [], tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "best.pt"
+    vdir = export(load_checkpoint(ckpt), tmp_path / "repo", metrics={})
+    results = [evaluate_infer(load_for_evaluation(p)[0], data, conditions=("full",))["full"]["voting"]
+               for p in (vdir, vdir / MODEL_FILE, ckpt)]
+    for r in results[1:]:
+        assert r["confusion"] == results[0]["confusion"]
+        assert r["macro_f1"] == pytest.approx(results[0]["macro_f1"], abs=1e-9)
+
+    assert main(["evaluate", str(vdir), "--data", str(small_synth), "--cache", str(tmp_path / "cache"),
+                 "--conditions", "full"]) == 0
+    out = capsys.readouterr().out
+    assert "exported model" in out and f"{results[0]['macro_f1']:.4f}" in out
+
+    meta = read_metadata(vdir)
+    (vdir / "metadata.json").write_text(json.dumps({**meta, "contract_fingerprint": "0000000000000000"}))
+    with pytest.raises(ModelFileError, match="exported with contract 0000000000000000"):
+        load_for_evaluation(vdir)
+    with pytest.raises(SystemExit, match="emoframe evaluate: .*exported with contract"):
+        main(["evaluate", str(vdir), "--data", str(small_synth)])
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="neither an exported TorchScript model nor a training checkpoint"):
+        load_for_evaluation(tmp_path / "junk.pt")
+    with pytest.raises(ModelFileError, match="has no model.pt"):
+        load_for_evaluation(tmp_path)
+
+
 def test_hidden_conditions_hide_about_half_in_stretches(data):
     v = max(data, key=len)
     hide = hidden_stretches(2000, 25.0, np.random.default_rng(0))

@@ -4,6 +4,7 @@ confusion matrix, with soft voting on and off, under missing-modality conditions
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ import torch
 from training.features import VideoArrays
 from training.metrics import summarize
 from training.model import FusionModel
-from workers.contract import CLASSES, INPUT_NAMES, PREPROCESSING, Preprocessing
+from workers.contract import CLASSES, INPUT_NAMES, PREPROCESSING, Preprocessing, fingerprint
 from workers.labeling import InferMany, arrays_to_chunks, predict_video
 from workers.voting import label_flips
 
@@ -90,10 +91,61 @@ def evaluate(model: FusionModel, videos: list[VideoArrays], conditions=CONDITION
     """{condition: {"voting": metrics, "no_voting": metrics}}; metrics include label flips per minute."""
     dev = torch.device(device)
     model = model.to(dev).eval()
-    return {cond: {("voting" if voting else "no_voting"): score(videos, infer_fn(model, dev), model.cfg.preprocessing,
-                                                                voting=voting, condition=cond, seed=seed)
+    return evaluate_infer(infer_fn(model, dev), videos, model.cfg.preprocessing, conditions, seed)
+
+
+def evaluate_infer(infer_many: InferMany, videos: list[VideoArrays], p: Preprocessing = PREPROCESSING,
+                   conditions=CONDITIONS, seed: int = 0) -> dict:
+    """``evaluate`` for any model behind an ``infer_many`` (a training model, an exported TorchScript file)."""
+    return {cond: {("voting" if voting else "no_voting"): score(videos, infer_many, p, voting=voting, condition=cond,
+                                                                seed=seed)
                    for voting in (True, False)}
             for cond in conditions}
+
+
+class ModelFileError(ValueError):
+    """A model path that cannot be evaluated; the message says what to give instead."""
+
+
+def load_for_evaluation(path: Path) -> tuple[InferMany, str]:
+    """What ``emoframe evaluate`` scores: a training checkpoint (``best.pt``), an exported TorchScript file
+    (``model.pt``) or a model-repository version folder (``model_repo/expression_fusion/1``). Exported models
+    must carry this code's contract fingerprint: their inputs would otherwise be built differently."""
+    from training.export import MODEL_FILE, METADATA_FILE, read_metadata
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise ModelFileError(f"{path} has no {MODEL_FILE}: give a model-repository version folder "
+                                 f"(model_repo/expression_fusion/<version>), a model.pt or a training checkpoint")
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{path} does not exist")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError:
+        module = None  # not TorchScript: a training checkpoint
+    if module is None:
+        from training.train import load_checkpoint
+
+        try:
+            model = load_checkpoint(path)
+        except Exception as exc:
+            raise ModelFileError(f"{path} is neither an exported TorchScript model nor a training checkpoint "
+                                 f"({type(exc).__name__}: {exc})") from None
+        if fingerprint(model.cfg.preprocessing) != fingerprint():
+            raise ModelFileError(f"{path} was trained with another preprocessing contract than this code's")
+        return infer_fn(model, torch.device("cpu")), f"checkpoint {path}"
+    meta_file = path.parent / METADATA_FILE
+    if not meta_file.is_file():
+        raise ModelFileError(f"{path} has no {METADATA_FILE} beside it: its contract cannot be checked "
+                             f"(evaluate the model-repository version folder it was exported to)")
+    meta = read_metadata(path.parent)
+    if meta.get("contract_fingerprint") != fingerprint():
+        raise ModelFileError(f"{path} was exported with contract {meta.get('contract_fingerprint')}, this code "
+                             f"builds inputs for {fingerprint()}: evaluate it with the emoframe version that "
+                             f"exported it (commit {meta.get('commit', 'unknown')})")
+    return scripted_infer(module.eval()), f"exported model {path} (version {meta.get('version')})"
 
 
 def format_report(result: dict) -> str:
