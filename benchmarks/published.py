@@ -23,12 +23,13 @@ def git_state() -> dict:
     return {"head": run("rev-parse", "HEAD"), "dirty": bool(status), "changed": status.splitlines()}
 
 
-def readme_block(start: str, end: str) -> str:
-    text = README.read_text()
+def readme_block(start: str, end: str, path: Path = README) -> str:
+    text = path.read_text()
     return text[text.index(start) + len(start):text.index(end)].strip()
 
 
-def write_readme_block(start: str, end: str, body: str) -> None:
-    text = README.read_text()
+def write_readme_block(start: str, end: str, body: str, path: Path = README) -> None:
+    """Replace what lies between the markers in ``path`` (README.md, or a page under docs/)."""
+    text = path.read_text()
     a, b = text.index(start) + len(start), text.index(end)
-    README.write_text(text[:a] + "\n" + body.strip() + "\n" + text[b:])
+    path.write_text(text[:a] + "\n" + body.strip() + "\n" + text[b:])

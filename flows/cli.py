@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def _add_train_flags(p: argparse.ArgumentParser, reader: str = "fer") -> None:
     from training.train import TrainConfig
 
     d = TrainConfig()
@@ -32,6 +32,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion", choices=("cross", "late"), default=d.model.fusion)
     p.add_argument("--modalities", default=",".join(d.model.modalities), help="visual,audio | visual | audio")
     p.add_argument("--device", default=d.device, help="auto (CUDA when present) | cpu | cuda")
+    p.add_argument("--reader", choices=("fer", "drawn"), default=reader,
+                   help="face reader whose evidence the fusion model learns from: fer (real faces, frozen FER2013 "
+                        "network) or drawn (trained first on the synthetic set's drawn faces)")
+    p.add_argument("--reader-epochs", type=int, default=d.reader_epochs)
 
 
 def _train_config(a: argparse.Namespace):
@@ -41,7 +45,8 @@ def _train_config(a: argparse.Namespace):
     model = ModelConfig(fusion=a.fusion, modalities=tuple(m.strip() for m in a.modalities.split(",")))
     return TrainConfig(epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr,
                        seed=a.seed, loss=a.loss, focal_gamma=a.focal_gamma, class_weights=a.class_weights,
-                       modality_drop=a.modality_drop, frame_drop=a.frame_drop, device=a.device, model=model)
+                       modality_drop=a.modality_drop, frame_drop=a.frame_drop, device=a.device, reader=a.reader,
+                       reader_epochs=a.reader_epochs, model=model)
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -98,10 +103,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_tune_voting(a: argparse.Namespace) -> int:
     from training.datasets import load_items
     from training.evaluate import sweep_voting
-    from training.train import load_checkpoint
+    from training.train import load_pipeline
 
     videos = load_items(_dataset(a.data, a.annotations, a.videos, a.cropped), a.cache, "features")
-    rows = sweep_voting(load_checkpoint(a.checkpoint), videos, [float(x) for x in a.vote_seconds.split(",")],
+    rows = sweep_voting(load_pipeline(a.checkpoint), videos, [float(x) for x in a.vote_seconds.split(",")],
                         [int(x) for x in a.strides.split(",")])
     print("| stride S | vote span (s) | macro F1 | accuracy | flips/min |\n|---|---|---|---|---|")
     for r in rows:
@@ -112,20 +117,47 @@ def cmd_tune_voting(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from training.export import export
-    from training.train import load_checkpoint
+    from training.train import load_pipeline
 
     metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
-    vdir = export(load_checkpoint(a.checkpoint), a.repo, version=a.version, metrics=metrics)
+    # What serves real footage reads faces with the FER reader, whichever reader the run learned from.
+    vdir = export(load_pipeline(a.checkpoint, reader="fer"), a.repo, version=a.version, metrics=metrics)
     print(f"exported to {vdir}")
     return 0
 
 
 def cmd_build_model(a: argparse.Namespace) -> int:
-    from training.recipes import DataRecipe, build_model
+    from training.evaluate import format_report
+    from training.recipes import REPRODUCE_TOLERANCE, DataRecipe, build_model, compare_with
 
-    vdir = build_model(DataRecipe(root=a.data), a.runs, a.repo, _train_config(a), version=a.version)
-    print(f"deployed model written to {vdir} (metrics in {vdir / 'metrics.json'})")
+    metrics, vdir = build_model(DataRecipe(root=a.data), a.runs, a.repo, _train_config(a), version=a.version)
+    print("synthetic test set, fusion model with the drawn-face reader:")
+    print(format_report(metrics["synthetic"]))
+    print("synthetic test set, deployed pipeline (FER reader):")
+    print(format_report(metrics["deployed_on_synthetic"]))
+    if vdir is not None:
+        print(f"new model version written to {vdir} (metrics in {vdir / 'metrics.json'})")
+        return 0
+    deployed = _deployed_version(a.repo)
+    if deployed is None:
+        print("no deployed model to compare with; export this run with --version 1")
+        return 0
+    recorded = json.loads((deployed / "metrics.json").read_text())
+    moved = compare_with(recorded, metrics)
+    if moved:
+        print(f"this run does NOT reproduce {deployed}:\n  " + "\n  ".join(moved))
+        return 1
+    print(f"this run reproduces {deployed} (every synthetic macro F1 within {REPRODUCE_TOLERANCE}); nothing "
+          f"exported: pass --version N to write a new model version")
     return 0
+
+
+def _deployed_version(repo: Path) -> Path | None:
+    from training.export import MODEL_FILE
+    from workers.contract import MODEL_NAME
+
+    versions = [p for p in (repo / MODEL_NAME).glob("*") if p.name.isdigit() and (p / MODEL_FILE).exists()]
+    return max(versions, key=lambda p: int(p.name), default=None)
 
 
 def cmd_ablate(a: argparse.Namespace) -> int:
@@ -277,17 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix written by label")
     p.set_defaults(fn=cmd_query)
 
-    for name, fn, helptext in (("build-model", cmd_build_model, "synth data, train, evaluate and export the deployed model"),
+    for name, fn, helptext in (("build-model", cmd_build_model, "synth data, train and evaluate the deployed model's "
+                                                                "recipe; compare with the committed model, or "
+                                                                "export with --version N"),
                                ("ablate", cmd_ablate, "train the ablation variants and write the table")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--data", type=Path, default=Path("data/synth"))
         p.add_argument("--runs", type=Path, default=Path("runs"))
         if name == "build-model":
             p.add_argument("--repo", type=Path, default=DEFAULT_MODEL_REPO)
-            p.add_argument("--version", type=int)
+            p.add_argument("--version", type=int, help="export the run as this new model version (never "
+                                                        "overwrites); without it nothing is exported")
         else:
             p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "ablation.md")
-        _add_train_flags(p)
+        _add_train_flags(p, reader="drawn")  # the synthetic recipes: FER cannot read drawn faces
         p.set_defaults(fn=fn)
     return ap
 

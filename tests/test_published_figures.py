@@ -35,3 +35,23 @@ def test_readme_face_benchmark_is_rendered_from_its_json():
     assert not report["git"]["dirty"] and report["settings"]["seconds"] >= 60
     for clip in report["clips"].values():
         assert clip["e2e"]["ok"] and clip["e2e"]["status"] == "labelled"
+
+
+def test_model_card_figures_are_rendered_from_the_deployed_versions_files():
+    from training import model_card
+
+    vdir = model_card.deployed_version()
+    published = _load("published")
+    assert published.readme_block(model_card.START, model_card.END, model_card.MODEL_CARD) == \
+        model_card.render(vdir).strip()
+    meta = json.loads((vdir / "metadata.json").read_text())
+    assert meta["version"] == int(vdir.name) and f"expression_fusion/{vdir.name}`" in model_card.MODEL_CARD.read_text()
+
+
+def test_model_card_real_clip_figures_are_rendered_from_their_json_of_the_deployed_model():
+    from training import model_card
+
+    rc = _load("real_clips")
+    data = json.loads(rc.JSON_PATH.read_text())
+    assert _load("published").readme_block(rc.START, rc.END, rc.MODEL_CARD) == rc.render(data).strip()
+    assert data["stamp"]["model_version"] == int(model_card.deployed_version().name)

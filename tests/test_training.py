@@ -13,8 +13,8 @@ from training.datasets import discover, load_items, synth_split
 from training.evaluate import apply_condition, evaluate, hidden_stretches
 from training.export import MODEL_FILE, example_inputs, export, read_metadata
 from training.metrics import per_class_f1, summarize
-from training.model import ExportWrapper, ModelConfig
-from training.train import TrainConfig, load_checkpoint, train
+from training.model import ModelConfig
+from training.train import TrainConfig, load_pipeline, train
 from workers.contract import CLASSES, PREPROCESSING, fingerprint
 
 
@@ -49,16 +49,44 @@ def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path):
               progress=False)
 
 
+def test_drawn_reader_runs_are_cross_fitted_saved_and_reused(data, tmp_path):
+    """With reader="drawn", each training video's evidence comes from the fold reader that did not see it, the
+    readers are saved, a resumed run reuses them, and the exported pipeline reads faces with FER."""
+    from training.readers import DrawnFaceReader, FerReader
+    from training.train import prepare_reader
+
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, reader="drawn", reader_epochs=1,
+                      model=ModelConfig(dim=32))
+    reader, evidence = prepare_reader(cfg, data, tmp_path)
+    saved = torch.load(tmp_path / "reader.pt", weights_only=False)
+    assert isinstance(reader, DrawnFaceReader) and len(saved["folds"]) == 2
+    assert [e.shape for e in evidence] == [(len(v), 8) for v in data]
+    # video j's evidence is fold (j % 2)'s: a reader trained on the other videos only
+    fold0 = DrawnFaceReader()
+    fold0.load_state_dict(saved["folds"][0])
+    from training.readers import read_evidence
+
+    np.testing.assert_allclose(read_evidence(fold0, data[0].face), evidence[0], atol=1e-5)
+    assert not np.allclose(read_evidence(reader, data[0].face), evidence[0], atol=1e-3)
+    mtime = (tmp_path / "reader.pt").stat().st_mtime_ns
+    _, again = prepare_reader(cfg, data, tmp_path)
+    assert (tmp_path / "reader.pt").stat().st_mtime_ns == mtime
+    np.testing.assert_allclose(again[1], evidence[1], atol=1e-6)
+    train(cfg, data, data[:1], tmp_path, progress=False)
+    assert isinstance(load_pipeline(tmp_path / "best.pt").reader, DrawnFaceReader)
+    assert isinstance(load_pipeline(tmp_path / "best.pt", reader="fer").reader, FerReader)
+
+
 def test_export_round_trip_equals_the_training_model(data, tmp_path):
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
     train(cfg, data, data[:1], tmp_path / "run", progress=False)
-    model = load_checkpoint(tmp_path / "run" / "best.pt")
+    model = load_pipeline(tmp_path / "run" / "best.pt")
     vdir = export(model, tmp_path / "repo", metrics={"macro_f1": 0.5}, data={"d": 1})
     assert vdir.name == "1" and (vdir / "model.py").exists() and (vdir.parent / "config.pbtxt").exists()
     scripted = torch.jit.load(str(vdir / MODEL_FILE))
     for b in (1, 3, 16):
         x = example_inputs(b, seed=b)
-        torch.testing.assert_close(scripted(*x), ExportWrapper(model)(*x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=1e-5, atol=1e-6)
     meta = read_metadata(vdir)
     assert meta["classes"] == list(CLASSES) and meta["contract_fingerprint"] == fingerprint()
     assert meta["contract"]["preprocessing"]["crop_size"] == PREPROCESSING.crop_size
@@ -71,7 +99,7 @@ def test_export_round_trip_equals_the_training_model(data, tmp_path):
 def test_evaluate_reports_every_condition_with_and_without_voting(data, tmp_path):
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
     train(cfg, data, [], tmp_path / "run", progress=False)
-    res = evaluate(load_checkpoint(tmp_path / "run" / "best.pt"), data[:2])
+    res = evaluate(load_pipeline(tmp_path / "run" / "best.pt"), data[:2])
     assert set(res) == {"full", "faces_hidden_50", "audio_hidden_50", "no_audio_track"}
     n = sum(int((v.labels >= 0).sum()) for v in data[:2])
     for by_vote in res.values():
@@ -89,7 +117,7 @@ def test_evaluate_scores_a_deployed_model_like_its_checkpoint(data, small_synth,
     cfg = TrainConfig(epochs=1, steps_per_epoch=3, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
     train(cfg, data, [], tmp_path / "run", progress=False)
     ckpt = tmp_path / "run" / "best.pt"
-    vdir = export(load_checkpoint(ckpt), tmp_path / "repo", metrics={})
+    vdir = export(load_pipeline(ckpt), tmp_path / "repo", metrics={})
     results = [evaluate_infer(load_for_evaluation(p)[0], data, conditions=("full",))["full"]["voting"]
                for p in (vdir, vdir / MODEL_FILE, ckpt)]
     for r in results[1:]:

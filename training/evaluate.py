@@ -11,7 +11,7 @@ import torch
 
 from training.features import VideoArrays
 from training.metrics import summarize
-from training.model import FusionModel
+from training.model import ExportWrapper
 from workers.contract import CLASSES, INPUT_NAMES, PREPROCESSING, Preprocessing, fingerprint
 from workers.labeling import InferMany, arrays_to_chunks, predict_video
 from workers.voting import label_flips
@@ -46,15 +46,15 @@ def apply_condition(v: VideoArrays, condition: str, seed: int) -> dict[str, np.n
     return arrays
 
 
-def infer_fn(model: FusionModel, device: torch.device) -> InferMany:
-    """``infer_many`` for ``predict_video`` from a training model: numpy batches -> probabilities."""
+def infer_fn(pipeline: ExportWrapper, device: torch.device) -> InferMany:
+    """``infer_many`` for ``predict_video`` from a reader + fusion model: numpy batches -> probabilities."""
 
     def infer_many(batches):
-        model.eval()
+        pipeline.eval()
         with torch.inference_mode():
             for b in batches:
                 t = [torch.from_numpy(b[k]).to(device) for k in INPUT_NAMES]
-                yield torch.softmax(model(*t), -1).cpu().numpy()
+                yield pipeline(*t).cpu().numpy()
 
     return infer_many
 
@@ -86,12 +86,12 @@ def score(videos: list[VideoArrays], infer_many: InferMany, p: Preprocessing = P
     return m
 
 
-def evaluate(model: FusionModel, videos: list[VideoArrays], conditions=CONDITIONS, seed: int = 0,
+def evaluate(pipeline: ExportWrapper, videos: list[VideoArrays], conditions=CONDITIONS, seed: int = 0,
              device: str = "cpu") -> dict:
     """{condition: {"voting": metrics, "no_voting": metrics}}; metrics include label flips per minute."""
     dev = torch.device(device)
-    model = model.to(dev).eval()
-    return evaluate_infer(infer_fn(model, dev), videos, model.cfg.preprocessing, conditions, seed)
+    pipeline = pipeline.to(dev).eval()
+    return evaluate_infer(infer_fn(pipeline, dev), videos, pipeline.model.cfg.preprocessing, conditions, seed)
 
 
 def evaluate_infer(infer_many: InferMany, videos: list[VideoArrays], p: Preprocessing = PREPROCESSING,
@@ -126,16 +126,16 @@ def load_for_evaluation(path: Path) -> tuple[InferMany, str]:
     except RuntimeError:
         module = None  # not TorchScript: a training checkpoint
     if module is None:
-        from training.train import load_checkpoint
+        from training.train import load_pipeline
 
         try:
-            model = load_checkpoint(path)
+            pipeline = load_pipeline(path)
         except Exception as exc:
             raise ModelFileError(f"{path} is neither an exported TorchScript model nor a training checkpoint "
                                  f"({type(exc).__name__}: {exc})") from None
-        if fingerprint(model.cfg.preprocessing) != fingerprint():
+        if fingerprint(pipeline.model.cfg.preprocessing) != fingerprint():
             raise ModelFileError(f"{path} was trained with another preprocessing contract than this code's")
-        return infer_fn(model, torch.device("cpu")), f"checkpoint {path}"
+        return infer_fn(pipeline, torch.device("cpu")), f"checkpoint {path}"
     meta_file = path.parent / METADATA_FILE
     if not meta_file.is_file():
         raise ModelFileError(f"{path} has no {METADATA_FILE} beside it: its contract cannot be checked "
@@ -158,12 +158,12 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def sweep_voting(model: FusionModel, videos: list[VideoArrays], vote_seconds: list[float],
+def sweep_voting(pipeline: ExportWrapper, videos: list[VideoArrays], vote_seconds: list[float],
                  strides: list[int] | None = None, device: str = "cpu") -> list[dict]:
     """Validation macro F1 and flips/min for each soft-voting span (and window stride): picks the defaults."""
     dev = torch.device(device)
-    model = model.to(dev).eval()
-    base = model.cfg.preprocessing
+    model = pipeline.to(dev).eval()
+    base = pipeline.model.cfg.preprocessing
     rows = []
     for stride in strides or [base.stride]:
         for vs in vote_seconds:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from training.model import ExportWrapper, FusionModel
+from training.model import ExportWrapper
 from workers.contract import CLASSES, MODEL_NAME, contract_dict, fingerprint, input_specs
 from workers.triton_config import write_config
 
@@ -52,8 +52,8 @@ def example_inputs(batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def to_torchscript(model: FusionModel) -> torch.jit.ScriptModule:
-    wrapper = ExportWrapper(model.eval().cpu()).eval()
+def to_torchscript(pipeline: ExportWrapper) -> torch.jit.ScriptModule:
+    wrapper = pipeline.eval().cpu()
     with torch.no_grad():
         return torch.jit.trace(wrapper, example_inputs(), check_inputs=[example_inputs(3, 1), example_inputs(1, 2)])
 
@@ -64,16 +64,18 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export(model: FusionModel, repo: Path, *, version: int | None = None, metrics: dict | None = None,
+def export(pipeline: ExportWrapper, repo: Path, *, version: int | None = None, metrics: dict | None = None,
            data: dict | None = None, train_config: dict | None = None, kind: str = "KIND_CPU") -> Path:
-    """Write a new model version; returns its folder. An existing version is never overwritten."""
+    """Write a new model version (face reader + fusion model); returns its folder. An existing version is never
+    overwritten."""
+    model = pipeline.model
     model_dir = repo / MODEL_NAME
     version = version or next_version(model_dir)
     vdir = model_dir / str(version)
     if (vdir / MODEL_FILE).exists():
         raise FileExistsError(f"{vdir / MODEL_FILE} exists; export to a new version (omit --version)")
     vdir.mkdir(parents=True, exist_ok=True)
-    scripted = to_torchscript(model)
+    scripted = to_torchscript(pipeline)
     scripted.save(str(vdir / MODEL_FILE))
     if BACKEND_SOURCE.resolve() != (vdir / "model.py").resolve():
         shutil.copyfile(BACKEND_SOURCE, vdir / "model.py")
@@ -84,13 +86,16 @@ def export(model: FusionModel, repo: Path, *, version: int | None = None, metric
         "contract_fingerprint": fingerprint(model.cfg.preprocessing),
         "contract": contract_dict(model.cfg.preprocessing),
         "model_config": model.cfg.to_dict(),
+        "reader": type(pipeline.reader).__name__,
+        "reader_zoom": getattr(pipeline.reader, "zoom", 1.0),
         "train_config": train_config or {},
         "data": data or {},
         "metrics": metrics or {},
         "commit": git_commit(),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in pipeline.parameters()),
+        "trained_parameters": sum(p.numel() for p in model.parameters()),
     }
     (vdir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     write_config(model_dir, kind=kind)

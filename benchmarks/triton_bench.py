@@ -1,0 +1,362 @@
+"""Triton serving benchmark: the deployed model through the real tritonserver, CPU instance vs GPU instance.
+
+    .venv/bin/python benchmarks/triton_bench.py [--batches 200] [--cpu-batches 40] [--out PATH]
+    .venv/bin/python benchmarks/triton_bench.py --publish          # writes docs/triton_bench.json (refused on a
+                                                                   # dirty tree or outside a git checkout)
+    python3 benchmarks/triton_bench.py --out /tmp/t.json --allow-dirty   # a plain copy of the tree (no .git)
+
+model_repo/ is copied into a temp folder (the committed one is never touched). For each instance kind in
+the run (KIND_CPU always; KIND_GPU when ``torch.cuda.is_available()``) the copy's config is switched with
+``workers.triton_config.set_instance_kind``, EmbeddedTriton serves the deployed ``model.pt`` with the real
+``model.py``, and TritonClient (the workers' client) then:
+
+- checks the server is ready and serves our contract, warms up with ``--warmup`` full batches;
+- throughput: ``--batches`` (GPU) / ``--cpu-batches`` (CPU) full batches of MAX_BATCH_SIZE windows through
+  the pipelined path (``infer_many``, ``--in-flight`` requests outstanding), best of ``--repeats`` passes:
+  windows/s, model frames/s (windows x window) and labelled frames/s (windows x stride: windows overlap by
+  window - stride frames when a video is labelled, so each window labels ``stride`` new frames);
+- latency: ``--latency-reps`` sequential ``infer`` calls of one full batch, and of one window: p50/p90 ms.
+
+Inputs are valid per the contract (``input_specs``) with a realistic mask mix: most frames have a face and
+audio; faces drop out in runs, audio goes silent in runs, and some windows have no audio at all; a masked
+frame's tensor is zeros, as the preprocessing leaves it. The same inputs go to every kind. The CPU row is the
+baseline of the ratios (GPU/CPU), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import workers.triton_server as triton_server  # noqa: E402
+from published import git_state  # noqa: E402
+from workers.contract import MAX_BATCH_SIZE, MODEL_NAME, PREPROCESSING, input_specs  # noqa: E402
+from workers.triton_client import TritonClient  # noqa: E402
+from workers.triton_config import set_instance_kind  # noqa: E402
+from workers.triton_server import EmbeddedTriton  # noqa: E402
+
+MODEL_REPO = ROOT / "model_repo"
+PUBLISHED = ROOT / "docs" / "triton_bench.json"
+POOL = 8  # distinct batches, cycled: the inputs stay varied without holding every batch in memory
+
+# Realistic mask mix (per window): a face missing for a run of frames, audio silent for a run, a video
+# without an audio track, and isolated frames whose face crop is blank.
+P_FACE_GAP, P_AUDIO_GAP, P_NO_AUDIO, P_FACE_DROP = 0.25, 0.25, 0.05, 0.03
+
+
+# -- environment ------------------------------------------------------------------------------------
+def ensure_tritonserver() -> Path:
+    """The wheel's tritonserver binary (FileNotFoundError with a hint when nvidia-pytriton is absent)."""
+    return triton_server.tritonserver_path()
+
+
+def git_stamp() -> dict[str, Any]:
+    """git_state() where the tree is a git checkout; else (a plain copy, no git) the commit is 'unknown'."""
+    if not (ROOT / ".git").exists():
+        return {"head": "unknown", "dirty": None, "changed": [], "why": f"{ROOT} is not a git checkout (no .git)"}
+    try:
+        g = git_state()
+    except OSError as e:  # no git binary
+        return {"head": "unknown", "dirty": None, "changed": [], "why": f"git not runnable: {e}"}
+    if not g.get("head"):
+        return {**g, "head": "unknown", "dirty": None, "why": "git rev-parse HEAD gave nothing"}
+    return g
+
+
+def cpu_count() -> dict[str, int]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return {"os_cpu_count": os.cpu_count() or 0, "usable": usable}
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+def _runs(rng: np.random.Generator, t: int, p_gap: float, mask: np.ndarray) -> None:
+    if rng.random() < p_gap:
+        n = int(rng.integers(2, t // 2 + 1))
+        lo = int(rng.integers(0, t - n + 1))
+        mask[lo:lo + n] = False
+
+
+def make_batch(b: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One batch of ``b`` windows, valid per input_specs, with the mask mix above (masked frames are zeros)."""
+    specs = {s.name: s for s in input_specs()}
+    t = PREPROCESSING.window
+    face_mask = np.ones((b, t), bool)
+    audio_mask = np.ones((b, t), bool)
+    for i in range(b):
+        _runs(rng, t, P_FACE_GAP, face_mask[i])
+        face_mask[i] &= rng.random(t) >= P_FACE_DROP
+        if rng.random() < P_NO_AUDIO:
+            audio_mask[i] = False
+        else:
+            _runs(rng, t, P_AUDIO_GAP, audio_mask[i])
+    face = rng.integers(0, 256, (b, *specs["face"].shape), dtype=np.uint8)
+    face[~face_mask] = 0
+    mel = (rng.normal(size=(b, *specs["mel"].shape)) * 2.0 - 6.0).astype(np.float32)  # log-mel-like values
+    mel[~audio_mask] = 0.0
+    batch = {"face": face, "face_mask": face_mask, "mel": mel, "audio_mask": audio_mask}
+    for name, s in specs.items():  # the contract, not this function, decides what is valid
+        a = batch[name]
+        assert a.dtype == np.dtype(s.numpy_dtype) and a.shape[1:] == s.shape, (name, a.dtype, a.shape)
+    return batch
+
+
+def batches(pool: list[dict[str, np.ndarray]], n: int) -> Iterator[dict[str, np.ndarray]]:
+    return islice(cycle(pool), n)
+
+
+# -- measuring --------------------------------------------------------------------------------------
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def latency_ms(client: TritonClient, batch: dict[str, np.ndarray], reps: int) -> dict[str, float]:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        client.infer(batch)
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"p50": _pct(times, 50), "p90": _pct(times, 90), "mean": float(np.mean(times)), "reps": reps}
+
+
+def throughput(client: TritonClient, pool: list[dict[str, np.ndarray]], n: int) -> dict[str, float]:
+    windows = n * MAX_BATCH_SIZE
+    t = time.perf_counter()
+    got = 0
+    for out in client.infer_many(batches(pool, n)):
+        got += out.shape[0]
+    s = time.perf_counter() - t
+    if got != windows:
+        raise RuntimeError(f"infer_many returned {got} windows for {windows} sent")
+    return {"batches": n, "windows": windows, "seconds": s, "windows_per_s": windows / s,
+            "model_frames_per_s": windows * PREPROCESSING.window / s,
+            "labelled_frames_per_s": windows * PREPROCESSING.stride / s}
+
+
+def bench_kind(r: dict[str, Any], pool: list[dict[str, np.ndarray]], a: argparse.Namespace, workdir: Path) -> None:
+    """Fills ``r`` (kind, batches) as it goes, so a failure part-way still leaves what was measured."""
+    kind, n_batches = r["kind"], r["batches"]
+    repo = workdir / kind.lower() / "model_repo"
+    shutil.copytree(MODEL_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    set_instance_kind(repo / MODEL_NAME, kind)
+    log = workdir / kind.lower() / "tritonserver.log"
+    t0 = time.perf_counter()
+    with EmbeddedTriton(repo, log_path=log, ready_timeout_s=a.ready_timeout) as srv:
+        r["start_s"] = time.perf_counter() - t0
+        print(f"  {kind}: tritonserver ready in {r['start_s']:.1f} s", flush=True)
+        with TritonClient(srv.grpc_url, max_in_flight=a.in_flight, timeout_s=a.request_timeout) as client:
+            client.check_ready()
+            r["served_version"] = client.served_version()
+            t = time.perf_counter()
+            for _ in client.infer_many(batches(pool, a.warmup)):
+                pass
+            r["warmup_s"] = time.perf_counter() - t
+            ref = client.infer(pool[0])  # compared across kinds below
+            row_sums = ref.sum(axis=-1)
+            if not np.all(np.isfinite(ref)) or not np.allclose(row_sums, 1.0, atol=1e-3):
+                raise RuntimeError(f"{kind}: outputs are not per-frame probabilities (row sums {row_sums.min()}"
+                                   f"..{row_sums.max()})")
+            r["reference_output"] = ref
+            passes = []
+            for i in range(a.repeats):
+                passes.append(throughput(client, pool, n_batches))
+                print(f"  {kind}: pass {i + 1}/{a.repeats}: {n_batches} batches in {passes[-1]['seconds']:.2f} s, "
+                      f"{passes[-1]['model_frames_per_s']:.0f} model frames/s", flush=True)
+            r["throughput"] = max(passes, key=lambda x: x["windows_per_s"])
+            r["passes"] = passes
+            r["latency_batch_ms"] = latency_ms(client, pool[1 % len(pool)], a.latency_reps)
+            one = {k: v[:1] for k, v in pool[2 % len(pool)].items()}
+            r["latency_window_ms"] = latency_ms(client, one, a.latency_reps)
+
+
+# -- report -----------------------------------------------------------------------------------------
+def _f(x: Any, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows: dict[str, dict[str, Any]], ratios: dict[str, float]) -> str:
+    kinds = list(rows)
+    metrics = [
+        ("batches timed (x16 windows)", lambda r: str(r["throughput"]["batches"]), None),
+        ("tritonserver start s", lambda r: _f(r.get("start_s"), ".1f"), None),
+        ("windows/s", lambda r: _f(r["throughput"]["windows_per_s"], ".1f"), "windows_per_s"),
+        ("model frames/s (x window)", lambda r: _f(r["throughput"]["model_frames_per_s"], ".0f"), "model_frames_per_s"),
+        ("labelled frames/s (x stride)", lambda r: _f(r["throughput"]["labelled_frames_per_s"], ".0f"),
+         "labelled_frames_per_s"),
+        ("batch of 16 latency p50 ms", lambda r: _f(r["latency_batch_ms"]["p50"], ".2f"), "latency_batch_p50"),
+        ("  p90 ms", lambda r: _f(r["latency_batch_ms"]["p90"], ".2f"), None),
+        ("one window latency p50 ms", lambda r: _f(r["latency_window_ms"]["p50"], ".2f"), "latency_window_p50"),
+        ("  p90 ms", lambda r: _f(r["latency_window_ms"]["p90"], ".2f"), None),
+    ]
+    head = ["", *kinds] + (["GPU/CPU"] if ratios else [])
+    body = []
+    for label, fn, key in metrics:
+        cells = []
+        for k in kinds:
+            try:
+                cells.append(fn(rows[k]))
+            except (KeyError, TypeError):
+                cells.append("failed" if "error" in rows[k] else "-")
+        if ratios:
+            cells.append(f"{ratios[key]:.2f}x" if key in ratios else "")
+        body.append([label, *cells])
+    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
+    fmt = lambda r: " | ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))])  # noqa: E731
+    lines = [fmt(head), "-" * len(fmt(head))] + [fmt(r) for r in body]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, default=200, help="full batches timed on the GPU instance")
+    ap.add_argument("--cpu-batches", type=int, default=40,
+                    help="full batches timed on the CPU instance (kept small: about 10 s on 2 idle cores)")
+    ap.add_argument("--warmup", type=int, default=5, help="full batches sent before timing")
+    ap.add_argument("--repeats", type=int, default=1, help="throughput passes per kind; the best is reported")
+    ap.add_argument("--latency-reps", type=int, default=30, help="sequential requests per latency figure")
+    ap.add_argument("--in-flight", type=int, default=4, help="requests outstanding in infer_many (client default 4)")
+    ap.add_argument("--cpu-only", action="store_true", help="leave out the GPU row even where CUDA is available")
+    ap.add_argument("--ready-timeout", type=float, default=300, help="seconds for tritonserver to become ready")
+    ap.add_argument("--request-timeout", type=float, default=120, help="seconds per request")
+    ap.add_argument("--out", type=Path, help=f"write the figures as JSON here (with --publish: {PUBLISHED.relative_to(ROOT)})")
+    ap.add_argument("--publish", action="store_true",
+                    help="write the JSON (refused on a tree with uncommitted changes, or not a git checkout)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="publish anyway from a dirty tree or a plain copy (stamped with its commit or 'unknown')")
+    a = ap.parse_args()
+    for name in ("batches", "cpu_batches", "latency_reps", "in_flight", "repeats"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.warmup < 0:
+        ap.error("--warmup must be >= 0")
+
+    git = git_stamp()  # the code measured: taken before the run, as the tree may change while it runs
+    if a.publish:
+        if (git["dirty"] or git["dirty"] is None) and not a.allow_dirty:
+            why = git.get("why") or f"uncommitted changes to {', '.join(git['changed'])}"
+            sys.exit(f"triton_bench --publish: {why}; published figures must come from a commit "
+                     "(commit, then rerun; or pass --allow-dirty for a scratch run)")
+        a.out = a.out or PUBLISHED
+
+    binary = ensure_tritonserver()
+    gpu = torch.cuda.is_available() and not a.cpu_only
+    kinds = {"KIND_CPU": a.cpu_batches}
+    if gpu:
+        kinds["KIND_GPU"] = a.batches
+    gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    cpus = cpu_count()
+    print(f"commit {git['head'][:12]}{' (dirty)' if git['dirty'] else ''}; python {platform.python_version()}, "
+          f"torch {torch.__version__}, {cpus['usable']} usable cores ({cpus['os_cpu_count']} on the machine), "
+          f"GPU: {gpu_name or 'none'}", flush=True)
+    print(f"tritonserver: {binary}", flush=True)
+    if not gpu:
+        why = "--cpu-only was given" if a.cpu_only else "no CUDA GPU is present (torch.cuda.is_available() is False)"
+        print(f"KIND_GPU row SKIPPED: {why}; only the KIND_CPU row is measured", flush=True)
+
+    rng = np.random.default_rng(0)
+    pool = [make_batch(MAX_BATCH_SIZE, rng) for _ in range(POOL)]
+    fm = np.concatenate([b["face_mask"] for b in pool])
+    am = np.concatenate([b["audio_mask"] for b in pool])
+    mix = {"face_present": float(fm.mean()), "audio_present": float(am.mean()),
+           "both_absent": float((~fm & ~am).mean())}
+    print(f"inputs: {POOL} distinct batches of {MAX_BATCH_SIZE} windows x {PREPROCESSING.window} frames, cycled; "
+          f"frames with a face {mix['face_present']:.0%}, with audio {mix['audio_present']:.0%}, "
+          f"with neither {mix['both_absent']:.1%}", flush=True)
+
+    load_before = os.getloadavg()
+    rows: dict[str, dict[str, Any]] = {}
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="emoframe-triton-bench-") as tmp:
+        for kind, n in kinds.items():
+            print(f"{kind}: {n} batches timed, {a.warmup} warm-up, {a.latency_reps} latency requests", flush=True)
+            rows[kind] = {"kind": kind, "batches": n}
+            try:
+                bench_kind(rows[kind], pool, a, Path(tmp))
+            except Exception as e:  # a failed kind is reported; the other row still counts
+                failed = True
+                rows[kind]["error"] = f"{type(e).__name__}: {e}"
+                print(f"  {kind} FAILED: {type(e).__name__}: {e}", flush=True)
+    load_after = os.getloadavg()
+
+    ratios: dict[str, float] = {}
+    cpu, gpu_row = rows.get("KIND_CPU", {}), rows.get("KIND_GPU", {})
+    if "latency_window_ms" in cpu and "latency_window_ms" in gpu_row:
+        for key in ("windows_per_s", "model_frames_per_s", "labelled_frames_per_s"):
+            ratios[key] = gpu_row["throughput"][key] / cpu["throughput"][key]
+        ratios["latency_batch_p50"] = gpu_row["latency_batch_ms"]["p50"] / cpu["latency_batch_ms"]["p50"]
+        ratios["latency_window_p50"] = gpu_row["latency_window_ms"]["p50"] / cpu["latency_window_ms"]["p50"]
+        diff = float(np.abs(gpu_row["reference_output"] - cpu["reference_output"]).max())
+        gpu_row["max_abs_diff_vs_cpu"] = diff
+        print(f"GPU vs CPU outputs on the same batch: max abs difference {diff:.2e}")
+    for r in rows.values():
+        r.pop("reference_output", None)
+
+    print()
+    print(table(rows, ratios))
+    print(f"\nwindow {PREPROCESSING.window} frames, stride {PREPROCESSING.stride}: labelled frames/s = windows/s x "
+          f"{PREPROCESSING.stride}; model frames/s = windows/s x {PREPROCESSING.window}. "
+          f"client max_in_flight {a.in_flight}; GPU/CPU ratios (latency: lower is better) are from this run")
+    for r in rows.values():
+        if "error" in r:
+            print(f"{r['kind']} FAILED: {r['error']}")
+    if not gpu:
+        print("GPU row skipped: no GPU/CPU ratio" + (" (--cpu-only)" if a.cpu_only else " (no CUDA GPU present)"))
+    print(f"load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)}, "
+          f"after: {'/'.join(f'{x:.2f}' for x in load_after)}")
+
+    if a.out:
+        report = {
+            "stamp": {"commit": git["head"], "dirty": git["dirty"], "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                      "device": gpu_name if gpu else "cpu", "gpu_name": gpu_name,
+                      "torch": torch.__version__, "python": platform.python_version(),
+                      "cpu_count": cpus, "platform": platform.platform(),
+                      "nvidia_pytriton": _version("nvidia-pytriton"), "tritonclient": _version("tritonclient"),
+                      "tritonserver": str(binary)},
+            "git": git,
+            "loadavg": {"before": load_before, "after": load_after},
+            "settings": {"batches_gpu": a.batches, "batches_cpu": a.cpu_batches, "warmup": a.warmup,
+                         "repeats": a.repeats, "latency_reps": a.latency_reps, "in_flight": a.in_flight,
+                         "batch_windows": MAX_BATCH_SIZE, "window": PREPROCESSING.window,
+                         "stride": PREPROCESSING.stride, "distinct_batches": POOL, "input_mix": mix,
+                         "kinds": list(kinds), "gpu_skipped": not gpu, "cpu_only": a.cpu_only,
+                         "model": str((MODEL_REPO / MODEL_NAME / "1" / "model.pt").relative_to(ROOT))},
+            "kinds": rows,
+            "ratios_gpu_over_cpu": ratios,
+        }
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"\nwrote {a.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
