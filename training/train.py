@@ -199,6 +199,9 @@ def train(cfg: TrainConfig, train_videos: list[VideoArrays], val_videos: list[Vi
         load_backbone(model, backbone)
     model = model.to(device)
     reader, evidence = prepare_reader(cfg, train_videos, run_dir)
+    # Training readers draws random numbers, loading saved ones does not: reseed, so a run that reuses its
+    # readers trains the fusion model exactly as one that trained them.
+    seed_everything(cfg.seed)
     pipeline = ExportWrapper(reader.to(device), model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weight = class_weights(cfg.class_weights, train_videos)
