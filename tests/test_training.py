@@ -74,6 +74,12 @@ def test_drawn_reader_runs_are_cross_fitted_saved_and_reused(data, tmp_path):
     np.testing.assert_allclose(again[1], evidence[1], atol=1e-6)
     train(cfg, data, data[:1], tmp_path, progress=False)
     assert isinstance(load_pipeline(tmp_path / "best.pt").reader, DrawnFaceReader)
+    # a run that reuses saved readers trains the fusion model exactly like one that trained them
+    fresh = tmp_path / "fresh"
+    train(cfg, data, data[:1], fresh, progress=False)
+    a = torch.load(tmp_path / "best.pt", weights_only=False)["model"]
+    b = torch.load(fresh / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
     assert isinstance(load_pipeline(tmp_path / "best.pt", reader="fer").reader, FerReader)
 
 

@@ -41,7 +41,7 @@ def grey_input(face: Tensor, size: int = INPUT_SIZE, zoom: float = 1.0) -> Tenso
     luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     g = (x * luma).sum(dim=1, keepdim=True)
     if zoom < 1.0:
-        h, w = g.shape[-2:]
+        h, w = int(g.shape[-2]), int(g.shape[-1])  # plain ints, also under torch.jit.trace (fixed contract size)
         ch, cw = int(round(h * zoom)), int(round(w * zoom))
         g = g[..., (h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
     if g.shape[-1] != size or g.shape[-2] != size:

@@ -24,6 +24,8 @@ import sysconfig
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +109,9 @@ def _tail(path: Path, n: int = _LOG_TAIL_LINES) -> str:
             return "".join(deque((line for line in f if not line.startswith(("+", "|"))), maxlen=n))
     except OSError as e:
         return f"(no log: {e})"
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never via http_proxy
 
 
 class EmbeddedTriton:
@@ -249,34 +254,34 @@ class EmbeddedTriton:
             f.seek(log_start)
             return b"already in use" in f.read()
 
-    def _wait_ready(self) -> None:
-        import tritonclient.http as httpclient  # noqa: PLC0415 - keep module import light
-
-        deadline = time.monotonic() + self.ready_timeout_s
-        client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=2.0)
+    def _ready(self, path: str) -> bool:
+        """GET on the server's KServe v2 HTTP endpoint: 200 means ready. Plain urllib: the readiness poll needs
+        no client library (tritonclient's HTTP client pulls in gevent)."""
         try:
-            while True:
-                if self._proc is None:  # stop() ran meanwhile (a signal handler that did not raise)
-                    raise ServiceUnavailableError("tritonserver was stopped while starting")
-                code = self._proc.poll()
-                if code is not None:
-                    raise ServiceUnavailableError(
-                        f"tritonserver exited with code {code} before it was ready; log {self._log_path}:\n"
-                        + _tail(self._log_path)
-                    )
-                try:
-                    if client.is_server_ready() and all(client.is_model_ready(m) for m in self.model_names):
-                        return
-                except Exception:  # not listening yet
-                    pass
-                if time.monotonic() > deadline:
-                    raise ServiceUnavailableError(
-                        f"tritonserver not ready after {self.ready_timeout_s:.0f} s; log {self._log_path}:\n"
-                        + _tail(self._log_path)
-                    )
-                time.sleep(0.2)
-        finally:
-            client.close()
+            with _NO_PROXY.open(f"http://{self.http_url}{path}", timeout=2.0) as r:
+                return r.status == 200
+        except (OSError, urllib.error.URLError):  # not listening yet, or 400 while loading
+            return False
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            if self._proc is None:  # stop() ran meanwhile (a signal handler that did not raise)
+                raise ServiceUnavailableError("tritonserver was stopped while starting")
+            code = self._proc.poll()
+            if code is not None:
+                raise ServiceUnavailableError(
+                    f"tritonserver exited with code {code} before it was ready; log {self._log_path}:\n"
+                    + _tail(self._log_path)
+                )
+            if self._ready("/v2/health/ready") and all(self._ready(f"/v2/models/{m}/ready") for m in self.model_names):
+                return
+            if time.monotonic() > deadline:
+                raise ServiceUnavailableError(
+                    f"tritonserver not ready after {self.ready_timeout_s:.0f} s; log {self._log_path}:\n"
+                    + _tail(self._log_path)
+                )
+            time.sleep(0.2)
 
     def stop(self) -> None:
         """Terminate the server's process group (SIGTERM, then SIGKILL after a grace period). Idempotent."""
