@@ -82,6 +82,12 @@ def render(data: dict) -> str:
     lines += ["", f"Single-expression stills (30-frame clips of each photo): {right} of {len(data['stills'])} right.", "",
               "| photo | shows | labelled |", "| --- | --- | --- |"]
     lines += [f"| {k} | {v['expression']} | {v['label']} |" for k, v in data["stills"].items()]
+    smiles = [x for x in data["stretches"] if x["expression"] == "Happiness"]
+    worst = min(smiles, key=lambda x: x["share"])
+    lines += ["", "| issue 8 target | measured | met |", "| --- | --- | --- |",
+              f"| >= 80% of each broad-smile stretch labelled Happiness | lowest {100 * worst['share']:.0f}% "
+              f"({worst['clip']}) | {'yes' if worst['share'] >= 0.8 else '**no**'} |",
+              f"| >= 5 of the 6 stills | {right} of 6 | {'yes' if right >= 5 else '**no**'} |"]
     st = data["stamp"]
     lines += ["", f"Measured by `benchmarks/real_clips.py` at commit `{st['commit'][:12]}` ({st['date']}) with "
                   f"model version {st['model_version']} (contract {st['contract']}); figures in `docs/real_clips.json`."]
