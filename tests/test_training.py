@@ -90,6 +90,14 @@ def test_export_round_trip_equals_the_training_model(data, tmp_path):
     vdir = export(model, tmp_path / "repo", metrics={"macro_f1": 0.5}, data={"d": 1})
     assert vdir.name == "1" and (vdir / "model.py").exists() and (vdir.parent / "config.pbtxt").exists()
     scripted = torch.jit.load(str(vdir / MODEL_FILE))
+    # Nothing pinned to the CPU: a tensor made inside forward is frozen onto the tracing device, and the
+    # file then fails on a KIND_GPU instance ("found at least two devices, cuda:0 and cpu").
+    for name, module in scripted.named_modules():
+        try:
+            code = module.code
+        except AttributeError:  # a module with no methods of its own (a container)
+            continue
+        assert '"cpu"' not in code, f"{name or 'model'} has a CPU constant:\n{code}"
     for b in (1, 3, 16):
         x = example_inputs(b, seed=b)
         torch.testing.assert_close(scripted(*x), model(*x), rtol=1e-5, atol=1e-6)

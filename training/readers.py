@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.backbones.mini_xception import FER_TO_CONTRACT, INPUT_SIZE, MiniXception, load_fer_model
-from workers.contract import CLASSES, NUM_CLASSES, UNANNOTATED
+from workers.contract import NUM_CLASSES, UNANNOTATED
 
 READERS = ("fer", "drawn")
 EVIDENCE_FLOOR = math.log(1e-4)  # log-probabilities are clipped here: both readers' evidence on one scale
@@ -34,12 +34,16 @@ FER_ZOOM = 0.75
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as OpenCV's RGB2GRAY: FER2013 is greyscale
 
 
-def grey_input(face: Tensor, size: int = INPUT_SIZE, zoom: float = 1.0) -> Tensor:
+def luma_weights() -> Tensor:
+    return torch.tensor(_LUMA).view(1, 3, 1, 1)
+
+
+def grey_input(face: Tensor, luma: Tensor, size: int = INPUT_SIZE, zoom: float = 1.0) -> Tensor:
     """uint8 RGB crops [N, H, W, 3] -> grey [N, 1, size, size] scaled to [-1, 1], from the central ``zoom``
-    fraction of each crop."""
+    fraction of each crop. ``luma`` is the reader's buffer (luma_weights()): a buffer follows the module to
+    its device, where a tensor made here would be frozen onto the CPU by torch.jit.trace."""
     x = face.permute(0, 3, 1, 2).float()
-    luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    g = (x * luma).sum(dim=1, keepdim=True)
+    g = (x * luma.to(x.dtype)).sum(dim=1, keepdim=True)
     if zoom < 1.0:
         h, w = int(g.shape[-2]), int(g.shape[-1])  # plain ints, also under torch.jit.trace (fixed contract size)
         ch, cw = int(round(h * zoom)), int(round(w * zoom))
@@ -58,8 +62,11 @@ class FerReader(nn.Module):
         self.zoom = zoom
         self.net = net if net is not None else MiniXception()
         self.net.requires_grad_(False)
-        self.register_buffer("to_contract", torch.tensor(FER_TO_CONTRACT, dtype=torch.long))
-        self.other = CLASSES.index("Other")
+        # Column j of the output is column from_fer[j] of [FER's 7 log-probabilities, Other's].
+        from_fer = [FER_TO_CONTRACT.index(j) if j in FER_TO_CONTRACT else len(FER_TO_CONTRACT)
+                    for j in range(NUM_CLASSES)]
+        self.register_buffer("from_fer", torch.tensor(from_fer, dtype=torch.long), persistent=False)
+        self.register_buffer("luma", luma_weights(), persistent=False)
         self.net.eval()
 
     @classmethod
@@ -72,11 +79,10 @@ class FerReader(nn.Module):
         return self
 
     def forward(self, face: Tensor) -> Tensor:
-        logp7 = F.log_softmax(self.net(grey_input(face, zoom=self.zoom)), dim=-1) + math.log(1.0 - FER_OTHER_MASS)
-        out = torch.full((face.shape[0], NUM_CLASSES), math.log(FER_OTHER_MASS), dtype=logp7.dtype,
-                         device=logp7.device)
-        out = out.index_copy(1, self.to_contract, logp7)
-        return out.clamp_min(EVIDENCE_FLOOR)
+        logp7 = F.log_softmax(self.net(grey_input(face, self.luma, zoom=self.zoom)), dim=-1) + math.log(1.0 - FER_OTHER_MASS)
+        # Built from logp7 and buffers only: constants made here would be frozen onto the CPU by torch.jit.trace.
+        other = torch.zeros_like(logp7[:, :1]) + math.log(FER_OTHER_MASS)
+        return torch.cat([logp7, other], dim=1).index_select(1, self.from_fer).clamp_min(EVIDENCE_FLOOR)
 
 
 class DrawnFaceReader(nn.Module):
@@ -90,11 +96,12 @@ class DrawnFaceReader(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.GELU())
 
         w = width
+        self.register_buffer("luma", luma_weights(), persistent=False)
         self.net = nn.Sequential(conv(1, w), conv(w, 2 * w), conv(2 * w, 3 * w), conv(3 * w, 4 * w))
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * w, NUM_CLASSES))
 
     def logits(self, face: Tensor) -> Tensor:
-        return self.head(self.net(grey_input(face)).mean(dim=(2, 3)))
+        return self.head(self.net(grey_input(face, self.luma)).mean(dim=(2, 3)))
 
     def forward(self, face: Tensor) -> Tensor:
         return F.log_softmax(self.logits(face), dim=-1).clamp_min(EVIDENCE_FLOOR)
