@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from published import git_state, write_readme_block  # noqa: E402
 from tests.media import STILLS, STRETCHES, fit, pyfeat_media, read_image, still_clip, write_frames  # noqa: E402
 from training.evaluate import scripted_infer  # noqa: E402
-from training.export import MODEL_FILE, read_metadata  # noqa: E402
+from training.export import MODEL_FILE, latest_version, read_metadata  # noqa: E402
 from workers.contract import CLASSES, MODEL_NAME, fingerprint  # noqa: E402
 from workers.decode import DecordDecoder  # noqa: E402
 from workers.labeling import predict_video  # noqa: E402
@@ -102,8 +102,7 @@ def main() -> int:
     if a.render:
         write_readme_block(START, END, render(json.loads(JSON_PATH.read_text())), MODEL_CARD)
         return 0
-    model_dir = ROOT / "model_repo" / MODEL_NAME
-    vdir = a.model or max((p for p in model_dir.glob("*") if (p / MODEL_FILE).exists()), key=lambda p: int(p.name))
+    vdir = a.model or latest_version(ROOT / "model_repo" / MODEL_NAME)
     meta = read_metadata(vdir)
     if meta["contract_fingerprint"] != fingerprint():
         print(f"{vdir} was exported under contract {meta['contract_fingerprint']}, this code's is {fingerprint()}",

@@ -128,7 +128,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_build_model(a: argparse.Namespace) -> int:
     from training.evaluate import format_report
+    from training.export import latest_version
     from training.recipes import REPRODUCE_TOLERANCE, DataRecipe, build_model, compare_with
+    from workers.contract import MODEL_NAME
 
     metrics, vdir = build_model(DataRecipe(root=a.data), a.runs, a.repo, _train_config(a), version=a.version)
     print("synthetic test set, fusion model with the drawn-face reader:")
@@ -138,7 +140,7 @@ def cmd_build_model(a: argparse.Namespace) -> int:
     if vdir is not None:
         print(f"new model version written to {vdir} (metrics in {vdir / 'metrics.json'})")
         return 0
-    deployed = _deployed_version(a.repo)
+    deployed = latest_version(a.repo / MODEL_NAME)
     if deployed is None:
         print("no deployed model to compare with; export this run with --version 1")
         return 0
@@ -150,14 +152,6 @@ def cmd_build_model(a: argparse.Namespace) -> int:
     print(f"this run reproduces {deployed} (every synthetic macro F1 within {REPRODUCE_TOLERANCE}); nothing "
           f"exported: pass --version N to write a new model version")
     return 0
-
-
-def _deployed_version(repo: Path) -> Path | None:
-    from training.export import MODEL_FILE
-    from workers.contract import MODEL_NAME
-
-    versions = [p for p in (repo / MODEL_NAME).glob("*") if p.name.isdigit() and (p / MODEL_FILE).exists()]
-    return max(versions, key=lambda p: int(p.name), default=None)
 
 
 def cmd_ablate(a: argparse.Namespace) -> int:

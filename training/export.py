@@ -58,10 +58,16 @@ def to_torchscript(pipeline: ExportWrapper) -> torch.jit.ScriptModule:
         return torch.jit.trace(wrapper, example_inputs(), check_inputs=[example_inputs(3, 1), example_inputs(1, 2)])
 
 
-def next_version(model_dir: Path) -> int:
+def latest_version(model_dir: Path) -> Path | None:
+    """The highest version folder that holds a model (what Triton serves), or None."""
     # A version folder counts once it holds a model (version 1 also holds the backend source, model.py).
-    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / MODEL_FILE).exists()]
-    return max(versions, default=0) + 1
+    versions = [p for p in model_dir.glob("*") if p.name.isdigit() and (p / MODEL_FILE).exists()]
+    return max(versions, key=lambda p: int(p.name), default=None)
+
+
+def next_version(model_dir: Path) -> int:
+    latest = latest_version(model_dir)
+    return int(latest.name) + 1 if latest else 1
 
 
 def export(pipeline: ExportWrapper, repo: Path, *, version: int | None = None, metrics: dict | None = None,

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from training.export import latest_version
 from workers.contract import CLASSES, MODEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +22,10 @@ CONDITION_NAMES = {"full": "full data", "faces_hidden_50": "faces hidden in 50% 
 
 
 def deployed_version(repo: Path = ROOT / "model_repo") -> Path:
-    versions = [p for p in (repo / MODEL_NAME).glob("*") if p.name.isdigit() and (p / "metrics.json").exists()]
-    return max(versions, key=lambda p: int(p.name))
+    vdir = latest_version(repo / MODEL_NAME)
+    if vdir is None:
+        raise FileNotFoundError(f"no exported model under {repo / MODEL_NAME}")
+    return vdir
 
 
 def _table(result: dict) -> list[str]:
