@@ -43,3 +43,12 @@ def test_deployed_model_reaches_its_recorded_macro_f1(tmp_path):
     # The deployed model reads faces with the FER reader, so the comparable test figure is the deployed
     # pipeline's on the synthetic test set (FER reads drawn faces poorly: see docs/model.md).
     assert now["macro_f1"] >= recorded["deployed_on_synthetic"]["full"]["voting"]["macro_f1"] - 0.1
+
+
+def test_every_version_carries_the_current_backend_source():
+    """Triton wants model.py inside each version folder, so export copies it there; the copies must not drift
+    from the one source (training.export.BACKEND_SOURCE)."""
+    from training.export import BACKEND_SOURCE
+
+    for vdir in (p for p in MODEL_DIR.iterdir() if p.name.isdigit()):
+        assert (vdir / "model.py").read_text() == BACKEND_SOURCE.read_text(), vdir
