@@ -49,6 +49,7 @@ import torch  # noqa: E402
 import workers.triton_server as triton_server  # noqa: E402
 from published import git_state  # noqa: E402
 from workers.contract import MAX_BATCH_SIZE, MODEL_NAME, PREPROCESSING, input_specs  # noqa: E402
+from workers.policy import POLICY  # noqa: E402
 from workers.triton_client import TritonClient  # noqa: E402
 from workers.triton_config import set_instance_kind  # noqa: E402
 from workers.triton_server import EmbeddedTriton  # noqa: E402
@@ -159,7 +160,7 @@ def throughput(client: TritonClient, pool: list[dict[str, np.ndarray]], n: int) 
         raise RuntimeError(f"infer_many returned {got} windows for {windows} sent")
     return {"batches": n, "windows": windows, "seconds": s, "windows_per_s": windows / s,
             "model_frames_per_s": windows * PREPROCESSING.window / s,
-            "labelled_frames_per_s": windows * PREPROCESSING.stride / s}
+            "labelled_frames_per_s": windows * POLICY.stride / s}
 
 
 def bench_kind(r: dict[str, Any], pool: list[dict[str, np.ndarray]], a: argparse.Namespace, workdir: Path) -> None:
@@ -322,8 +323,8 @@ def main() -> int:
 
     print()
     print(table(rows, ratios))
-    print(f"\nwindow {PREPROCESSING.window} frames, stride {PREPROCESSING.stride}: labelled frames/s = windows/s x "
-          f"{PREPROCESSING.stride}; model frames/s = windows/s x {PREPROCESSING.window}. "
+    print(f"\nwindow {PREPROCESSING.window} frames, stride {POLICY.stride}: labelled frames/s = windows/s x "
+          f"{POLICY.stride}; model frames/s = windows/s x {PREPROCESSING.window}. "
           f"client max_in_flight {a.in_flight}; GPU/CPU ratios (latency: lower is better) are from this run")
     for r in rows.values():
         if "error" in r:
@@ -346,7 +347,7 @@ def main() -> int:
             "settings": {"batches_gpu": a.batches, "batches_cpu": a.cpu_batches, "warmup": a.warmup,
                          "repeats": a.repeats, "latency_reps": a.latency_reps, "in_flight": a.in_flight,
                          "batch_windows": MAX_BATCH_SIZE, "window": PREPROCESSING.window,
-                         "stride": PREPROCESSING.stride, "distinct_batches": POOL, "input_mix": mix,
+                         "stride": POLICY.stride, "distinct_batches": POOL, "input_mix": mix,
                          "kinds": list(kinds), "gpu_skipped": not gpu, "cpu_only": a.cpu_only,
                          "model": str((MODEL_REPO / MODEL_NAME / "1" / "model.pt").relative_to(ROOT))},
             "kinds": rows,

@@ -91,9 +91,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown:
         raise SystemExit(f"emoframe evaluate: unknown condition(s) {unknown}; choose from {list(CONDITIONS)}")
+    from workers.policy import LabellingPolicy
+
+    policy = LabellingPolicy(**_policy_kwargs(a, "evaluate"))
     videos = load_items(_dataset(a.data, a.annotations, a.videos, a.cropped), a.cache, "features")
-    print(f"scoring {what} on {len(videos)} videos")
-    result = evaluate_infer(infer_many, videos, conditions=conditions)
+    print(f"scoring {what} on {len(videos)} videos ({policy.describe()})")
+    result = evaluate_infer(infer_many, videos, conditions=conditions, policy=policy)
     print(format_report(result))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -161,7 +164,21 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_kwargs(a: argparse.Namespace, command: str) -> dict:
+    """The labelling-policy flags, checked before anything starts (a bad value is the user's to fix)."""
+    from workers.contract import PREPROCESSING
+    from workers.policy import LabellingPolicy
+
+    try:
+        policy = LabellingPolicy(stride=a.stride, vote_seconds=a.vote_seconds, audio=a.audio == "on")
+        policy.check_window(PREPROCESSING.window)
+    except ValueError as exc:
+        raise SystemExit(f"emoframe {command}: {exc}") from None
+    return {"stride": policy.stride, "vote_seconds": policy.vote_seconds, "audio": policy.audio}
+
+
 def cmd_label(a: argparse.Namespace) -> int:
+    policy = _policy_kwargs(a, "label")
     sources, faces = a.sources, a.faces or "detect"
     if not sources:
         from training.synth import generate
@@ -180,7 +197,7 @@ def cmd_label(a: argparse.Namespace) -> int:
 
     try:
         result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
-                                   face_mode=faces, include=a.include, exclude=a.exclude, force=a.force)
+                                   face_mode=faces, include=a.include, exclude=a.exclude, force=a.force, **policy)
     except MissingWeightsError as exc:
         raise SystemExit(f"emoframe label: {exc}") from None
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
@@ -189,9 +206,10 @@ def cmd_label(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from flows.deploy import ServeSetupError, serve
 
+    policy = _policy_kwargs(a, "serve")
     try:
         serve(a.sources, a.out, cron=a.cron, timezone=a.timezone, name=a.name, triton_url=a.triton_url,
-              ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude)
+              ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude, **policy)
     except ServeSetupError as exc:
         raise SystemExit(f"emoframe serve: {exc}") from None
     return 0
@@ -239,13 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[data_flags], help="ABAW metric with/without voting, missing modalities")
+    from workers.policy import POLICY
+
+    policy_flags = argparse.ArgumentParser(add_help=False)
+    g = policy_flags.add_argument_group("labelling policy (changes labels, not the model; recorded per video)")
+    g.add_argument("--audio", choices=("off", "on"), default="on" if POLICY.audio else "off",
+                   help="whether the model hears the audio. label, serve: off by default (the deployed audio "
+                        "branch learned synthetic tones, not speech; frames without a face then get no label); "
+                        "evaluate: on by default (annotated audio-visual data)")
+    g.add_argument("--stride", type=int, default=POLICY.stride, help="frames between model windows")
+    g.add_argument("--vote-seconds", type=float, default=POLICY.vote_seconds,
+                   help="soft-voting span in seconds (0 = off)")
+
+    p = sub.add_parser("evaluate", parents=[data_flags, policy_flags],
+                       help="ABAW metric with/without voting, missing modalities")
     p.add_argument("model", type=Path, help="a deployed model (model_repo/expression_fusion/<version> or its "
                                             "model.pt) or a training checkpoint (runs/.../best.pt)")
     p.add_argument("--data", type=Path, default=Path("data/synth/test"))
     p.add_argument("--conditions", default="", help="comma-separated subset of the conditions")
     p.add_argument("--json", type=Path, help="also write the full result as JSON here")
-    p.set_defaults(fn=cmd_evaluate)
+    # Evaluation data is annotated audio-visual data (the synthetic set by default): the missing-modality
+    # conditions need the audio heard. --audio off scores what `emoframe label` does by default.
+    p.set_defaults(fn=cmd_evaluate, audio="on")
 
     p = sub.add_parser("tune-voting", parents=[data_flags], help="validation sweep of the soft-voting span and stride")
     p.add_argument("checkpoint", type=Path)
@@ -261,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, help="JSON file of metrics to record in metadata.json")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("label", help="label videos (files, folders, globs, s3://...) into Parquet")
+    p = sub.add_parser("label", parents=[policy_flags],
+                       help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label; none = generate a few sample videos and label them")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
@@ -278,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
 
-    p = sub.add_parser("serve", help="label on a cron schedule: a Prefect deployment run by this process "
+    p = sub.add_parser("serve", parents=[policy_flags], help="label on a cron schedule: a Prefect deployment run by this process "
                                       "(needs PREFECT_API_URL; see docs/operations.md)")
     p.add_argument("sources", nargs="+", help="what each run labels: files, folders, globs, s3://, gs://")
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix (Parquet)")

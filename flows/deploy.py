@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from flows.label_archive import label_archive
 from workers.errors import EmoframeError
-from workers.contract import FaceMode
+from workers.contract import PREPROCESSING, FaceMode
+from workers.policy import POLICY, LabellingPolicy
 
 DEFAULT_NAME = "label-archive"
 
@@ -87,9 +88,11 @@ def _check_cron(cron: str, timezone: str | None) -> None:
 
 def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, triton_url: str | None = None,
           ray_address: str | None = None, face_mode: str = "detect", include: list[str] | None = None,
-          exclude: list[str] | None = None, model_repo: str | None = None, timezone: str | None = None) -> None:
+          exclude: list[str] | None = None, model_repo: str | None = None, timezone: str | None = None,
+          stride: int = POLICY.stride, vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio) -> None:
     """Register deployment ``label_archive/<name>`` on ``cron`` (in ``timezone``, default UTC) and run its flow
-    runs in this process until interrupted. Each run labels ``sources`` into ``out`` on Ray.
+    runs in this process until interrupted. Each run labels ``sources`` into ``out`` on Ray, under the
+    labelling policy ``stride``, ``vote_seconds``, ``audio``.
 
     Needs PREFECT_API_URL pointing at a running Prefect server. On exit the deployment is paused, so runs do
     not pile up while nothing serves them; the next `serve` with the same name resumes it.
@@ -99,11 +102,16 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     if face_mode not in get_args(FaceMode):
         raise ServeSetupError(f"face_mode must be one of {get_args(FaceMode)}, not {face_mode!r}")
     _check_cron(cron, timezone)
+    try:
+        LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio).check_window(PREPROCESSING.window)
+    except ValueError as exc:
+        raise ServeSetupError(str(exc)) from None
     api = _require_api()
 
     parameters = {"sources": [_absolute(s) for s in sources], "out": _absolute(out), "triton_url": triton_url,
                   "face_mode": face_mode, "include": include or None, "exclude": exclude or None,
-                  "model_repo": _absolute(model_repo) if model_repo else None}
+                  "model_repo": _absolute(model_repo) if model_repo else None, "stride": stride,
+                  "vote_seconds": vote_seconds, "audio": audio}
     # The task runner is not a flow parameter, so it lives on the served flow object itself. Prefect's serve
     # runs this very object (cloudpickled into a subprocess per run), not a fresh import of the entrypoint.
     flow = on_ray(ray_address)

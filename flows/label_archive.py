@@ -21,9 +21,10 @@ from prefect_ray import RayTaskRunner
 
 from flows.ledger import is_done, read_ledger
 from flows.sources import list_sources
-from workers.contract import CLASSES
+from workers.contract import CLASSES, PREPROCESSING
 from workers.errors import ServiceUnavailableError
 from workers.faces.weights import MTCNN_WEIGHTS, require
+from workers.policy import POLICY, LabellingPolicy
 from workers.schema import STATUS_FAILED, videos_path
 from workers.sink import resolve, video_row, videos_table, write_atomic
 from workers.triton_client import TritonClient
@@ -46,6 +47,7 @@ class RunSummary:
     run_id: str
     out: str
     model_version: str
+    policy: LabellingPolicy = POLICY
     outcomes: list[VideoOutcome] = field(default_factory=list)
     skipped_not_video: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -62,7 +64,7 @@ class RunSummary:
 
     def format(self) -> str:
         lines = [f"run {self.run_id}: {self.labelled} labelled, {self.failed} failed, "
-                 f"{len(self.already_done)} already done (unchanged; --force relabels), "
+                 f"{len(self.already_done)} already done (unchanged, same policy; --force relabels), "
                  f"{len(self.skipped_not_video)} skipped (not a video), {len(self.missing)} not found"]
         for o in sorted(self.outcomes, key=lambda o: o.row["source_uri"]):
             r = o.row
@@ -73,7 +75,7 @@ class RunSummary:
             n = r["frame_count"]
             rows = sum(o.class_counts) or 1  # labelled rows: one per face and frame, and audio-only frames
             shares = sorted(((c / rows, CLASSES[i]) for i, c in enumerate(o.class_counts) if c), reverse=True)
-            share_txt = ", ".join(f"{cls} {s:.0%}" for s, cls in shares) or "no label (no face, no audio)"
+            share_txt = ", ".join(f"{cls} {s:.0%}" for s, cls in shares) or "no label (no face, no audio heard)"
             audio = "no audio track" if not r["has_audio"] else f"audio missing {o.audio_missing} frames"
             lines.append(f"  {name}: {n} frames, {r['duration_s']:.1f} s | {share_txt} | {o.tracks} face "
                          f"track(s), no face in {o.face_missing} frames, {audio}")
@@ -83,6 +85,7 @@ class RunSummary:
             lines.append(f"  NOT FOUND {m}")
         for uri, why in self.skip_reasons.items():
             lines.append(f"  SKIPPED {uri}: {why}")
+        lines.append(f"labelling policy: {self.policy.describe()}")
         lines.append(f"output: {self.out}/frames and {self.out}/videos (model_version={self.model_version})")
         return "\n".join(lines)
 
@@ -118,8 +121,12 @@ def _failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> Vid
 def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "detect",
                   include: list[str] | None = None, exclude: list[str] | None = None,
                   model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
-                  decoder: str = "workers.decode:DecordDecoder") -> dict:
-    """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict."""
+                  decoder: str = "workers.decode:DecordDecoder", stride: int = POLICY.stride,
+                  vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio) -> dict:
+    """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
+    ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py)."""
+    policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
+    policy.check_window(PREPROCESSING.window)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()))
     print(f"{len(listing.sources)} videos to label, {len(listing.skipped_not_video)} files skipped (not a video)")
@@ -131,17 +138,17 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             client.check_ready()
             version = client.served_version()
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
-                          chunk_frames=chunk_frames, decoder=decoder)
+                          policy=policy, chunk_frames=chunk_frames, decoder=decoder)
         ledger = {} if force else read_ledger(out, version)
-        todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri))]
+        todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri), policy)]
         todo_uris = {s.uri for s in todo}
         shown_out = out if "://" in out else out_base
-        summary = RunSummary(run_id, shown_out, version, skipped_not_video=listing.skipped_not_video,
+        summary = RunSummary(run_id, shown_out, version, policy, skipped_not_video=listing.skipped_not_video,
                              missing=listing.missing, skip_reasons=listing.skip_reasons,
                              already_done=[s.uri for s in listing.sources if s.uri not in todo_uris])
         if summary.already_done:
-            print(f"{len(summary.already_done)} videos already labelled by model version {version} and unchanged: "
-                  "skipped (--force relabels them)")
+            print(f"{len(summary.already_done)} videos already labelled by model version {version} under this "
+                  "policy and unchanged: skipped (--force relabels them)")
         futures = {label_one.submit(s, cfg): s for s in todo}
         for i, fut in enumerate(as_completed(list(futures)), 1):
             src = futures[fut]

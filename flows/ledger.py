@@ -6,6 +6,7 @@ from __future__ import annotations
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from workers.policy import LabellingPolicy
 from workers.schema import STATUS_LABELLED, VIDEOS_SCHEMA, partition
 from workers.sink import resolve
 from workers.video_task import Source
@@ -21,12 +22,17 @@ def read_ledger(out: str, model_version: str) -> dict[str, dict]:
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return {}
     table = ds.dataset(folder, filesystem=fs, format="parquet", schema=VIDEOS_SCHEMA).to_table(
-        columns=["source_uri", "status", "error_reason", "size_bytes", "source_mtime"])
+        columns=["source_uri", "status", "error_reason", "size_bytes", "source_mtime", "stride", "vote_seconds",
+                 "audio_used"])
     return {r["source_uri"]: r for r in table.to_pylist()}
 
 
-def is_done(source: Source, row: dict | None) -> bool:
-    """Labelled (or failed for a reason of its own) by this model version, and unchanged since."""
+def is_done(source: Source, row: dict | None, policy: LabellingPolicy) -> bool:
+    """Labelled under this labelling policy (or failed for a reason of its own) by this model version, and
+    unchanged since. A row without a policy (written before schema version 3) is labelled again."""
     if row is None or row["size_bytes"] != source.size_bytes or row["source_mtime"] != source.mtime:
         return False
-    return row["status"] == STATUS_LABELLED or row["error_reason"] not in TRANSIENT_REASONS
+    if row["status"] == STATUS_LABELLED:
+        return (row["stride"], row["vote_seconds"], row["audio_used"]) == (policy.stride, policy.vote_seconds,
+                                                                           policy.audio)
+    return row["error_reason"] not in TRANSIENT_REASONS

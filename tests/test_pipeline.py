@@ -53,8 +53,18 @@ def corpus(tmp_path_factory):
 def run(corpus, tmp_path_factory):
     src, _ = corpus
     out = tmp_path_factory.mktemp("out")
-    result = run_label_archive([str(src)], str(out), face_mode="centred")
+    # Audio on: the synthetic corpus's tones are what the audio branch learned, and the audio-only path
+    # (labels where a face is missing but sound is not) is part of what this run checks.
+    result = run_label_archive([str(src)], str(out), face_mode="centred", audio=True, vote_seconds=0.4)
     return out, result
+
+
+def test_the_run_records_its_labelling_policy(run):
+    out, result = run
+    con = connect(str(out))
+    assert con.sql("SELECT DISTINCT stride, vote_seconds, audio_used FROM videos WHERE status = 'labelled'"
+                   ).fetchall() == [(16, 0.4, True)]
+    assert "labelling policy: stride 16, voting over 0.4 s, audio on" in result["text"]
 
 
 def frames_of(out, name: str):

@@ -98,13 +98,13 @@ def test_iter_windows_matches_slicing_across_chunk_boundaries():
 
     from workers.contract import PREPROCESSING
 
-    p = replace(PREPROCESSING, window=8, stride=3)
+    p = replace(PREPROCESSING, window=8)
     n = 29
     face = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     mel = np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
     fm, am = np.arange(n) % 3 != 0, np.arange(n) % 2 == 0
     segments = []
-    wins = list(iter_windows(_one_track_chunks(face, fm, mel, am, 5), n, segments, p))
+    wins = list(iter_windows(_one_track_chunks(face, fm, mel, am, 5), n, segments, 3, p))
     assert [w.start for w in wins] == window_starts(n, 8, 3)
     assert len(segments) == 1 and segments[0].track == 0 and len(segments[0]) == n  # masked faces stay in it
     for w in wins:
@@ -112,7 +112,7 @@ def test_iter_windows_matches_slicing_across_chunk_boundaries():
         np.testing.assert_array_equal(w.inputs["face"][:, 0, 0, 0], np.arange(w.start, w.start + 8))
         np.testing.assert_array_equal(w.inputs["audio_mask"], am[w.start:w.start + 8])
         np.testing.assert_array_equal(w.inputs["face_mask"], fm[w.start:w.start + 8])
-    one = list(iter_windows(_one_track_chunks(face[:3], fm[:3], mel[:3], am[:3], 5), 3, [], p))
+    one = list(iter_windows(_one_track_chunks(face[:3], fm[:3], mel[:3], am[:3], 5), 3, [], 3, p))
     assert len(one) == 1 and one[0].length == 3
     assert not one[0].inputs["face_mask"][3:].any() and not one[0].inputs["audio_mask"][3:].any()
 
@@ -124,7 +124,7 @@ def test_every_face_track_and_every_faceless_run_is_its_own_segment():
 
     from workers.contract import PREPROCESSING
 
-    p = replace(PREPROCESSING, window=4, stride=2)
+    p = replace(PREPROCESSING, window=4)
     n = 20
     frame, track = [], []
     for f in range(n):
@@ -141,7 +141,7 @@ def test_every_face_track_and_every_faceless_run_is_its_own_segment():
         sel = (frame >= s) & (frame < s + 6)
         chunks.append(_chunk(s, mel[s:s + 6], am[s:s + 6], frame[sel] - s, track[sel], face[sel]))
     segments = []
-    wins = list(iter_windows(chunks, n, segments, p))
+    wins = list(iter_windows(chunks, n, segments, 2, p))
     spans = [(sg.track, sg.first_frame, len(sg)) for sg in segments]
     assert sorted(spans) == [(-1, 10, 4), (0, 0, 10), (1, 3, 5), (2, 14, 6)]
     for w in wins:
@@ -166,8 +166,8 @@ def test_iter_windows_detects_a_short_decode():
 
     from workers.contract import PREPROCESSING
 
-    p = replace(PREPROCESSING, window=4, stride=2)
+    p = replace(PREPROCESSING, window=4)
     z = np.zeros(6, bool)
     chunk = _chunk(0, np.zeros((6, 2, 2), np.float32), z, np.arange(6), np.zeros(6), np.zeros((6, 2, 2, 3), np.uint8), z)
     with pytest.raises(RuntimeError, match="decoder yielded 6 frames but the video reported 10"):
-        list(iter_windows([chunk], 10, [], p))
+        list(iter_windows([chunk], 10, [], 2, p))

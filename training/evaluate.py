@@ -14,6 +14,7 @@ from training.metrics import summarize
 from training.model import ExportWrapper
 from workers.contract import CLASSES, INPUT_NAMES, PREPROCESSING, Preprocessing, fingerprint
 from workers.labeling import InferMany, arrays_to_chunks, predict_video
+from workers.policy import SYNTHETIC_POLICY, LabellingPolicy
 from workers.voting import label_flips
 
 CONDITIONS = ("full", "faces_hidden_50", "audio_hidden_50", "no_audio_track")
@@ -71,12 +72,14 @@ def scripted_infer(module: torch.jit.ScriptModule) -> InferMany:
 
 
 def score(videos: list[VideoArrays], infer_many: InferMany, p: Preprocessing = PREPROCESSING, *,
-          voting: bool = True, condition: str = "full", seed: int = 0) -> dict:
-    """Run the serving labelling path over whole videos; ABAW metrics plus label flips per minute."""
+          voting: bool = True, condition: str = "full", seed: int = 0,
+          policy: LabellingPolicy = SYNTHETIC_POLICY) -> dict:
+    """Run the serving labelling path over whole videos; ABAW metrics plus label flips per minute. The
+    policy defaults to the synthetic set's (audio on: its tones are what the audio branch learned)."""
     preds, labels, flips, minutes = [], [], 0, 0.0
     for v in videos:
         arrays = apply_condition(v, condition, seed)
-        pred = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_many, voting=voting, p=p)
+        pred = predict_video(arrays_to_chunks(arrays), len(v), v.fps, infer_many, voting=voting, p=p, policy=policy)
         preds.append(pred.labels.astype(np.int64))
         labels.append(v.labels)
         flips += label_flips(pred.labels)
@@ -87,18 +90,18 @@ def score(videos: list[VideoArrays], infer_many: InferMany, p: Preprocessing = P
 
 
 def evaluate(pipeline: ExportWrapper, videos: list[VideoArrays], conditions=CONDITIONS, seed: int = 0,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", policy: LabellingPolicy = SYNTHETIC_POLICY) -> dict:
     """{condition: {"voting": metrics, "no_voting": metrics}}; metrics include label flips per minute."""
     dev = torch.device(device)
     pipeline = pipeline.to(dev).eval()
-    return evaluate_infer(infer_fn(pipeline, dev), videos, pipeline.model.cfg.preprocessing, conditions, seed)
+    return evaluate_infer(infer_fn(pipeline, dev), videos, pipeline.model.cfg.preprocessing, conditions, seed, policy)
 
 
 def evaluate_infer(infer_many: InferMany, videos: list[VideoArrays], p: Preprocessing = PREPROCESSING,
-                   conditions=CONDITIONS, seed: int = 0) -> dict:
+                   conditions=CONDITIONS, seed: int = 0, policy: LabellingPolicy = SYNTHETIC_POLICY) -> dict:
     """``evaluate`` for any model behind an ``infer_many`` (a training model, an exported TorchScript file)."""
     return {cond: {("voting" if voting else "no_voting"): score(videos, infer_many, p, voting=voting, condition=cond,
-                                                                seed=seed)
+                                                                seed=seed, policy=policy)
                    for voting in (True, False)}
             for cond in conditions}
 
@@ -159,15 +162,18 @@ def format_report(result: dict) -> str:
 
 
 def sweep_voting(pipeline: ExportWrapper, videos: list[VideoArrays], vote_seconds: list[float],
-                 strides: list[int] | None = None, device: str = "cpu") -> list[dict]:
-    """Validation macro F1 and flips/min for each soft-voting span (and window stride): picks the defaults."""
+                 strides: list[int] | None = None, device: str = "cpu",
+                 base: LabellingPolicy = SYNTHETIC_POLICY) -> list[dict]:
+    """Validation macro F1 and flips/min for each soft-voting span (and window stride): picks the policy's
+    defaults. The model is exported once; the policy is swept over it."""
     dev = torch.device(device)
     model = pipeline.to(dev).eval()
-    base = pipeline.model.cfg.preprocessing
+    p = pipeline.model.cfg.preprocessing
     rows = []
     for stride in strides or [base.stride]:
         for vs in vote_seconds:
-            m = score(videos, infer_fn(model, dev), dataclasses.replace(base, vote_seconds=vs, stride=stride))
+            m = score(videos, infer_fn(model, dev), p,
+                      policy=dataclasses.replace(base, vote_seconds=vs, stride=stride))
             rows.append({"stride": stride, "vote_seconds": vs, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
                          "flips_per_minute": m["flips_per_minute"]})
     return rows

@@ -61,7 +61,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["modalities"] = tuple(d["modalities"])
-        d["preprocessing"] = Preprocessing(**d["preprocessing"])
+        d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
         return cls(**d)
 
 

@@ -22,6 +22,7 @@ from training.export import export
 from training.features import VideoArrays
 from training.train import TrainConfig, load_pipeline, train
 from workers.contract import CLASSES
+from workers.policy import SYNTHETIC_POLICY
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def build_model(recipe: DataRecipe, runs: Path, repo: Path, cfg: TrainConfig = S
         "synthetic": evaluate(load_pipeline(best), data["test"]),
         "deployed_on_synthetic": evaluate(load_pipeline(best, reader="fer"), data["test"], ("full",)),
         "test_set": str(splits["test"]),
+        "labelling_policy": SYNTHETIC_POLICY.to_dict(),  # audio on: the synthetic tones are what it learned
     }
     (runs / "full" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if version is None:

@@ -43,22 +43,21 @@ class Preprocessing:
     log_offset: float = 1e-6  # log(mel + offset)
     silence_dbfs: float = -50.0  # a frame whose audio context is quieter than this has no audio
     blank_std: float = 6.0  # a face crop whose grey-level std is below this is blank (face missing)
-    window: int = 32  # T: frames per model window
-    stride: int = 16  # S: hop between windows when labelling
-    vote_seconds: float = 0.6  # soft-voting window: probabilities are averaged over this span, centred
+    window: int = 32  # T: frames per model window (the stride and voting span are policy: workers/policy.py)
 
     @property
     def audio_context(self) -> int:
         """Samples of audio that make one frame's ``mel_frames`` log-mel frames (no centre padding)."""
         return self.n_fft + (self.mel_frames - 1) * self.hop_length
 
-    def vote_frames(self, fps: float) -> int:
-        """Soft-voting span in frames for a video at ``fps`` (odd, at least 1)."""
-        n = max(1, int(round(self.vote_seconds * fps)))
-        return n if n % 2 == 1 else n + 1
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        """From a saved checkpoint's config. Checkpoints before the contract/policy split also carry the
+        labelling policy's fields (stride, vote_seconds): they never shaped a tensor, so they are dropped."""
+        return cls(**{k: v for k, v in d.items() if k not in ("stride", "vote_seconds")})
 
 
 PREPROCESSING = Preprocessing()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.contract import MAX_BATCH_SIZE, NUM_CLASSES, PREPROCESSING, Preprocessing
+from workers.policy import POLICY, LabellingPolicy
 from workers.preprocess import FaceRows, InputChunk
 from workers.voting import WindowAccumulator, decide, smooth
 from workers.windows import FIELDS, Segment, Window, iter_windows
@@ -29,7 +30,8 @@ class Predictions:
     face_present: np.ndarray  # bool [R]
     box: np.ndarray  # float32 [R, 4]: x, y, w, h in source pixels (NaN without a face)
     score: np.ndarray  # float32 [R]: detection score (NaN when there is none)
-    audio_present: np.ndarray  # bool [R]
+    audio_present: np.ndarray  # bool [R]: the video has sound at this frame (whether or not the model heard it)
+    evidence: np.ndarray  # bool [R]: the model saw a face or heard audio here; without, the label means nothing
     probs: np.ndarray  # float32 [R, C], after voting when it was on
     labels: np.ndarray  # int16 [R]
     confidence: np.ndarray  # float32 [R]
@@ -53,14 +55,14 @@ def _batches(windows: Iterable[Window], batch_size: int, pending: list[list[Wind
 
 
 def _rows(segments: list[Segment], accs: dict[int, WindowAccumulator], fps: float, voting: bool,
-          p: Preprocessing) -> Predictions:
+          policy: LabellingPolicy) -> Predictions:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("frame", "track", "face_present", "box", "score", "audio", "probs")}
     for seg in segments:
         n = len(seg)
         probs = accs[seg.number].mean(n)  # every segment has at least one window
         if voting:
-            probs = smooth(probs, p.vote_frames(fps))
+            probs = smooth(probs, policy.vote_frames(fps))
         parts["frame"].append(np.arange(seg.first_frame, seg.first_frame + n, dtype=np.int32))
         parts["track"].append(np.full(n, seg.track, np.int32))
         parts["face_present"].append(np.asarray(seg.present, bool))
@@ -70,14 +72,15 @@ def _rows(segments: list[Segment], accs: dict[int, WindowAccumulator], fps: floa
         parts["probs"].append(probs)
     if not segments:
         return Predictions(*(np.zeros(0, d) for d in (np.int32, np.int32, bool)), np.zeros((0, 4), np.float32),
-                           np.zeros(0, np.float32), np.zeros(0, bool), np.zeros((0, NUM_CLASSES), np.float32),
-                           np.zeros(0, np.int16), np.zeros(0, np.float32))
+                           np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
+                           np.zeros((0, NUM_CLASSES), np.float32), np.zeros(0, np.int16), np.zeros(0, np.float32))
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     order = np.lexsort((cat["track"], cat["frame"]))
     cat = {k: v[order] for k, v in cat.items()}
     labels, conf = decide(cat["probs"])
+    evidence = cat["face_present"] | (cat["audio"] & policy.audio)
     return Predictions(cat["frame"], cat["track"], cat["face_present"], cat["box"], cat["score"], cat["audio"],
-                       cat["probs"], labels, conf)
+                       evidence, cat["probs"], labels, conf)
 
 
 def predict_video(
@@ -89,22 +92,24 @@ def predict_video(
     voting: bool = True,
     batch_size: int = MAX_BATCH_SIZE,
     p: Preprocessing = PREPROCESSING,
+    policy: LabellingPolicy = POLICY,
 ) -> Predictions:
-    """Per segment (face track or face-less run), with voting: windows every S frames, overlaps averaged,
-    then a ``vote_seconds`` moving average. Without: back-to-back windows (stride T), each frame's own
-    prediction."""
+    """Per segment (face track or face-less run), with voting: windows every ``policy.stride`` frames,
+    overlaps averaged, then a ``policy.vote_seconds`` moving average. Without: back-to-back windows (stride
+    T), each frame's own prediction. The model hears the audio only where ``policy.audio`` says so."""
+    policy.check_window(p.window)
     segments: list[Segment] = []
     accs: dict[int, WindowAccumulator] = {}
     pending: list[list[Window]] = []
-    stride = p.stride if voting else p.window
-    batches = _batches(iter_windows(chunks, n_frames, segments, p, stride=stride), batch_size, pending)
+    stride = policy.stride if voting else p.window
+    batches = _batches(iter_windows(chunks, n_frames, segments, stride, p, audio=policy.audio), batch_size, pending)
     for probs in infer_many(batches):
         group = pending.pop(0)
         if probs.shape[0] != len(group):
             raise RuntimeError(f"model returned {probs.shape[0]} windows for a batch of {len(group)}")
         for w, wp in zip(group, probs):
             accs.setdefault(w.segment, WindowAccumulator()).add(w.start, wp, w.length)
-    return _rows(segments, accs, fps, voting, p)
+    return _rows(segments, accs, fps, voting, policy)
 
 
 def arrays_to_chunks(arrays: dict[str, np.ndarray], chunk: int = 512) -> Iterator[InputChunk]:

@@ -22,7 +22,9 @@ from workers.contract import CLASSES
 #    labelled only the largest face); no label where a frame has neither a face nor audio; videos gain
 #    width, height, face_mode, tracks and warning. Version 1 files read beside version 2 with
 #    union_by_name (their new columns read as NULL): see README "Reading version 1 output".
-SCHEMA_VERSION = 2
+# 3: videos gain the run's labelling policy (stride, vote_seconds, audio_used); frames unchanged, except that
+#    with audio_used false a frame without a face has no label even where audio_present is true.
+SCHEMA_VERSION = 3
 SCHEMA_METADATA = {b"emoframe.schema_version": str(SCHEMA_VERSION).encode()}
 PARTITION_KEY = "model_version"
 
@@ -48,8 +50,8 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("box_h", pa.float32()),
         pa.field("det_score", pa.float32()),  # detector's face probability; NULL for face-centred input
         pa.field("faces_detected", pa.int16(), nullable=False),  # faces in this frame
-        pa.field("audio_present", pa.bool_(), nullable=False),
-        # NULL where the frame has neither a face nor audio: no evidence, no label.
+        pa.field("audio_present", pa.bool_(), nullable=False),  # the video has sound here (heard or not)
+        # NULL where the model had no evidence: no face, and no audio it heard (videos.audio_used).
         pa.field("label", pa.string()),
         pa.field("label_id", pa.int8()),
         pa.field("confidence", pa.float32()),  # the label's probability after voting
@@ -75,6 +77,10 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("face_mode", pa.string()),  # "detect" (raw footage) or "centred" (face-centred input)
         pa.field("tracks", pa.int32()),  # face tracks found
         pa.field("warning", pa.string()),  # something the user should check, e.g. input not face-centred
+        # The run's labelling policy (workers/policy.py); NULL on a failed row and in files before version 3.
+        pa.field("stride", pa.int32()),
+        pa.field("vote_seconds", pa.float64()),
+        pa.field("audio_used", pa.bool_()),  # whether the model heard the audio
         pa.field("status", pa.string(), nullable=False),  # "labelled" or "failed"
         pa.field("error_reason", pa.string()),  # short code, e.g. "not_a_video", "empty_file", "triton_unavailable"
         pa.field("error_message", pa.string()),

@@ -16,6 +16,7 @@ from workers.storage import filesystem_for
 
 from workers.contract import CLASSES, NUM_CLASSES
 from workers.labeling import Predictions
+from workers.policy import LabellingPolicy
 from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
 
 
@@ -43,13 +44,13 @@ def write_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
 def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str, run_id: str,
                  times: np.ndarray | None = None) -> pa.Table:
     """The frames rows of one video: one per face and frame, one per face-less frame. A row whose frame has
-    neither a face nor audio gets no label (NULL label, id, confidence and probabilities)."""
+    no evidence (no face, and no audio the model heard) gets no label (NULL label, id, confidence, probabilities)."""
     n = len(pred)
     if pred.probs.shape != (n, NUM_CLASSES):
         raise ValueError(f"probabilities of shape {pred.probs.shape} for {n} rows")
     if times is not None and (len(pred) and pred.frame.max() >= len(times)):
         raise ValueError(f"a row's frame index {pred.frame.max()} is past the {len(times)} frame timestamps")
-    evidence = pred.face_present | pred.audio_present
+    evidence = pred.evidence
     faced = pred.face_present  # a masked frame of face-centred input belongs to track 0 but shows no face
     faces = np.bincount(pred.frame[pred.face_present], minlength=int(pred.frame.max()) + 1 if n else 0)
     labels = pred.labels.astype(np.int64)
@@ -83,14 +84,16 @@ def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, sta
               size_bytes: int | None = None, source_mtime: str | None = None, duration_s: float | None = None,
               fps: float | None = None, frame_count: int | None = None, has_audio: bool | None = None,
               width: int | None = None, height: int | None = None, face_mode: str | None = None,
-              tracks: int | None = None, warning: str | None = None,
+              tracks: int | None = None, warning: str | None = None, policy: LabellingPolicy | None = None,
               error_reason: str | None = None, error_message: str | None = None) -> dict:
     finished = datetime.now(timezone.utc)
     return {
         "video_id": video_id(source_uri), "source_uri": source_uri, "size_bytes": size_bytes,
         "source_mtime": source_mtime, "duration_s": duration_s, "fps": fps, "frame_count": frame_count,
         "width": width, "height": height, "has_audio": has_audio, "face_mode": face_mode, "tracks": tracks,
-        "warning": warning, "status": status, "error_reason": error_reason, "error_message": error_message,
+        "warning": warning, "stride": policy.stride if policy else None,
+        "vote_seconds": policy.vote_seconds if policy else None, "audio_used": policy.audio if policy else None,
+        "status": status, "error_reason": error_reason, "error_message": error_message,
         "model_name": model_name, "processing_s": (finished - started_at).total_seconds(), "run_id": run_id,
         "started_at": started_at, "finished_at": finished, "schema_version": SCHEMA_VERSION,
     }

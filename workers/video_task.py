@@ -27,6 +27,7 @@ from workers.errors import BadInputError, ServiceUnavailableError
 from workers.isolation import Limits, run_isolated
 from workers.storage import filesystem_for
 from workers.labeling import predict_video
+from workers.policy import POLICY, LabellingPolicy
 from workers.preprocess import FaceMode, InputChunk, check_face_centred, iter_video_inputs
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, attempts_path, frames_path, videos_path
 from workers.sink import frames_table, resolve, video_row, videos_table, write_atomic
@@ -47,6 +48,7 @@ class LabelConfig:
     model_version: str
     model_name: str = MODEL_NAME
     face_mode: FaceMode = "detect"
+    policy: LabellingPolicy = POLICY  # stride, voting span, audio on/off: recorded in the videos row
     chunk_frames: int = 256  # frames decoded and preprocessed at a time: bounds memory
     max_in_flight: int = 4  # Triton requests outstanding per video
     decoder: str = "workers.decode:DecordDecoder"  # "module:Class"; tests inject faulty decoders here
@@ -142,7 +144,8 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
                                              decoder=decoder), progress)
         with TritonClient(cfg.triton_url, max_in_flight=cfg.max_in_flight) as client:
             try:
-                pred = predict_video(tap, info.n_frames, info.fps, client.infer_many, p=PREPROCESSING)
+                pred = predict_video(tap, info.n_frames, info.fps, client.infer_many, p=PREPROCESSING,
+                                     policy=cfg.policy)
             except FrameCountError as exc:
                 raise BadInputError("frame_count_mismatch", str(exc)) from None
     times = np.concatenate(tap.times) if tap.times else None
@@ -150,8 +153,7 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
     out_fs, out_base = resolve(cfg.out)
     fpath = frames_path(out_base, cfg.model_version, source.uri)
     write_atomic(table, out_fs, fpath)
-    evidence = pred.face_present | pred.audio_present
-    counts = np.bincount(pred.labels[evidence], minlength=NUM_CLASSES).tolist()
+    counts = np.bincount(pred.labels[pred.evidence], minlength=NUM_CLASSES).tolist()
     face_frames = np.unique(pred.frame[pred.face_present])
     audio_frames = np.unique(pred.frame[pred.audio_present])
     tracks = len(np.unique(pred.track[pred.track >= 0]))
@@ -228,7 +230,7 @@ def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
         row = video_row(source.uri, status=STATUS_LABELLED, duration_s=done.info.duration_s, fps=done.info.fps,
                         frame_count=done.info.n_frames, has_audio=done.info.has_audio, width=done.info.width,
                         height=done.info.height, face_mode=cfg.face_mode, tracks=done.outcome.tracks,
-                        warning=done.outcome.warning, **base)
+                        warning=done.outcome.warning, policy=cfg.policy, **base)
         # The videos row is written last: it is the record that this video is done.
         write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
         attempts.clear()

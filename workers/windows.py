@@ -118,11 +118,12 @@ class _Builder:
                 yield self._cut(s, min(n, s + self.window))
 
 
-def iter_windows(chunks: Iterable[InputChunk], n_frames: int, segments: list[Segment],
-                 p: Preprocessing = PREPROCESSING, stride: int | None = None) -> Iterator[Window]:
+def iter_windows(chunks: Iterable[InputChunk], n_frames: int, segments: list[Segment], stride: int,
+                 p: Preprocessing = PREPROCESSING, audio: bool = True) -> Iterator[Window]:
     """Windows of every segment of a video, in the order their frames arrive. ``segments`` is filled in as
-    segments open (the caller reads each segment's rows from it afterwards)."""
-    stride = stride or p.stride
+    segments open (the caller reads each segment's rows from it afterwards). With ``audio`` False the model
+    is sent no audio (every audio_mask False); the segments still record where the video has sound."""
+    audio_on = np.bool_(audio)
     open_tracks: dict[int, _Builder] = {}
     no_face: _Builder | None = None
     decoded = 0
@@ -132,7 +133,7 @@ def iter_windows(chunks: Iterable[InputChunk], n_frames: int, segments: list[Seg
         empty_face = np.zeros(f.face.shape[1:], np.uint8)
         for i in range(len(chunk)):
             frame = chunk.start + i
-            audio = {"mel": chunk.mel[i], "audio_mask": chunk.audio_mask[i]}
+            audio = {"mel": chunk.mel[i], "audio_mask": chunk.audio_mask[i] & audio_on}
             rows = range(bounds[i], bounds[i + 1])
             here = {int(f.track[r]) for r in rows}
             for t in [t for t in open_tracks if t not in here]:
