@@ -33,6 +33,7 @@ from training.export import MODEL_FILE, latest_version, read_metadata  # noqa: E
 from workers.contract import CLASSES, MODEL_NAME, fingerprint  # noqa: E402
 from workers.decode import DecordDecoder  # noqa: E402
 from workers.labeling import predict_video  # noqa: E402
+from workers.policy import POLICY, LabellingPolicy  # noqa: E402
 from workers.preprocess import iter_video_inputs  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "real_clips.json"
@@ -40,12 +41,17 @@ MODEL_CARD = ROOT / "docs" / "model.md"
 START, END = "<!-- real-clips:start -->", "<!-- real-clips:end -->"
 
 
-def label_clip(path: Path, infer_many) -> tuple[np.ndarray, np.ndarray]:
-    """(frame index, label name) per face row of a one-person clip, as `emoframe label --faces detect` gives."""
+# The stretches are also labelled with the audio heard, to show what the synthetic audio branch does to them.
+AUDIO_ON = LabellingPolicy(stride=POLICY.stride, vote_seconds=POLICY.vote_seconds, audio=True)
+
+
+def label_clip(path: Path, infer_many, policy: LabellingPolicy = POLICY) -> tuple[np.ndarray, np.ndarray]:
+    """(frame index, label name) per face row of a one-person clip, as `emoframe label --faces detect` gives
+    under ``policy`` (by default, the default policy)."""
     decoder = DecordDecoder()
     info = decoder.probe(str(path))
     pred = predict_video(iter_video_inputs(str(path), info, face_mode="detect", decoder=decoder), info.n_frames,
-                         info.fps, infer_many)
+                         info.fps, infer_many, policy=policy)
     keep = pred.face_present
     return pred.frame[keep], np.array([CLASSES[i] for i in pred.labels[keep]])
 
@@ -56,12 +62,16 @@ def measure(vdir: Path) -> dict:
     out: dict = {"stretches": [], "stills": {}}
     for clip, spans in STRETCHES.items():
         frames, labels = label_clip(media / clip, infer_many)
+        heard_frames, heard = label_clip(media / clip, infer_many, AUDIO_ON)
         for expression, (start, stop) in spans.items():
             sel = labels[(frames >= start) & (frames < stop)]
+            sel_heard = heard[(heard_frames >= start) & (heard_frames < stop)]
             out["stretches"].append({"clip": clip, "expression": expression, "frames": [start, stop],
                                      "labelled_frames": int(len(sel)),
                                      "share": float(np.mean(sel == expression)) if len(sel) else 0.0,
-                                     "top": Counter(sel.tolist()).most_common(3)})
+                                     "top": Counter(sel.tolist()).most_common(3),
+                                     "share_audio_on": float(np.mean(sel_heard == expression)) if len(sel_heard)
+                                     else 0.0})
     with tempfile.TemporaryDirectory() as tmp:
         for name, expression in STILLS.items():
             path = Path(tmp) / f"{Path(name).stem}.mp4"
@@ -73,11 +83,12 @@ def measure(vdir: Path) -> dict:
 
 
 def render(data: dict) -> str:
-    lines = ["| clip | stretch (frames) | expression | labelled so | most frequent labels |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| clip | stretch (frames) | expression | labelled so | most frequent labels | with --audio on |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for s in data["stretches"]:
         top = ", ".join(f"{k} {v}" for k, v in s["top"])
         lines.append(f"| {s['clip']} | {s['frames'][0]}-{s['frames'][1] - 1} | {s['expression']} | "
-                     f"{100 * s['share']:.0f}% of {s['labelled_frames']} | {top} |")
+                     f"{100 * s['share']:.0f}% of {s['labelled_frames']} | {top} | {100 * s['share_audio_on']:.0f}% |")
     right = sum(v["right"] for v in data["stills"].values())
     lines += ["", f"Single-expression stills (30-frame clips of each photo): {right} of {len(data['stills'])} right.", "",
               "| photo | shows | labelled |", "| --- | --- | --- |"]
@@ -90,7 +101,10 @@ def render(data: dict) -> str:
               f"| >= 5 of the 6 stills | {right} of 6 | {'yes' if right >= 5 else '**no**'} |"]
     st = data["stamp"]
     lines += ["", f"Measured by `benchmarks/real_clips.py` at commit `{st['commit'][:12]}` ({st['date']}) with "
-                  f"model version {st['model_version']} (contract {st['contract']}); figures in `docs/real_clips.json`."]
+                  f"model version {st['model_version']} (contract {st['contract']}), labelling policy "
+                  f"{st['policy']['stride']}-frame stride, {st['policy']['vote_seconds']:g} s voting, audio "
+                  f"{'on' if st['policy']['audio'] else 'off'} (last column: audio on); figures in "
+                  "`docs/real_clips.json`."]
     return "\n".join(lines)
 
 
@@ -115,7 +129,7 @@ def main() -> int:
         print("the tree has uncommitted changes: figures printed, not written (commit first)", file=sys.stderr)
         return 1
     data["stamp"] = {"commit": git["head"], "date": time.strftime("%Y-%m-%d"), "model_version": meta["version"],
-                     "contract": fingerprint()}
+                     "contract": fingerprint(), "policy": POLICY.to_dict()}
     JSON_PATH.write_text(json.dumps(data, indent=1) + "\n")
     write_readme_block(START, END, render(data), MODEL_CARD)
     return 0

@@ -158,9 +158,14 @@ def cmd_build_model(a: argparse.Namespace) -> int:
 
 
 def cmd_ablate(a: argparse.Namespace) -> int:
-    from training.recipes import DataRecipe, ablate
+    from training.ablation import ablate
+    from training.recipes import DataRecipe
 
-    print(ablate(DataRecipe(root=a.data), a.runs, a.out, _train_config(a)))
+    try:
+        seeds = tuple(int(x) for x in a.seeds.split(","))
+    except ValueError:
+        raise SystemExit(f"emoframe ablate: --seeds takes comma-separated whole numbers, not {a.seeds!r}") from None
+    print(ablate(DataRecipe(root=a.data), a.runs, _train_config(a), seeds, a.only or None))
     return 0
 
 
@@ -349,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--version", type=int, help="export the run as this new model version (never "
                                                         "overwrites); without it nothing is exported")
         else:
-            p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "ablation.md")
+            p.add_argument("--seeds", default="0,1,2", help="training seeds of every variant (comma-separated)")
+            p.add_argument("--only", action="append", default=[],
+                           help="measure only this variant (repeatable; e.g. full, late, ce): printed, not written")
         _add_train_flags(p, reader="drawn")  # the synthetic recipes: FER cannot read drawn faces
         p.set_defaults(fn=fn)
     return ap

@@ -122,6 +122,30 @@ def test_evaluate_reports_every_condition_with_and_without_voting(data, tmp_path
             assert np.array(m["confusion"]).sum() == n
 
 
+def test_evaluation_reads_each_distinct_crop_once_and_answers_like_the_pipeline(data, tmp_path):
+    from training.evaluate import infer_fn, score
+
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
+    train(cfg, data, [], tmp_path / "run", progress=False)
+    pipeline = load_pipeline(tmp_path / "run" / "best.pt")
+    read = []
+    pipeline.reader.register_forward_hook(lambda mod, args, out: read.append(len(args[0])))
+    infer = infer_fn(pipeline, torch.device("cpu"))
+    batch = {k: v.numpy().copy() for k, v in zip(("face", "face_mask", "mel", "audio_mask"),
+                                                             example_inputs(batch=3))}
+    batch["face"][1] = batch["face"][0]  # a repeated window: its crops must not be read again
+    got = next(infer([batch]))
+    with torch.inference_mode():
+        want = pipeline(*[torch.from_numpy(batch[k]) for k in ("face", "face_mask", "mel", "audio_mask")]).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert read[0] == 2 * PREPROCESSING.window  # windows 0 and 2; window 1 repeats window 0
+    read.clear()
+    first = score(data[:1], infer)
+    reads_first = sum(read)
+    assert reads_first <= len(data[0])  # overlapping windows: each frame's crop read at most once
+    assert score(data[:1], infer, voting=False) and score(data[:1], infer) == first and sum(read) == reads_first
+
+
 def test_evaluate_scores_a_deployed_model_like_its_checkpoint(data, small_synth, tmp_path, capsys):
     """`emoframe evaluate` takes a model-repository version, its model.pt or a checkpoint; all three score alike
     (the export is the checkpoint's model), and a model of another contract is refused with a clear message."""

@@ -187,6 +187,10 @@ class ExportWrapper(nn.Module):
     def forward(self, face: Tensor, face_mask: Tensor, mel: Tensor, audio_mask: Tensor) -> Tensor:
         b, t = face.shape[:2]
         evidence = self.reader(face.reshape(b * t, *face.shape[2:])).view(b, t, -1)
+        return self.fuse(evidence, face_mask, mel, audio_mask)
+
+    def fuse(self, evidence: Tensor, face_mask: Tensor, mel: Tensor, audio_mask: Tensor) -> Tensor:
+        """Per-frame probabilities from the reader's evidence [B, T, C] and the other inputs."""
         return torch.softmax(self.model(evidence, face_mask, mel, audio_mask), dim=-1)
 
 

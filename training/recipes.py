@@ -1,7 +1,6 @@
-"""The documented recipes: the deployed model (`emoframe build-model`) and the ablation table (`emoframe ablate`).
-
-Both generate the same seeded synthetic splits, so anyone can rerun them and get the same data; the
-ablation's "full" row is the deployed model's run (same config, same seed) and is not trained twice.
+"""The documented recipe of the deployed model (`emoframe build-model`) and the data it shares with the
+ablation (training/ablation.py): the same seeded synthetic splits, so anyone can rerun them and get the same
+data; the ablation's full model at seed 0 is the deployed model's run and is not trained twice.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from training import model_card
 from training.datasets import load_items, synth_split
@@ -21,7 +19,6 @@ from training.evaluate import evaluate
 from training.export import export
 from training.features import VideoArrays
 from training.train import TrainConfig, load_pipeline, train
-from workers.contract import CLASSES
 from workers.policy import SYNTHETIC_POLICY
 
 
@@ -142,60 +139,3 @@ def ci_check(vdir: Path, work: Path) -> dict:
     videos = load_items(synth_split(work), None, desc="ci-check features")
     m = score(videos, scripted_infer(torch.jit.load(str(vdir / "model.pt"))))
     return {**CI_CHECK, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "frames": m["frames"]}
-
-
-def ablation_variants(base: TrainConfig) -> dict[str, TrainConfig]:
-    m = base.model
-    return {
-        "full model": base,
-        "no modality dropout": dataclasses.replace(base, modality_drop=0.0, frame_drop=0.0),
-        "cross-entropy (no focal loss)": dataclasses.replace(base, loss="ce"),
-        "late fusion (no cross-attention)": dataclasses.replace(base, model=dataclasses.replace(m, fusion="late")),
-        "visual branch only": dataclasses.replace(base, model=dataclasses.replace(m, modalities=("visual",))),
-        "audio branch only": dataclasses.replace(base, model=dataclasses.replace(m, modalities=("audio",))),
-    }
-
-
-RUN_NAMES = {"full model": "full", "no modality dropout": "no_dropout", "cross-entropy (no focal loss)": "ce",
-             "late fusion (no cross-attention)": "late", "visual branch only": "visual_only",
-             "audio branch only": "audio_only"}
-ABLATION_CONDITIONS = ("full", "faces_hidden_50", "audio_hidden_50")
-RARE = ("Fear", "Disgust")
-
-
-def ablate(recipe: DataRecipe, runs: Path, out: Path, base: TrainConfig = SYNTH_TRAIN) -> str:
-    splits = ensure_synth(recipe)
-    data = load_splits(splits, runs / "cache")
-    results = {}
-    for name, cfg in ablation_variants(base).items():
-        results[name] = evaluate(load_pipeline(train_or_reuse(cfg, data, runs / RUN_NAMES[name])), data["test"],
-                                 ABLATION_CONDITIONS)
-    (out.with_suffix(".json")).write_text(json.dumps(results, indent=2) + "\n")
-    table = format_ablation(results, recipe, base)
-    out.write_text(table)
-    return table
-
-
-def format_ablation(results: dict, recipe: DataRecipe, base: TrainConfig) -> str:
-    rare_idx = [CLASSES.index(c) for c in RARE]
-    n_frames = next(iter(next(iter(results.values())).values()))["voting"]["frames"]
-    lines = [
-        "# Ablation on the held-out synthetic test set",
-        "",
-        f"Produced by `emoframe ablate` ({recipe.test_videos} test videos, seed {recipe.seeds[2]}, {n_frames} annotated "
-        f"frames; each variant trained with the same seed and schedule: {base.epochs} epochs x "
-        f"{base.steps_per_epoch} steps of {base.batch_size} windows). Macro F1 is the ABAW metric (mean F1 over the "
-        "8 classes). \"Vote\" = sliding-window soft voting on; \"raw\" = back-to-back windows, no voting. "
-        "Faces/audio hidden = masks cleared on about 50% of frames in 0.5-2 s stretches. Rare F1 = mean F1 of "
-        + " and ".join(RARE) + ". Flips = label changes per minute of video.",
-        "",
-        "| variant | condition | macro F1 vote | macro F1 raw | acc vote | acc raw | rare F1 vote | flips/min vote | flips/min raw |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, by_cond in results.items():
-        for cond, m in by_cond.items():
-            v, r = m["voting"], m["no_voting"]
-            rare = float(np.mean([v["per_class_f1"][i] for i in rare_idx]))
-            lines.append(f"| {name} | {cond} | {v['macro_f1']:.3f} | {r['macro_f1']:.3f} | {v['accuracy']:.3f} | "
-                         f"{r['accuracy']:.3f} | {rare:.3f} | {v['flips_per_minute']:.1f} | {r['flips_per_minute']:.1f} |")
-    return "\n".join(lines) + "\n"
