@@ -105,16 +105,23 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_tune_voting(a: argparse.Namespace) -> int:
     from training.datasets import load_items
-    from training.evaluate import sweep_voting
-    from training.train import load_pipeline
+    from training.voting_sweep import choose, publish, sweep
 
     videos = load_items(_dataset(a.data, a.annotations, a.videos, a.cropped), a.cache, "features")
-    rows = sweep_voting(load_pipeline(a.checkpoint), videos, [float(x) for x in a.vote_seconds.split(",")],
-                        [int(x) for x in a.strides.split(",")])
+    if a.publish:
+        try:
+            rows = publish(a.checkpoint, videos, a.data)["rows"]
+        except RuntimeError as exc:
+            raise SystemExit(f"emoframe tune-voting: {exc}") from None
+    else:
+        rows = sweep(a.checkpoint, videos, [int(x) for x in a.strides.split(",")],
+                     [float(x) for x in a.vote_seconds.split(",")])
     print("| stride S | vote span (s) | macro F1 | accuracy | flips/min |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['stride']} | {r['vote_seconds']:g} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
               f"{r['flips_per_minute']:.1f} |")
+    pick = choose(rows)
+    print(f"rule: stride {pick['stride']}, span {pick['vote_seconds']:g} s")
     return 0
 
 
@@ -286,10 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_evaluate, audio="on")
 
     p = sub.add_parser("tune-voting", parents=[data_flags], help="validation sweep of the soft-voting span and stride")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, nargs="?", default=Path("runs/full/best.pt"),
+                   help="training run to sweep (default: build-model's run)")
     p.add_argument("--data", type=Path, default=Path("data/synth/val"))
     p.add_argument("--vote-seconds", default="0,0.2,0.4,0.6,1,1.5,2,3")
     p.add_argument("--strides", default="8,16,32")
+    p.add_argument("--publish", action="store_true",
+                   help="the default grid, written to docs/voting.json and docs/voting.md (needs a clean tree)")
     p.set_defaults(fn=cmd_tune_voting)
 
     p = sub.add_parser("export", help="export a checkpoint to model_repo/expression_fusion/<version>/")

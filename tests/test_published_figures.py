@@ -55,3 +55,16 @@ def test_model_card_real_clip_figures_are_rendered_from_their_json_of_the_deploy
     data = json.loads(rc.JSON_PATH.read_text())
     assert _load("published").readme_block(rc.START, rc.END, rc.MODEL_CARD) == rc.render(data).strip()
     assert data["stamp"]["model_version"] == int(model_card.deployed_version().name)
+
+
+def test_voting_sweep_is_rendered_from_its_json_and_the_policy_defaults_are_its_pick():
+    from training import voting_sweep
+    from workers.contract import fingerprint
+    from workers.policy import POLICY
+
+    doc = json.loads(voting_sweep.JSON_PATH.read_text())
+    assert _load("published").readme_block(voting_sweep.START, voting_sweep.END, voting_sweep.MARKDOWN_PATH) == \
+        voting_sweep.render(doc).strip()
+    assert doc["stamp"]["contract"] == fingerprint()
+    pick = voting_sweep.choose(doc["rows"])
+    assert (POLICY.stride, POLICY.vote_seconds) == (pick["stride"], pick["vote_seconds"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -59,7 +60,22 @@ def code_version() -> dict:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "training", "workers"))}
 
 
-def _measure(cfg: TrainConfig, data: dict[str, list[VideoArrays]], run_dir: Path, code: dict) -> dict:
+def _share_reader(cfg: TrainConfig, run_dir: Path, runs: Path) -> None:
+    """The drawn-face readers depend on the seed and the data only, not on the fusion variant: a variant starts
+    from another variant's readers of the same seed (train.prepare_reader checks their key and retrains on a
+    mismatch; training reseeds after the readers, so the fusion model trains exactly as if it had made them)."""
+    target = run_dir / "reader.pt"
+    if cfg.reader != "drawn" or target.exists():
+        return
+    for other in sorted(runs.glob(f"ablation/*/seed{cfg.seed}/reader.pt")) + \
+            ([runs / "full" / "reader.pt"] if cfg.seed == 0 else []):
+        if other.exists() and other != target:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(other, target)
+            return
+
+
+def _measure(cfg: TrainConfig, data: dict[str, list[VideoArrays]], run_dir: Path, runs: Path, code: dict) -> dict:
     """One variant and seed: train (or reuse), then voting on in every condition and voting off on full data."""
     key = {"config": cfg.to_dict(), "code": {k: code[k] for k in ("training", "workers")},
            "conditions": list(CONDITIONS), "policy": SYNTHETIC_POLICY.to_dict()}
@@ -71,6 +87,7 @@ def _measure(cfg: TrainConfig, data: dict[str, list[VideoArrays]], run_dir: Path
     trained_with = run_dir / "code.json"
     if trained_with.exists() and json.loads(trained_with.read_text()) != key["code"]:
         (run_dir / "history.json").unlink(missing_ok=True)  # trained by other code: train again
+    _share_reader(cfg, run_dir, runs)
     best = train_or_reuse(cfg, data, run_dir)
     trained_with.write_text(json.dumps(key["code"]) + "\n")
     from training.evaluate import infer_fn
@@ -102,7 +119,7 @@ def run(recipe: DataRecipe, runs: Path, base: TrainConfig, seeds: tuple[int, ...
             run_dir = runs / "full" if (name == "full model" and seeded == base) else \
                 runs / "ablation" / RUN_NAMES[name] / f"seed{seed}"
             started = time.time()
-            results.setdefault(name, {})[str(seed)] = _measure(seeded, data, run_dir, code)
+            results.setdefault(name, {})[str(seed)] = _measure(seeded, data, run_dir, runs, code)
             print(f"{name}, seed {seed}: macro F1 {results[name][str(seed)]['full']['macro_f1']:.4f} "
                   f"({time.time() - started:.0f} s)", flush=True)
     n_frames = next(iter(next(iter(results.values())).values()))["full"]["frames"]

@@ -3,7 +3,6 @@ confusion matrix, with soft voting on and off, under missing-modality conditions
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -174,21 +173,3 @@ def format_report(result: dict) -> str:
             lines.append(f"{cond:<18} {'on' if key == 'voting' else 'off':<7} {m['macro_f1']:.4f}   "
                          f"{m['accuracy']:.4f}  {m['flips_per_minute']:9.1f}  {pcf}")
     return "\n".join(lines)
-
-
-def sweep_voting(pipeline: ExportWrapper, videos: list[VideoArrays], vote_seconds: list[float],
-                 strides: list[int] | None = None, device: str = "cpu",
-                 base: LabellingPolicy = SYNTHETIC_POLICY) -> list[dict]:
-    """Validation macro F1 and flips/min for each soft-voting span (and window stride): picks the policy's
-    defaults. The model is exported once; the policy is swept over it."""
-    dev = torch.device(device)
-    model = pipeline.to(dev).eval()
-    p = pipeline.model.cfg.preprocessing
-    rows = []
-    for stride in strides or [base.stride]:
-        for vs in vote_seconds:
-            m = score(videos, infer_fn(model, dev), p,
-                      policy=dataclasses.replace(base, vote_seconds=vs, stride=stride))
-            rows.append({"stride": stride, "vote_seconds": vs, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
-                         "flips_per_minute": m["flips_per_minute"]})
-    return rows

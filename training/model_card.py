@@ -40,6 +40,14 @@ def _table(result: dict) -> list[str]:
     return lines
 
 
+def _policy_note(metrics: dict) -> str:
+    pol = metrics.get("labelling_policy")
+    if not pol:
+        return ""
+    return (f", labelled with stride {pol['stride']}, {pol['vote_seconds']:g} s voting and the audio "
+            f"{'heard' if pol['audio'] else 'not heard'} (the synthetic tones are what the audio branch learned)")
+
+
 def render(vdir: Path) -> str:
     metrics = json.loads((vdir / "metrics.json").read_text())
     meta = json.loads((vdir / "metadata.json").read_text())
@@ -56,7 +64,7 @@ def render(vdir: Path) -> str:
         f"{data['val_videos']} / {data['test_videos']} videos).",
         "",
         f"**Synthetic test set, fusion model with the drawn-face reader** ({frames:,} annotated frames): where "
-        "fusion, missing modalities and voting are measured.",
+        "fusion, missing modalities and voting are measured" + _policy_note(metrics) + ".",
         "",
         *_table(metrics["synthetic"]),
         "",
