@@ -28,7 +28,10 @@ MARKDOWN_PATH = ROOT / "docs" / "voting.md"
 START, END = "<!-- voting-sweep:start -->", "<!-- voting-sweep:end -->"
 STRIDES = (8, 16, 32)
 SPANS = (0.0, 0.2, 0.4, 0.6, 1.0, 1.5, 2.0, 3.0)
-TOLERANCE = 0.002  # macro F1 a longer span may give up for less jitter
+# Macro F1 differences smaller than this are not told apart on the 12 validation videos: the seed-to-seed
+# spread of the full model in docs/ablation.md is of this order. Set after the first sweep, where the top rows
+# were within 0.004 of each other (docs/voting.md says so).
+TOLERANCE = 0.005
 
 
 def sweep(checkpoint: Path, videos: list[VideoArrays], strides=STRIDES, spans=SPANS) -> list[dict]:
@@ -46,12 +49,12 @@ def sweep(checkpoint: Path, videos: list[VideoArrays], strides=STRIDES, spans=SP
 
 
 def choose(rows: list[dict], tolerance: float = TOLERANCE) -> dict:
-    """The stride with the best macro F1, then that stride's longest span within ``tolerance`` of its best:
-    a longer span removes more jitter."""
-    best = max(rows, key=lambda r: r["macro_f1"])
-    same = [r for r in rows if r["stride"] == best["stride"]]
-    top = max(r["macro_f1"] for r in same)
-    return max((r for r in same if r["macro_f1"] >= top - tolerance), key=lambda r: r["vote_seconds"])
+    """Among the rows within ``tolerance`` of the best macro F1: the longest stride (each frame is read by
+    T/S windows, so a stride half as long costs twice the inference), then its longest span (less jitter)."""
+    top = max(r["macro_f1"] for r in rows)
+    near = [r for r in rows if r["macro_f1"] >= top - tolerance]
+    stride = max(r["stride"] for r in near)
+    return max((r for r in near if r["stride"] == stride), key=lambda r: r["vote_seconds"])
 
 
 def render(doc: dict) -> str:
