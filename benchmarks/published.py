@@ -7,7 +7,9 @@ table between a pair of markers; ``tests/test_published_figures.py`` checks the 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,17 @@ def git_state() -> dict:
 
     status = run("status", "--porcelain", "--untracked-files=no")
     return {"head": run("rev-parse", "HEAD"), "dirty": bool(status), "changed": status.splitlines()}
+
+
+def worktree_hash() -> str:
+    """Git's tree id of the files as they are on disk (tracked and untracked, less what .gitignore leaves out),
+    HEAD's index untouched. Equal to ``git rev-parse COMMIT^{tree}`` exactly when the files are COMMIT's: it
+    identifies the code of a copy whose .git is older than the files (a device machine's copy)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        subprocess.run(["git", "-C", str(ROOT), "add", "-A", "."], env=env, check=True, capture_output=True)
+        return subprocess.run(["git", "-C", str(ROOT), "write-tree"], env=env, check=True, capture_output=True,
+                              text=True).stdout.strip()
 
 
 def readme_block(start: str, end: str, path: Path = README) -> str:

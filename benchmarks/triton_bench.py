@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import workers.triton_server as triton_server  # noqa: E402
-from published import git_state  # noqa: E402
+from published import git_state, worktree_hash, write_readme_block  # noqa: E402
+from training.export import latest_version  # noqa: E402
 from workers.contract import MAX_BATCH_SIZE, MODEL_NAME, PREPROCESSING, input_specs  # noqa: E402
 from workers.policy import POLICY  # noqa: E402
 from workers.triton_client import TritonClient  # noqa: E402
@@ -236,6 +237,31 @@ def table(rows: dict[str, dict[str, Any]], ratios: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- triton-bench:start -->", "<!-- triton-bench:end -->"
+
+
+def render(report: dict) -> str:
+    """The README's table: the published JSON's figures per instance kind, and the GPU/CPU ratios."""
+    rows, ratios, st = report["kinds"], report.get("ratios_gpu_over_cpu") or {}, report["stamp"]
+    kinds = [k for k in rows if "error" not in rows[k]]
+    lines = ["| | " + " | ".join(kinds) + (" | GPU/CPU |" if ratios else " |"),
+             "|---|" + "---|" * (len(kinds) + (1 if ratios else 0))]
+    for label, get, key in (
+            ("model frames/s", lambda r: f"{r['throughput']['model_frames_per_s']:,.0f}", "model_frames_per_s"),
+            ("labelled frames/s (stride 16)", lambda r: f"{r['throughput']['labelled_frames_per_s']:,.0f}",
+             "labelled_frames_per_s"),
+            ("batch of 16 windows, p50 ms", lambda r: f"{r['latency_batch_ms']['p50']:.1f}", "latency_batch_p50"),
+            ("one window, p50 ms", lambda r: f"{r['latency_window_ms']['p50']:.1f}", "latency_window_p50")):
+        cells = [get(rows[k]) for k in kinds] + ([f"{ratios[key]:.2f}x"] if ratios else [])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cpu = st["cpu_count"]["usable"]
+    lines += ["", f"Model version {rows[kinds[0]].get('served_version')} through the real tritonserver, measured by "
+                  f"`benchmarks/triton_bench.py --publish` at commit `{st['commit'][:12]}` ({st['date'][:10]}) on "
+                  f"{st['gpu_name'] or 'no GPU'} with {cpu} CPU cores; KIND_CPU uses those cores. Figures in "
+                  f"`docs/triton_bench.json`."]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=200, help="full batches timed on the GPU instance")
@@ -251,6 +277,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help=f"write the figures as JSON here (with --publish: {PUBLISHED.relative_to(ROOT)})")
     ap.add_argument("--publish", action="store_true",
                     help="write the JSON (refused on a tree with uncommitted changes, or not a git checkout)")
+    ap.add_argument("--code", metavar="COMMIT:TREE",
+                    help="for a copy whose .git is older than its files (a device machine's): the commit these "
+                         "files are and its tree id (git rev-parse COMMIT^{tree}); checked against the files")
+    ap.add_argument("--render", action="store_true", help=f"only re-render the README table from {PUBLISHED.name}")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="publish anyway from a dirty tree or a plain copy (stamped with its commit or 'unknown')")
     a = ap.parse_args()
@@ -260,7 +290,17 @@ def main() -> int:
     if a.warmup < 0:
         ap.error("--warmup must be >= 0")
 
+    if a.render:
+        write_readme_block(START, END, render(json.loads(PUBLISHED.read_text())))
+        return 0
     git = git_stamp()  # the code measured: taken before the run, as the tree may change while it runs
+    if a.code:
+        commit, _, tree = a.code.partition(":")
+        found = worktree_hash()
+        if found != tree:
+            sys.exit(f"triton_bench --code: these files' tree is {found}, not {tree}: they are not {commit}")
+        git = {**git, "head": commit, "dirty": False, "changed": [],
+               "code_check": f"the files' tree id equals {commit}'s ({tree}); .git here is older"}
     if a.publish:
         if (git["dirty"] or git["dirty"] is None) and not a.allow_dirty:
             why = git.get("why") or f"uncommitted changes to {', '.join(git['changed'])}"
@@ -349,13 +389,15 @@ def main() -> int:
                          "batch_windows": MAX_BATCH_SIZE, "window": PREPROCESSING.window,
                          "stride": POLICY.stride, "distinct_batches": POOL, "input_mix": mix,
                          "kinds": list(kinds), "gpu_skipped": not gpu, "cpu_only": a.cpu_only,
-                         "model": str((MODEL_REPO / MODEL_NAME / "1" / "model.pt").relative_to(ROOT))},
+                         "model": str((latest_version(MODEL_REPO / MODEL_NAME) / "model.pt").relative_to(ROOT))},
             "kinds": rows,
             "ratios_gpu_over_cpu": ratios,
         }
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"\nwrote {a.out}")
+        if a.out == PUBLISHED:
+            write_readme_block(START, END, render(report))
     return 1 if failed else 0
 
 

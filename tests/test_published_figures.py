@@ -68,3 +68,11 @@ def test_voting_sweep_is_rendered_from_its_json_and_the_policy_defaults_are_its_
     assert doc["stamp"]["contract"] == fingerprint()
     pick = voting_sweep.choose(doc["rows"])
     assert (POLICY.stride, POLICY.vote_seconds) == (pick["stride"], pick["vote_seconds"])
+
+
+def test_readme_triton_benchmark_is_rendered_from_its_json():
+    tb = _load("triton_bench")
+    report = json.loads(tb.PUBLISHED.read_text())
+    assert _load("published").readme_block(tb.START, tb.END) == tb.render(report).strip()
+    assert report["stamp"]["dirty"] is False and report["stamp"]["commit"] != "unknown"
+    assert "KIND_GPU" in report["kinds"] and report["ratios_gpu_over_cpu"]["model_frames_per_s"] > 1
