@@ -255,10 +255,12 @@ def render(report: dict) -> str:
         cells = [get(rows[k]) for k in kinds] + ([f"{ratios[key]:.2f}x"] if ratios else [])
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cpu = st["cpu_count"]["usable"]
+    diff = rows.get("KIND_GPU", {}).get("max_abs_diff_vs_cpu")
+    agree = f" GPU and CPU probabilities on the same batch differ by at most {diff:.1e}." if diff is not None else ""
     lines += ["", f"Model version {rows[kinds[0]].get('served_version')} through the real tritonserver, measured by "
                   f"`benchmarks/triton_bench.py --publish` at commit `{st['commit'][:12]}` ({st['date'][:10]}) on "
                   f"{st['gpu_name'] or 'no GPU'} with {cpu} CPU cores; KIND_CPU uses those cores. Figures in "
-                  f"`docs/triton_bench.json`."]
+                  f"`docs/triton_bench.json`.{agree}"]
     return "\n".join(lines)
 
 
