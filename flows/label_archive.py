@@ -64,7 +64,7 @@ class RunSummary:
 
     def format(self) -> str:
         lines = [f"run {self.run_id}: {self.labelled} labelled, {self.failed} failed, "
-                 f"{len(self.already_done)} already done (unchanged, same policy; --force relabels), "
+                 f"{len(self.already_done)} already done (unchanged, same settings; --force relabels), "
                  f"{len(self.skipped_not_video)} skipped (not a video), {len(self.missing)} not found"]
         for o in sorted(self.outcomes, key=lambda o: o.row["source_uri"]):
             r = o.row
@@ -140,15 +140,15 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
                           policy=policy, chunk_frames=chunk_frames, decoder=decoder)
         ledger = {} if force else read_ledger(out, version)
-        todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri), policy)]
+        todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri), policy, face_mode)]
         todo_uris = {s.uri for s in todo}
         shown_out = out if "://" in out else out_base
         summary = RunSummary(run_id, shown_out, version, policy, skipped_not_video=listing.skipped_not_video,
                              missing=listing.missing, skip_reasons=listing.skip_reasons,
                              already_done=[s.uri for s in listing.sources if s.uri not in todo_uris])
         if summary.already_done:
-            print(f"{len(summary.already_done)} videos already labelled by model version {version} under this "
-                  "policy and unchanged: skipped (--force relabels them)")
+            print(f"{len(summary.already_done)} videos already labelled by model version {version} with these "
+                  "settings (face mode, labelling policy) and unchanged: skipped (--force relabels them)")
         futures = {label_one.submit(s, cfg): s for s in todo}
         for i, fut in enumerate(as_completed(list(futures)), 1):
             src = futures[fut]

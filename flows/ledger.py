@@ -22,17 +22,17 @@ def read_ledger(out: str, model_version: str) -> dict[str, dict]:
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return {}
     table = ds.dataset(folder, filesystem=fs, format="parquet", schema=VIDEOS_SCHEMA).to_table(
-        columns=["source_uri", "status", "error_reason", "size_bytes", "source_mtime", "stride", "vote_seconds",
-                 "audio_used"])
+        columns=["source_uri", "status", "error_reason", "size_bytes", "source_mtime", "face_mode", "stride",
+                 "vote_seconds", "audio_used"])
     return {r["source_uri"]: r for r in table.to_pylist()}
 
 
-def is_done(source: Source, row: dict | None, policy: LabellingPolicy) -> bool:
-    """Labelled under this labelling policy (or failed for a reason of its own) by this model version, and
-    unchanged since. A row without a policy (written before schema version 3) is labelled again."""
+def is_done(source: Source, row: dict | None, policy: LabellingPolicy, face_mode: str) -> bool:
+    """Labelled with this face mode and labelling policy (or failed for a reason of its own) by this model
+    version, and unchanged since. A row without a policy (written before schema version 3) is labelled again."""
     if row is None or row["size_bytes"] != source.size_bytes or row["source_mtime"] != source.mtime:
         return False
     if row["status"] == STATUS_LABELLED:
-        return (row["stride"], row["vote_seconds"], row["audio_used"]) == (policy.stride, policy.vote_seconds,
-                                                                           policy.audio)
+        return (row["face_mode"], row["stride"], row["vote_seconds"], row["audio_used"]) == \
+            (face_mode, policy.stride, policy.vote_seconds, policy.audio)
     return row["error_reason"] not in TRANSIENT_REASONS

@@ -1,6 +1,6 @@
 """`emoframe serve` (flows/deploy.py) against a real Prefect server on loopback: the deployment is registered
-with its cron schedule, a run triggered with `prefect deployment run` labels real MP4 files on Ray, and
-stopping serve pauses the schedule. Also the set-up errors, without a server.
+with its cron schedule, the scheduler (not a hand trigger) starts a run within a minute or two, that run labels
+real MP4 files on Ray, and stopping serve pauses the schedule. Also the set-up errors, without a server.
 
 The process helpers here (ServiceProcesses, free_port, wait_for) are shared with tests/test_ray_job.py."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -192,8 +191,6 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
     })
     videos = two_videos(tmp_path / "in")
     out = tmp_path / "out"
-    # Monthly at 00:00 on the 1st, in a month 5-6 months away: it cannot fire during the test.
-    cron = f"0 0 1 {(dt.datetime.now(dt.timezone.utc).month + 5) % 12 + 1} *"
     name = "nightly-test"
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
     try:
@@ -210,6 +207,10 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
 
         wait_for("Prefect server health", lambda: get("/health"), 120, alive=server, log=server_log)
 
+        # Daily at a minute about two minutes from now (UTC): the scheduler fires it once during the test, as it
+        # would a user's nightly run, and not again before the test ends.
+        fire = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
+        cron = f"{fire.minute} {fire.hour} * * *"
         served = procs.start([sys.executable, "-c", SERVE, str(tmp_path / "in"), str(out), cron, name], serve_log)
         deployment = wait_for("deployment registered", lambda: get(f"/deployments/name/label_archive/{name}"),
                               120, alive=served, log=serve_log)
@@ -218,9 +219,15 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
         assert deployment["parameters"]["sources"] == [str(tmp_path / "in")]
         assert deployment["parameters"]["out"] == str(out)
 
-        started = procs.run([str(VENV_BIN / "prefect"), "deployment", "run", f"label_archive/{name}"], 60)
-        assert started.returncode == 0, started.stdout + started.stderr
-        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        def scheduled_run() -> str | None:
+            runs = http.post("/flow_runs/filter", json={
+                "deployments": {"id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"}).json()
+            started = [r for r in runs if r["auto_scheduled"] and (r.get("state") or {}).get("type")
+                       not in (None, "SCHEDULED")]
+            return started[0]["id"] if started else None
+
+        # The scheduler creates runs ahead and serve picks each up when due: about two minutes, plus start-up.
+        run_id = wait_for("a scheduled run started", scheduled_run, 300, interval=2, alive=served, log=serve_log)
 
         def finished() -> str | None:
             state = (get(f"/flow_runs/{run_id}") or {}).get("state") or {}

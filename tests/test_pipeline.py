@@ -26,6 +26,9 @@ pytestmark = pytest.mark.integration
 FPS = 15
 BLANK = range(20, 35)  # face-absent stretch in the hand-made clip
 SILENT_S = (1.0, 2.0)
+# The corpus's run. Audio on: the synthetic tones are what the audio branch learned, and the audio-only path
+# (labels where a face is missing but sound is not) is part of what it checks.
+SETTINGS = {"face_mode": "centred", "audio": True, "vote_seconds": 0.4}
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +56,7 @@ def corpus(tmp_path_factory):
 def run(corpus, tmp_path_factory):
     src, _ = corpus
     out = tmp_path_factory.mktemp("out")
-    # Audio on: the synthetic corpus's tones are what the audio branch learned, and the audio-only path
-    # (labels where a face is missing but sound is not) is part of what this run checks.
-    result = run_label_archive([str(src)], str(out), face_mode="centred", audio=True, vote_seconds=0.4)
+    result = run_label_archive([str(src)], str(out), **SETTINGS)
     return out, result
 
 
@@ -192,9 +193,25 @@ def test_rerun_of_a_finished_run_changes_nothing(run, corpus):
     out, first = run
     src, _ = corpus
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    again = run_label_archive([str(src)], str(out))
+    again = run_label_archive([str(src)], str(out), **SETTINGS)
     assert again["already_done"] == 7 and again["labelled"] == again["failed"] == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
+
+
+def test_a_rerun_under_another_policy_or_face_mode_relabels(run, corpus, tmp_path):
+    """What changes the labels (the labelling policy, the face mode) is part of "already done"; the file that
+    failed for a reason of its own (broken.mp4) stays done."""
+    out, _ = run
+    src, _ = corpus
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    other = run_label_archive([str(src)], str(copy), **{**SETTINGS, "audio": False})
+    assert other["labelled"] == 6 and other["already_done"] == 1
+    con = connect(str(copy))
+    assert con.sql("SELECT DISTINCT audio_used FROM videos WHERE status = 'labelled'").fetchall() == [(False,)]
+    detect = run_label_archive([str(src / "no_audio.mp4")], str(copy), **{**SETTINGS, "audio": False,
+                                                                            "face_mode": "detect"})
+    assert detect["labelled"] == 1 and detect["already_done"] == 0
 
 
 def test_a_changed_file_is_relabelled_in_place(tmp_path):
@@ -214,7 +231,7 @@ def test_rerun_with_force_replaces_instead_of_duplicating(run, corpus):
     src, _ = corpus
     before = sorted(p.name for p in (out / "frames").rglob("*.parquet"))
     n_before = connect(str(out)).sql("SELECT count(*) FROM frames").fetchall()[0][0]
-    second = run_label_archive([str(src / "face gap.mp4")], str(out), force=True)
+    second = run_label_archive([str(src / "face gap.mp4")], str(out), force=True, **SETTINGS)
     assert sorted(p.name for p in (out / "frames").rglob("*.parquet")) == before
     con = connect(str(out))
     assert con.sql("SELECT count(*) FROM frames").fetchall()[0][0] == n_before

@@ -127,16 +127,17 @@ def test_checkpoints_from_before_the_split_load_and_keep_the_contract():
         Preprocessing.from_dict({**PREPROCESSING.to_dict(), "crop_sise": 64})  # a real unknown key still fails
 
 
-def test_a_rerun_under_another_policy_relabels_and_a_legacy_row_is_relabelled():
+def test_a_rerun_under_another_policy_or_face_mode_relabels_and_a_legacy_row_is_relabelled():
     from flows.ledger import is_done
     from workers.video_task import Source
 
     src = Source("a.mp4", 10, "t")
-    row = {"size_bytes": 10, "source_mtime": "t", "status": "labelled", "error_reason": None,
+    row = {"size_bytes": 10, "source_mtime": "t", "status": "labelled", "error_reason": None, "face_mode": "detect",
            "stride": POLICY.stride, "vote_seconds": POLICY.vote_seconds, "audio_used": POLICY.audio}
-    assert is_done(src, row, POLICY)
-    assert not is_done(src, row, LabellingPolicy(audio=not POLICY.audio))
-    assert not is_done(src, row, LabellingPolicy(vote_seconds=1.0))
-    assert not is_done(src, {**row, "stride": None, "vote_seconds": None, "audio_used": None}, POLICY)
+    assert is_done(src, row, POLICY, "detect")
+    assert not is_done(src, row, POLICY, "centred")
+    assert not is_done(src, row, LabellingPolicy(audio=not POLICY.audio), "detect")
+    assert not is_done(src, row, LabellingPolicy(vote_seconds=1.0), "detect")
+    assert not is_done(src, {**row, "stride": None, "vote_seconds": None, "audio_used": None}, POLICY, "detect")
     failed = {**row, "status": "failed", "error_reason": "not_a_video", "stride": None}
-    assert is_done(src, failed, LabellingPolicy(stride=8))  # the file's own fault: no policy brings it back
+    assert is_done(src, failed, LabellingPolicy(stride=8), "centred")  # the file's own fault: nothing brings it back
