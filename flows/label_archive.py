@@ -21,6 +21,7 @@ from prefect_ray import RayTaskRunner
 
 from flows.ledger import is_done, read_ledger
 from flows.sources import list_sources
+from flows.terminal import shown
 from workers.contract import CLASSES, PREPROCESSING
 from workers.errors import ServiceUnavailableError
 from workers.faces.weights import MTCNN_WEIGHTS, require
@@ -68,9 +69,9 @@ class RunSummary:
                  f"{len(self.skipped_not_video)} skipped (not a video), {len(self.missing)} not found"]
         for o in sorted(self.outcomes, key=lambda o: o.row["source_uri"]):
             r = o.row
-            name = r["source_uri"].rsplit("/", 1)[-1]
+            name = shown(r["source_uri"].rsplit("/", 1)[-1])
             if r["status"] != "labelled":
-                lines.append(f"  FAILED {name}: {r['error_reason']}: {r['error_message']}")
+                lines.append(f"  FAILED {name}: {r['error_reason']}: {shown(r['error_message'])}")
                 continue
             n = r["frame_count"]
             rows = sum(o.class_counts) or 1  # labelled rows: one per face and frame, and audio-only frames
@@ -80,13 +81,14 @@ class RunSummary:
             lines.append(f"  {name}: {n} frames, {r['duration_s']:.1f} s | {share_txt} | {o.tracks} face "
                          f"track(s), no face in {o.face_missing} frames, {audio}")
             if o.warning:
-                lines.append(f"    WARNING {o.warning}")
+                lines.append(f"    WARNING {shown(o.warning)}")
         for m in self.missing:
-            lines.append(f"  NOT FOUND {m}")
+            lines.append(f"  NOT FOUND {shown(m)}")
         for uri, why in self.skip_reasons.items():
-            lines.append(f"  SKIPPED {uri}: {why}")
+            lines.append(f"  SKIPPED {shown(uri)}: {shown(why)}")
         lines.append(f"labelling policy: {self.policy.describe()}")
-        lines.append(f"output: {self.out}/frames and {self.out}/videos (model_version={self.model_version})")
+        out = shown(self.out)
+        lines.append(f"output: {out}/frames and {out}/videos (model_version={self.model_version})")
         return "\n".join(lines)
 
 
@@ -155,7 +157,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             result = fut.result(raise_on_failure=False)
             outcome = result if isinstance(result, VideoOutcome) else _failed_outcome(src, cfg, result)
             summary.outcomes.append(outcome)
-            print(f"[{i}/{len(futures)}] {outcome.row['status']}: {src.uri}")
+            print(f"[{i}/{len(futures)}] {outcome.row['status']}: {shown(src.uri)}")
     print(summary.format())
     return {"run_id": run_id, "out": summary.out, "model_version": version, "labelled": summary.labelled,
             "failed": summary.failed, "already_done": len(summary.already_done),

@@ -1,0 +1,31 @@
+"""File names and messages reach the terminal escaped: no escape sequence obeyed, no line split or forged."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flows.label_archive import RunSummary
+from flows.terminal import shown
+from workers.sink import video_row
+from workers.video_task import VideoOutcome
+
+
+def test_non_printable_characters_are_escaped_and_the_rest_left_alone():
+    assert shown("clip.mp4") == "clip.mp4"
+    assert shown("café ünïcode 表情.mp4") == "café ünïcode 表情.mp4"
+    assert shown("a\x1b[31mred.mp4") == "a\\x1b[31mred.mp4"
+    assert shown("two\nlines\r.mp4") == "two\\nlines\\r.mp4"
+    assert shown("sep\u2028x") == "sep\\u2028x"
+
+
+def test_a_hostile_file_name_cannot_colour_split_or_forge_the_run_summary():
+    evil = "/in/x\x1b[2J\nrun fake: 99 labelled, 0 failed.mp4"
+    now = datetime.now(timezone.utc)
+    failed = VideoOutcome(video_row(evil, status="failed", model_name="m", run_id="r", started_at=now,
+                                    error_reason="not_a_video", error_message=f"{evil} is not a video"))
+    text = RunSummary("r", "/out", "3", outcomes=[failed], missing=["/in/gone\x07.mp4"],
+                      skip_reasons={"/in/a\nb.txt": "not a video file extension"}).format()
+    assert "\x1b" not in text and "\x07" not in text
+    lines = text.splitlines()
+    assert len(lines) == 6 and not any(line.startswith("run fake") for line in lines)
+    assert "x\\x1b[2J\\nrun fake: 99 labelled, 0 failed.mp4" in lines[1]
