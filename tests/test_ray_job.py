@@ -14,7 +14,7 @@ from tests.test_deploy import (VENV_BIN, ServiceProcesses, assert_labelled, free
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_ray_job_submit_labels_on_the_cluster(tmp_path, ray_tmp):
     token = secrets.token_hex(32)
     procs = ServiceProcesses({
@@ -52,7 +52,7 @@ def test_ray_job_submit_labels_on_the_cluster(tmp_path, ray_tmp):
                                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}}
         job = procs.run([ray, "job", "submit", "--address", dashboard, "--runtime-env-json", json.dumps(runtime_env),
                          "--", str(VENV_BIN / "emoframe"), "label", str(tmp_path / "in"), "--out", str(out),
-                         "--ray-address", gcs], timeout=200)
+                         "--ray-address", gcs], timeout=300)
         log = job.stdout + job.stderr
         assert job.returncode == 0, log
         assert "succeeded" in log and f"Connecting to an existing Ray instance at {gcs}" in log, log
