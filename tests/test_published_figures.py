@@ -76,3 +76,14 @@ def test_readme_triton_benchmark_is_rendered_from_its_json():
     assert _load("published").readme_block(tb.START, tb.END) == tb.render(report).strip()
     assert report["stamp"]["dirty"] is False and report["stamp"]["commit"] != "unknown"
     assert "KIND_GPU" in report["kinds"] and report["ratios_gpu_over_cpu"]["model_frames_per_s"] > 1
+
+
+def test_ablation_page_is_rendered_from_its_json_of_three_seeds_under_this_contract():
+    from training import ablation
+    from workers.contract import fingerprint
+
+    doc = json.loads(ablation.JSON_PATH.read_text())
+    assert ablation.MARKDOWN_PATH.read_text() == ablation.render(doc)
+    stamp = doc["stamp"]
+    assert not stamp["dirty"] and len(stamp["seeds"]) >= 3 and stamp["contract"] == fingerprint()
+    assert set(doc["results"]) == set(ablation.RUN_NAMES)  # every variant, none left out
