@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from workers.contract import FACE_MODES
 
@@ -14,8 +15,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
 
 
+USAGE_ERROR = 2  # exit status of a mistake the user fixes (bad flag value, missing path, unwritable output)
+
+
+def usage_error(command: str, message: str) -> NoReturn:
+    """One line on stderr, no traceback, exit 2."""
+    print(f"emoframe {command}: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+TRAINING_COMMANDS = frozenset({"train", "build-model", "ablate"})
+
+
 def _add_train_flags(p: argparse.ArgumentParser, reader: str = "fer") -> None:
-    from training.train import TrainConfig
+    from training.train import TrainConfig  # imports torch: only for the training commands
 
     d = TrainConfig()
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -185,7 +198,7 @@ def _policy_kwargs(a: argparse.Namespace, command: str) -> dict:
         policy = LabellingPolicy(stride=a.stride, vote_seconds=a.vote_seconds, audio=a.audio == "on")
         policy.check_window(PREPROCESSING.window)
     except ValueError as exc:
-        raise SystemExit(f"emoframe {command}: {exc}") from None
+        usage_error(command, str(exc))
     return {"stride": policy.stride, "vote_seconds": policy.vote_seconds, "audio": policy.audio}
 
 
@@ -196,7 +209,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         from training.synth import generate
 
         if "://" in a.out:
-            raise SystemExit("give the videos to label; sample videos are only generated for a local --out")
+            usage_error("label", "give the videos to label; sample videos are only generated for a local --out")
         sample = Path(a.out) / "_sample_videos"
         print(f"no sources given: generating sample videos in {sample} (synthetic set, seed {a.sample_seed})")
         # A third without an audio track, so the summary shows the missing-modality path too.
@@ -204,14 +217,20 @@ def cmd_label(a: argparse.Namespace) -> int:
                  progress=True)
         sources = [str(sample / "videos")]
         faces = a.faces or "centred"  # the synthetic set's frames are the face (drawn, not for a detector)
+    from flows.preflight import PreflightError, preflight
+
+    try:  # before the heavy imports below (Prefect, Ray, torch): a typo answers in about a second
+        preflight(sources, a.out, a.triton_url)
+    except PreflightError as exc:
+        usage_error("label", str(exc))
     from flows.label_archive import run_label_archive
     from workers.faces.weights import MissingWeightsError
 
     try:
         result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
                                    face_mode=faces, include=a.include, exclude=a.exclude, force=a.force, **policy)
-    except MissingWeightsError as exc:
-        raise SystemExit(f"emoframe label: {exc}") from None
+    except (MissingWeightsError, PreflightError) as exc:
+        usage_error("label", str(exc))
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
 
 
@@ -223,7 +242,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         serve(a.sources, a.out, cron=a.cron, timezone=a.timezone, name=a.name, triton_url=a.triton_url,
               ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude, **policy)
     except ServeSetupError as exc:
-        raise SystemExit(f"emoframe serve: {exc}") from None
+        usage_error("serve", str(exc))
     return 0
 
 
@@ -242,7 +261,10 @@ def cmd_query(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser. The training flags (their defaults come from TrainConfig, which imports torch) are
+    added only when ``command`` is a training command, so every other command and `--help` start fast."""
+    train_flags = _add_train_flags if command in TRAINING_COMMANDS else (lambda p, reader="fer": None)
     ap = argparse.ArgumentParser(prog="emoframe", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -266,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history.json)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--backbone", type=Path, help="local file of pretrained encoder weights (visual_enc.*/audio_enc.*)")
-    _add_train_flags(p)
+    train_flags(p)
     p.set_defaults(fn=cmd_train)
 
     from workers.policy import POLICY
@@ -367,13 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seeds", default="0,1,2", help="training seeds of every variant (comma-separated)")
             p.add_argument("--only", action="append", default=[],
                            help="measure only this variant (repeatable; e.g. full, late, ce): printed, not written")
-        _add_train_flags(p, reader="drawn")  # the synthetic recipes: FER cannot read drawn faces
+        train_flags(p, reader="drawn")  # the synthetic recipes: FER cannot read drawn faces
         p.set_defaults(fn=fn)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((x for x in argv if not x.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return args.fn(args)
 
 

@@ -23,6 +23,7 @@ from prefect_ray import RayTaskRunner
 from pydantic import ValidationError
 
 from flows.label_archive import label_archive
+from flows.preflight import PreflightError, preflight
 from workers.errors import EmoframeError
 from workers.contract import PREPROCESSING, FaceMode
 from workers.policy import POLICY, LabellingPolicy
@@ -105,6 +106,10 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     try:
         LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio).check_window(PREPROCESSING.window)
     except ValueError as exc:
+        raise ServeSetupError(str(exc)) from None
+    try:  # before registering: Prefect stores the parameters, so a URI with a secret must never get there
+        preflight(sources, out, triton_url)
+    except PreflightError as exc:
         raise ServeSetupError(str(exc)) from None
     api = _require_api()
 

@@ -20,6 +20,7 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 
 from flows.ledger import is_done, read_ledger
+from flows.preflight import check_uris, preflight
 from flows.sources import list_sources
 from flows.terminal import shown
 from workers.contract import CLASSES, PREPROCESSING
@@ -127,6 +128,9 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio) -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
     ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py)."""
+    # Scheduled runs get here without the CLI's preflight. Prefect has stored the parameters by now; the
+    # check keeps a secret out of the output and the logs, and `emoframe serve` refuses it before registering.
+    check_uris(sources, out)
     policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
     policy.check_window(PREPROCESSING.window)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
@@ -198,7 +202,10 @@ def prefect_api() -> Iterator[str]:
 
 
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
-    """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there."""
+    """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there. The preflight
+    (flows/preflight.py) runs first: a bad source, output or Triton URL raises PreflightError before any
+    service starts, and nothing of a refused URI reaches Prefect."""
+    preflight(sources, out, kwargs.get("triton_url"))
     if kwargs.get("face_mode", "detect") == "detect":
         require(MTCNN_WEIGHTS)  # before anything starts: a missing set-up is one clear error, not one per video
     with prefect_api() as api_url:

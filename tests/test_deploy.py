@@ -155,15 +155,29 @@ def assert_labelled(out: Path, videos: list[Path]) -> None:
     assert status == {str(v): "labelled" for v in videos}
 
 
-def test_serve_needs_a_prefect_server():
+def test_serve_needs_a_prefect_server(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    clips, labels = str(tmp_path), str(tmp_path / "labels")
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(ServeSetupError, match=r"prefect server start.*PREFECT_API_URL"):
+            serve([clips], labels, cron="0 2 * * *")
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        with pytest.raises(ServeSetupError, match="does not answer"):
+            serve([clips], labels, cron="0 2 * * *")
+
+
+def test_serve_checks_what_it_would_store_before_registering(tmp_path):
+    """A missing source or a URI with a secret is refused before any Prefect server is asked (none is set
+    here: reaching that check would say so instead)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: None}):
-        with pytest.raises(ServeSetupError, match=r"prefect server start.*PREFECT_API_URL"):
-            serve(["clips/"], "labels/", cron="0 2 * * *")
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
-        with pytest.raises(ServeSetupError, match="does not answer"):
-            serve(["clips/"], "labels/", cron="0 2 * * *")
+        with pytest.raises(ServeSetupError, match="not found"):
+            serve([str(tmp_path / "typo")], str(tmp_path / "labels"), cron="0 2 * * *")
+        with pytest.raises(ServeSetupError, match="credentials") as err:
+            serve(["s3://AKIAEXAMPLE:zq9/Xy7w@bucket/in"], str(tmp_path / "labels"), cron="0 2 * * *")
+    assert "AKIAEXAMPLE" not in str(err.value) and "zq9" not in str(err.value) and "Xy7w" not in str(err.value)
 
 
 @pytest.mark.parametrize("cron, tz, why", [("0 2 * *", None, "Invalid cron string"),

@@ -146,3 +146,20 @@ def test_query_without_any_output_says_so(where, request, tmp_path):
     _, _, out = _output_of(where, request, tmp_path)
     with pytest.raises(FileNotFoundError, match="no emoframe output in .*emoframe label"):
         connect(out)
+
+
+def test_preflight_against_the_bucket(s3_server, bucket):
+    """The output prefix is probed with a real write (and nothing is left), a missing bucket or source is
+    named before anything starts."""
+    from flows.preflight import PreflightError, check_output, check_sources
+
+    fs = s3_server.filesystem()
+    before = {fi.path for fi in fs.get_file_info(pafs.FileSelector(s3_server.bucket, recursive=True))}
+    check_output(s3_server.uri("labels/run1"))
+    check_sources([s3_server.uri("in"), s3_server.uri("in/clip one.mp4"), s3_server.uri("in/*.mp4")])
+    after = {fi.path for fi in fs.get_file_info(pafs.FileSelector(s3_server.bucket, recursive=True))}
+    assert {p for p in after - before if not p.endswith("labels") and not p.endswith("run1")} == set()
+    with pytest.raises(PreflightError, match="bucket no-such-bucket does not exist"):
+        check_output("s3://no-such-bucket/labels")
+    with pytest.raises(PreflightError, match=r"not found: s3://.*/in/typo\.mp4"):
+        check_sources([s3_server.uri("in/clip one.mp4"), s3_server.uri("in/typo.mp4")])

@@ -4,10 +4,45 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs"})  # gcs:// is pyarrow's alias of gs://
+
+# Query-string names that carry a secret: presigned S3 (X-Amz-*), Azure SAS (sig), and the names people reach for.
+_SECRET_PARAMS = re.compile(
+    r"[?&;](?:x-amz-(?:credential|signature|security-token)|aws_(?:access_key_id|secret_access_key|session_token)"
+    r"|access[_-]?key(?:[_-]?id)?|secret(?:[_-]?(?:access[_-]?)?key)?|session[_-]?token|token|sig|signature"
+    r"|password|passwd|pwd|api[_-]?key|credentials?)=", re.IGNORECASE)
+
+
+class CredentialsInURIError(ValueError):
+    """A URI carries a secret. Its message never contains the URI."""
+
+
+def check_no_credentials(uri: str) -> None:
+    """Refuse a URI that carries credentials, whatever characters the secret holds, without echoing any of it.
+
+    The authority (up to the first ``/``) is userinfo when it holds an ``@`` or a ``:``, which bucket names
+    cannot. The ``:`` matters: AWS secret keys contain ``/``, so in ``s3://AKIA:ab/cd@bucket/key`` the
+    authority is ``AKIA:ab`` and the ``@`` lies beyond it. Keys stay literal otherwise (``?`` and ``@`` are
+    legal in object keys); only a query-like ``name=`` that names a secret is refused.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower() == "file":
+        return
+    authority = rest.split("/", 1)[0]
+    where = None
+    if "@" in authority or ":" in authority:
+        where = "user name or password before the bucket"
+    elif _SECRET_PARAMS.search(rest):
+        where = "a key-bearing query string"
+    if where:
+        raise CredentialsInURIError(
+            f"a {scheme.lower()}:// URI with credentials in it ({where}) is not accepted: URIs are written into "
+            "the output and the run's records. Give the bare location (s3://bucket/prefix) and the credentials "
+            "through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile, or your provider's credential chain)")
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -25,11 +60,8 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     if scheme not in REMOTE_SCHEMES:
         # Only the scheme is quoted: the rest of an unknown URI may hold a password.
         raise ValueError(f"unsupported URI scheme {scheme}://: use a local path, s3://bucket/key or gs://bucket/key")
+    check_no_credentials(uri)
     bucket, _, key = rest.partition("/")
-    if "@" in bucket:  # bucket names cannot contain '@': this is user:secret@bucket
-        raise ValueError(f"{scheme}://***@{bucket.rsplit('@', 1)[1]}/{key}: credentials in a URI are not accepted "
-                         "(URIs are written into the output); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
-                         "your provider's credential chain")
     if not bucket:
         raise ValueError(f"{uri}: no bucket name")
     if glob.has_magic(bucket):
