@@ -4,8 +4,12 @@ heavy imports happen inside the subcommand so `emoframe --help` is instant."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,6 +29,46 @@ def usage_error(command: str, message: str) -> NoReturn:
 
 
 TRAINING_COMMANDS = frozenset({"train", "build-model", "ablate"})
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM. A KeyboardInterrupt, so Prefect's engine and Ray's driver unwind as they do for
+    Ctrl-C (mark the run crashed, release what they hold) instead of dying mid-write."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted in the main thread (exit 130 / 143 at the CLI). A second one while
+    unwinding kills the process outright; the services it started die with it (workers/lifeline.py)."""
+    def raise_once(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    from prefect.exceptions import TerminationSignal
+
+
+    previous = {sig: signal.signal(sig, raise_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt as exc:  # Ctrl-C caught and re-raised as a plain one somewhere below
+        raise exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT) from None
+    # While a flow runs, Prefect's engine turns SIGTERM into TerminationSignal, and once Ray is up its driver
+    # handler turns it into sys.exit(SIGTERM): both are this SIGTERM.
+    except TerminationSignal as exc:
+        raise Interrupted(exc.signal) from None
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM:
+            raise Interrupted(signal.SIGTERM) from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _add_train_flags(p: argparse.ArgumentParser, reader: str = "fer") -> None:
@@ -223,14 +267,24 @@ def cmd_label(a: argparse.Namespace) -> int:
         preflight(sources, a.out, a.triton_url)
     except PreflightError as exc:
         usage_error("label", str(exc))
-    from flows.label_archive import run_label_archive
+    # Ray's native failure handler in this driver would take SIGTERM before Python does and abort the process
+    # (no clean-up, exit 134). Read when ray is imported; a local Ray's raylet and workers inherit it too.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    from flows import label_archive
     from workers.faces.weights import MissingWeightsError
 
     try:
-        result = run_label_archive(sources, a.out, ray_address=a.ray_address, triton_url=a.triton_url,
-                                   face_mode=faces, include=a.include, exclude=a.exclude, force=a.force, **policy)
+        with stop_on_sigterm():
+            result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
+                                                     triton_url=a.triton_url, face_mode=faces, include=a.include,
+                                                     exclude=a.exclude, force=a.force, **policy)
     except (MissingWeightsError, PreflightError) as exc:
         usage_error("label", str(exc))
+    except Interrupted as stop:
+        # Every finished video is already on disk (atomic writes); the ledger skips them on the next run.
+        print(f"\n{stop.name}: {label_archive.finished_in_this_process} videos finished; rerun the same command "
+              "to continue", file=sys.stderr)
+        return 128 + stop.signum
     return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
 
 

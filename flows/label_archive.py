@@ -21,11 +21,13 @@ from prefect_ray import RayTaskRunner
 
 from flows.ledger import is_done, read_ledger
 from flows.preflight import check_uris, preflight
+from flows.prefect_api import prefect_api
 from flows.sources import list_sources
 from flows.terminal import shown
 from workers.contract import CLASSES, PREPROCESSING
 from workers.errors import ServiceUnavailableError
 from workers.faces.weights import MTCNN_WEIGHTS, require
+from workers.lifeline import sweep
 from workers.policy import POLICY, LabellingPolicy
 from workers.schema import STATUS_FAILED, videos_path
 from workers.sink import resolve, video_row, videos_table, write_atomic
@@ -35,6 +37,11 @@ from workers.video_task import LabelConfig, Source, VideoOutcome, label_video
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
 TASK_RETRIES = 3
+
+
+# Videos finished (labelled or failed, and recorded) by flows run in this process: what an interrupted CLI
+# run reports. Process-local on purpose: it is read by the process the user interrupted.
+finished_in_this_process = 0
 
 
 @task(retries=TASK_RETRIES, retry_delay_seconds=[2, 5, 10], persist_result=False,
@@ -104,9 +111,24 @@ def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | No
     from workers.triton_server import EmbeddedTriton
 
     log = (log_dir / "tritonserver.log") if log_dir else None
-    with EmbeddedTriton(model_repo, log_path=log) as server:
+    # The flow unwinds on a signal and stops the server on the way out, after its Ray tasks (below).
+    with EmbeddedTriton(model_repo, log_path=log, stop_on_signals=False) as server:
         print(f"embedded Triton ready at {server.grpc_url} (log: {server.log_path})")
         yield server.grpc_url
+
+
+def _cancel_in_flight(futures) -> None:
+    """Cancel the Ray tasks still running (force: their worker processes are killed), so that none of them
+    fails on a vanished model while the flow unwinds and stops Triton. Ray itself is left to the task runner:
+    shutting it down from here, inside a signal's unwinding, hands the signal to Ray's native handler, which
+    aborts the process."""
+    import ray
+
+    for fut in futures:
+        try:
+            ray.cancel(fut.wrapped_future, force=True)
+        except Exception:  # finished meanwhile, or Ray already gone: nothing to cancel
+            pass
 
 
 def _failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> VideoOutcome:
@@ -156,12 +178,21 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             print(f"{len(summary.already_done)} videos already labelled by model version {version} with these "
                   "settings (face mode, labelling policy) and unchanged: skipped (--force relabels them)")
         futures = {label_one.submit(s, cfg): s for s in todo}
-        for i, fut in enumerate(as_completed(list(futures)), 1):
-            src = futures[fut]
-            result = fut.result(raise_on_failure=False)
-            outcome = result if isinstance(result, VideoOutcome) else _failed_outcome(src, cfg, result)
-            summary.outcomes.append(outcome)
-            print(f"[{i}/{len(futures)}] {outcome.row['status']}: {shown(src.uri)}")
+        try:
+            for i, fut in enumerate(as_completed(list(futures)), 1):
+                src = futures[fut]
+                result = fut.result(raise_on_failure=False)
+                outcome = result if isinstance(result, VideoOutcome) else _failed_outcome(src, cfg, result)
+                summary.outcomes.append(outcome)
+                global finished_in_this_process
+                finished_in_this_process += 1
+                print(f"[{i}/{len(futures)}] {outcome.row['status']}: {shown(src.uri)}")
+        except BaseException:
+            # Interrupted (or broken): stop the tasks in flight now, while Triton still serves, so none of
+            # them fails on a vanished model and is charged an attempt for it. Unfinished videos hold no rows
+            # (writes are atomic) and the next run labels them.
+            _cancel_in_flight(futures)
+            raise
     print(summary.format())
     return {"run_id": run_id, "out": summary.out, "model_version": version, "labelled": summary.labelled,
             "failed": summary.failed, "already_done": len(summary.already_done),
@@ -169,43 +200,14 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             "missing": listing.missing, "text": summary.format()}
 
 
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """The Prefect API every process of the run talks to: PREFECT_API_URL when set, else one temporary
-    local server shared by the flow and all Ray workers (left alone, each worker would start its own)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
-
-    url = PREFECT_API_URL.value()
-    if url:
-        yield url
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from an offline box
-    server = SubprocessASGIServer()
-    server.start(timeout=180)
-    # The temporary server dies with the run, so logs are not shipped to it (otherwise the process
-    # retries sending them for a minute at exit); they still go to the terminal.
-    env = {"PREFECT_API_URL": server.api_url, "PREFECT_LOGGING_TO_API_ENABLED": "false"}
-    previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # inherited by a local Ray started below
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}):
-            yield server.api_url
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
-
-
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
     """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there. The preflight
     (flows/preflight.py) runs first: a bad source, output or Triton URL raises PreflightError before any
     service starts, and nothing of a refused URI reaches Prefect."""
     preflight(sources, out, kwargs.get("triton_url"))
+    swept = sweep()
+    if swept:
+        print(f"removed {len(swept)} leftovers of killed emoframe runs (Triton shared memory and work folders)")
     if kwargs.get("face_mode", "detect") == "detect":
         require(MTCNN_WEIGHTS)  # before anything starts: a missing set-up is one clear error, not one per video
     with prefect_api() as api_url:

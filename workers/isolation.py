@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from workers.errors import BadInputError, ServiceUnavailableError
+from workers.lifeline import exit_with_parent
 
 _CTX: mp.context.BaseContext | None = None
 
@@ -56,22 +57,29 @@ def _vm_size_bytes() -> int:
 
 def _child(conn: Connection, fn: Callable[..., Any], args: tuple, memory_mb: int) -> None:
     os.setpgrp()  # its own group: a kill reaches anything it started
+    exit_with_parent()  # own group, so a kill of the task's group misses it: die with the forking process
     cap = _vm_size_bytes() + memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
+    def send(*message: Any) -> None:
+        try:
+            conn.send(message)
+        except (BrokenPipeError, ConnectionResetError):  # the task is gone (cancelled, killed): nobody to tell
+            os._exit(1)
+
     def progress(n: int) -> None:
-        conn.send(("progress", n))
+        send("progress", n)
 
     try:
-        conn.send(("ok", fn(*args, progress=progress)))
+        send("ok", fn(*args, progress=progress))
     except BadInputError as exc:
-        conn.send(("bad", exc.reason, exc.message))
+        send("bad", exc.reason, exc.message)
     except ServiceUnavailableError as exc:
-        conn.send(("unavailable", str(exc)))
+        send("unavailable", str(exc))
     except MemoryError:
-        conn.send(("bad", "too_large", f"needed more than the {memory_mb} MB memory cap"))
+        send("bad", "too_large", f"needed more than the {memory_mb} MB memory cap")
     except BaseException as exc:  # noqa: BLE001 -- everything else goes back to the parent, typed
-        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)))
+        send("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
     finally:
         conn.close()
 

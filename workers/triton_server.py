@@ -33,6 +33,7 @@ from types import FrameType
 
 from workers.contract import MODEL_NAME
 from workers.errors import ServiceUnavailableError
+from workers.lifeline import SHM_PREFIX, TRITON_WORKDIR_PREFIX, group_guarded
 
 HOST = "127.0.0.1"
 _STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
@@ -131,6 +132,7 @@ class EmbeddedTriton:
         model_names: Sequence[str] = (MODEL_NAME,),
         log_verbose: int = 0,
         ports: tuple[int, int] | None = None,
+        stop_on_signals: bool = True,
     ):
         self.model_repo = Path(model_repo).resolve()
         self.ready_timeout_s = ready_timeout_s
@@ -144,7 +146,11 @@ class EmbeddedTriton:
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._http_port = self._grpc_port = 0
+        self._shm_prefix = ""
         self._fixed_ports = ports  # (http, grpc): a restart at the same address, e.g. after a crash
+        # False where the caller owns SIGINT/SIGTERM and unwinds to stop() itself (the flow: its Ray tasks must
+        # stop before the model they call goes away). SIGKILL is covered either way (die_with_parent).
+        self._stop_on_signals = stop_on_signals
         self._lock = threading.RLock()  # re-entrant: a signal may arrive while stop() runs on the main thread
         self._prev_handlers: dict[int, object] = {}
 
@@ -206,7 +212,8 @@ class EmbeddedTriton:
 
     def _prepare_backends(self, binary: Path) -> Path:
         """A private copy of the Python backend with the stub for this Python (the wheel ships it apart)."""
-        self._workdir = Path(tempfile.mkdtemp(prefix="emoframe-triton-"))
+        # The pid in the name lets a later run sweep the folder if this one is killed (workers/lifeline.py).
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{TRITON_WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
         shutil.copytree(
             binary.parent.parent / "backends" / "python", backends / "python", ignore=shutil.ignore_patterns("__pycache__")
@@ -218,6 +225,7 @@ class EmbeddedTriton:
 
     def _launch(self, binary: Path, backends: Path) -> None:
         self._http_port, self._grpc_port = self._fixed_ports or _free_ports(2)
+        self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
         cmd = [
             str(binary),
             f"--model-repository={self.model_repo}",
@@ -234,13 +242,15 @@ class EmbeddedTriton:
             "--exit-timeout-secs=5",
             f"--log-verbose={self.log_verbose}",
             # Unique shared-memory names: several embedded servers on one host must not collide in /dev/shm.
-            f"--backend-config=python,shm-region-prefix-name=emoframe{os.getpid()}_{secrets.token_hex(4)}_",
+            # The pid lets a later run sweep the regions if this one is killed.
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
         ]
         with open(self._log_path, "ab") as log:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
             self._proc = subprocess.Popen(
-                cmd,
+                # The guard kills the whole group (server and backend stubs) if this process dies unannounced.
+                group_guarded(cmd),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -289,6 +299,9 @@ class EmbeddedTriton:
             if self._proc is not None:
                 _kill_group(self._proc)  # idempotent, so a re-entrant call from a signal handler is harmless
                 self._proc = None
+                # A stub killed mid-shutdown leaves its region behind; nothing uses it once the group is gone.
+                for region in Path("/dev/shm").glob(f"{self._shm_prefix}*") if self._shm_prefix else ():
+                    region.unlink(missing_ok=True)
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
@@ -297,7 +310,7 @@ class EmbeddedTriton:
     # -- stop hooks -------------------------------------------------------------------------------
     def _install_stop_hooks(self) -> None:
         atexit.register(self.stop)
-        if threading.current_thread() is not threading.main_thread():
+        if not self._stop_on_signals or threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread; atexit still covers normal exit
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._prev_handlers[sig] = signal.signal(sig, self._on_signal)

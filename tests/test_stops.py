@@ -1,0 +1,142 @@
+"""Stopping a run: Ctrl-C (SIGINT to the whole process group, as a terminal sends it), SIGTERM, and SIGKILL of
+the `emoframe label` process alone. The real CLI, the real services (temporary Prefect server, local Ray,
+embedded Triton) and real MP4 files; afterwards nothing the run started is left running or on disk, and a rerun
+finishes the job with every frame labelled exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flows.query import connect
+from tests.media import write_video
+from workers.lifeline import sweep
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMES = {f"v{i}.mp4": 45 + 15 * i for i in range(6)}  # several videos: the signal lands with some in flight
+SERVICE_NAMES = ("tritonserver", "triton_python_backend_stub", "uvicorn", "gcs_server", "raylet")
+
+
+@pytest.fixture
+def videos(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    for name, n in FRAMES.items():
+        write_video(folder / name, n, 15, audio_seconds=n / 15 if n % 2 else None)
+    return folder
+
+
+def _label(videos: Path, out: Path, log: Path) -> subprocess.Popen:
+    """`emoframe label` in a session of its own: its process group is what a terminal would signal."""
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "label", str(videos), "--out", str(out),
+                             "--faces", "centred"], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout_s: float = 420) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before printing {text!r}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {text!r} after {timeout_s} s:\n{log.read_text()}")
+        time.sleep(0.5)
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # exited (or a zombie) meanwhile
+        return ""
+
+
+def _services(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The services below the run: Triton and its stubs, the Prefect server, Ray's GCS and raylet."""
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    return [p for p in kids if any(n in _cmdline(p) for n in SERVICE_NAMES)]
+
+
+def _gone(procs: list[psutil.Process], timeout_s: float) -> list[str]:
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    return [_cmdline(p)[:120] for p in alive]
+
+
+def _leftovers(pid: int) -> list[str]:
+    """Files a run named after its pid (workers/lifeline.py): its Triton work folder, shared memory."""
+    import tempfile
+
+    return [str(p) for d in (Path(tempfile.gettempdir()), Path("/dev/shm")) for p in d.iterdir()
+            if p.name.startswith((f"emoframe-triton-{pid}-", f"emoframe{pid}_"))]
+
+
+def _rerun_completes(videos: Path, out: Path, log: Path) -> None:
+    proc = _label(videos, out, log)
+    assert proc.wait(timeout=900) == 0, log.read_text()
+    con = connect(str(out))
+    rows = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
+    assert rows == {str(videos / name): n for name, n in FRAMES.items()}  # none lost, none twice
+    distinct = con.execute("SELECT count(*) FROM (SELECT DISTINCT source_uri, frame_index FROM frames)").fetchone()[0]
+    assert distinct == sum(FRAMES.values())
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted: "),
+                                             (signal.SIGTERM, 143, "stopped by SIGTERM: ")])
+def test_a_signal_stops_the_run_in_seconds_with_one_line(sig, code, said, videos, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    proc = _label(videos, out, log)
+    _wait_for(log, "[1/", proc)
+    services = _services(proc)
+    assert any("tritonserver" in _cmdline(p) for p in services), "Triton should be running by now"
+    os.killpg(proc.pid, sig)
+    t0 = time.monotonic()
+    assert proc.wait(timeout=120) == code, log.read_text()
+    took = time.monotonic() - t0
+    text = log.read_text()
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(said) and "rerun the same command to continue" in last, text
+    assert "Traceback" not in text, text
+    assert _gone(services, 15) == [], f"still running after the run stopped ({took:.0f} s to stop)"
+    assert _leftovers(proc.pid) == []
+    _rerun_completes(videos, out, tmp_path / "rerun.log")
+
+
+def test_sigkill_of_the_run_takes_its_services_and_the_next_run_sweeps(videos, tmp_path):
+    """SIGKILL runs no handler: the services notice their parent died (PR_SET_PDEATHSIG), and what is left
+    on disk carries the dead run's pid, so the next run removes it."""
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    proc = _label(videos, out, log)
+    _wait_for(log, "[1/", proc)
+    services = _services(proc)
+    proc.kill()
+    proc.wait()
+    assert _gone(services, 30) == []
+    left = _leftovers(proc.pid)
+    assert left, "a killed run's Triton work folder is expected on disk until a sweep"
+    _rerun_completes(videos, out, tmp_path / "rerun.log")
+    assert _leftovers(proc.pid) == []
+
+
+def test_sweep_removes_only_what_dead_runs_left(tmp_path):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    dead = subprocess.Popen(["true"])  # a pid whose process has exited
+    dead.wait()
+    live = os.getpid()
+    made = {f"emoframe-triton-{dead.pid}-abc": True, f"emoframe-triton-{live}-abc": False,
+            f"emoframe-tritonserver-xyz.log": False, "something-else": False}
+    for name in made:
+        (tmp_path / name).mkdir()
+    (shm / f"emoframe{dead.pid}_1a2b_region").write_bytes(b"x")
+    (shm / f"emoframe{live}_1a2b_region").write_bytes(b"x")
+    removed = {p.name for p in sweep(tmp_path, shm)}
+    assert removed == {f"emoframe-triton-{dead.pid}-abc", f"emoframe{dead.pid}_1a2b_region"}
+    assert (tmp_path / f"emoframe-triton-{live}-abc").exists() and (shm / f"emoframe{live}_1a2b_region").exists()
