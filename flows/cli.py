@@ -243,7 +243,16 @@ def _policy_kwargs(a: argparse.Namespace, command: str) -> dict:
         policy.check_window(PREPROCESSING.window)
     except ValueError as exc:
         usage_error(command, str(exc))
-    return {"stride": policy.stride, "vote_seconds": policy.vote_seconds, "audio": policy.audio}
+    kwargs = {"stride": policy.stride, "vote_seconds": policy.vote_seconds, "audio": policy.audio}
+    if hasattr(a, "min_fps"):  # label and serve: the per-video limits travel with the policy
+        from workers.isolation import Limits
+
+        try:
+            Limits(min_fps=a.min_fps, timeout_s=a.video_timeout)
+        except ValueError as exc:
+            usage_error(command, str(exc))
+        kwargs.update(min_fps=a.min_fps, video_timeout_s=a.video_timeout)
+    return kwargs
 
 
 def cmd_label(a: argparse.Namespace) -> int:
@@ -357,6 +366,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--vote-seconds", type=float, default=POLICY.vote_seconds,
                    help="soft-voting span in seconds (0 = off)")
 
+    limit_flags = argparse.ArgumentParser(add_help=False)
+    g = limit_flags.add_argument_group("limits per video (a video over its limit is recorded as decode_timeout "
+                                       "and tried again on the next run)")
+    g.add_argument("--min-fps", type=float, default=2.0,
+                   help="slowest throughput accepted: the overall limit is frames / this, at least 600 s "
+                        "(default %(default)s)")
+    g.add_argument("--video-timeout", type=float, metavar="SECONDS", help="a fixed overall limit per video instead")
+
     p = sub.add_parser("evaluate", parents=[data_flags, policy_flags],
                        help="ABAW metric with/without voting, missing modalities")
     p.add_argument("model", type=Path, help="a deployed model (model_repo/expression_fusion/<version> or its "
@@ -385,7 +402,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, help="JSON file of metrics to record in metadata.json")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("label", parents=[policy_flags],
+    p = sub.add_parser("label", parents=[policy_flags, limit_flags],
                        help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label; none = generate a few sample videos and label them")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
@@ -403,7 +420,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
 
-    p = sub.add_parser("serve", parents=[policy_flags], help="label on a cron schedule: a Prefect deployment run by this process "
+    p = sub.add_parser("serve", parents=[policy_flags, limit_flags], help="label on a cron schedule: a Prefect deployment run by this process "
                                       "(needs PREFECT_API_URL; see docs/operations.md)")
     p.add_argument("sources", nargs="+", help="what each run labels: files, folders, globs, s3://, gs://")
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix (Parquet)")

@@ -26,6 +26,7 @@ from flows.label_archive import label_archive
 from flows.preflight import PreflightError, preflight
 from workers.errors import EmoframeError
 from workers.contract import PREPROCESSING, FaceMode
+from workers.isolation import Limits
 from workers.policy import POLICY, LabellingPolicy
 
 DEFAULT_NAME = "label-archive"
@@ -90,7 +91,8 @@ def _check_cron(cron: str, timezone: str | None) -> None:
 def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, triton_url: str | None = None,
           ray_address: str | None = None, face_mode: str = "detect", include: list[str] | None = None,
           exclude: list[str] | None = None, model_repo: str | None = None, timezone: str | None = None,
-          stride: int = POLICY.stride, vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio) -> None:
+          stride: int = POLICY.stride, vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
+          min_fps: float = Limits.min_fps, video_timeout_s: float | None = None) -> None:
     """Register deployment ``label_archive/<name>`` on ``cron`` (in ``timezone``, default UTC) and run its flow
     runs in this process until interrupted. Each run labels ``sources`` into ``out`` on Ray, under the
     labelling policy ``stride``, ``vote_seconds``, ``audio``.
@@ -105,6 +107,7 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     _check_cron(cron, timezone)
     try:
         LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio).check_window(PREPROCESSING.window)
+        Limits(min_fps=min_fps, timeout_s=video_timeout_s)
     except ValueError as exc:
         raise ServeSetupError(str(exc)) from None
     try:  # before registering: Prefect stores the parameters, so a URI with a secret must never get there
@@ -116,7 +119,8 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     parameters = {"sources": [_absolute(s) for s in sources], "out": _absolute(out), "triton_url": triton_url,
                   "face_mode": face_mode, "include": include or None, "exclude": exclude or None,
                   "model_repo": _absolute(model_repo) if model_repo else None, "stride": stride,
-                  "vote_seconds": vote_seconds, "audio": audio}
+                  "vote_seconds": vote_seconds, "audio": audio, "min_fps": min_fps,
+                  "video_timeout_s": video_timeout_s}
     # The task runner is not a flow parameter, so it lives on the served flow object itself. Prefect's serve
     # runs this very object (cloudpickled into a subprocess per run), not a fresh import of the entrypoint.
     flow = on_ray(ray_address)

@@ -7,8 +7,6 @@ Ray is either a local `ray.init()` or the cluster at `ray_address`.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,11 +20,13 @@ from prefect_ray import RayTaskRunner
 from flows.ledger import is_done, read_ledger
 from flows.preflight import check_uris, preflight
 from flows.prefect_api import prefect_api
+from flows.ray_runtime import tighten_token_file, worker_env
 from flows.sources import list_sources
 from flows.terminal import shown
 from workers.contract import CLASSES, PREPROCESSING
 from workers.errors import ServiceUnavailableError
 from workers.faces.weights import MTCNN_WEIGHTS, require
+from workers.isolation import Limits
 from workers.lifeline import sweep
 from workers.policy import POLICY, LabellingPolicy
 from workers.schema import STATUS_FAILED, videos_path
@@ -147,14 +147,18 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                   include: list[str] | None = None, exclude: list[str] | None = None,
                   model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
                   decoder: str = "workers.decode:DecordDecoder", stride: int = POLICY.stride,
-                  vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio) -> dict:
+                  vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
+                  min_fps: float = Limits.min_fps, video_timeout_s: float | None = None) -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
-    ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py)."""
+    ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py); ``min_fps`` and
+    ``video_timeout_s`` the overall limit per video (workers/isolation.py, Limits)."""
     # Scheduled runs get here without the CLI's preflight. Prefect has stored the parameters by now; the
     # check keeps a secret out of the output and the logs, and `emoframe serve` refuses it before registering.
     check_uris(sources, out)
+    tighten_token_file()  # the task runner has started Ray (and written its token) by now
     policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
     policy.check_window(PREPROCESSING.window)
+    limits = Limits(min_fps=min_fps, timeout_s=video_timeout_s)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()))
     print(f"{len(listing.sources)} videos to label, {len(listing.skipped_not_video)} files skipped (not a video)")
@@ -166,7 +170,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             client.check_ready()
             version = client.served_version()
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
-                          policy=policy, chunk_frames=chunk_frames, decoder=decoder)
+                          policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder)
         ledger = {} if force else read_ledger(out, version)
         todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri), policy, face_mode)]
         todo_uris = {s.uri for s in todo}
@@ -211,14 +215,7 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
     if kwargs.get("face_mode", "detect") == "detect":
         require(MTCNN_WEIGHTS)  # before anything starts: a missing set-up is one clear error, not one per video
     with prefect_api() as api_url:
-        env = {"PREFECT_API_URL": api_url}
-        if os.environ.get("PREFECT_LOGGING_TO_API_ENABLED"):
-            env["PREFECT_LOGGING_TO_API_ENABLED"] = os.environ["PREFECT_LOGGING_TO_API_ENABLED"]
-        # Inside a `ray job submit` job, keys the job's runtime env already sets must not be set again:
-        # Ray refuses to merge a conflict. The job's config reaches its driver in this variable.
-        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-        inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
-        env = {k: v for k, v in env.items() if k not in inherited}
+        env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}
         runner = RayTaskRunner(address=ray_address, init_kwargs=init) if ray_address else RayTaskRunner(init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)

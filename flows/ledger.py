@@ -11,8 +11,9 @@ from workers.schema import STATUS_LABELLED, VIDEOS_SCHEMA, partition
 from workers.sink import resolve
 from workers.video_task import Source
 
-# Failures that say nothing about the file: try again on the next run even if it is unchanged.
-TRANSIENT_REASONS = frozenset({"triton_unavailable", "internal_error"})
+# Failures that say nothing about the file: try again on the next run even if it is unchanged. An overall
+# timeout says the machine was slower than the limit assumed (or the limit was set too low).
+TRANSIENT_REASONS = frozenset({"triton_unavailable", "internal_error", "decode_timeout"})
 
 
 def read_ledger(out: str, model_version: str) -> dict[str, dict]:

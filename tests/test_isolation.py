@@ -24,6 +24,16 @@ def _ok(x, progress):
     return x * 2
 
 
+def _steady(frames, seconds, progress):
+    """Keeps reporting progress (never stalls) for ``seconds``, on a video of ``frames`` frames."""
+    progress(0, frames)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        progress(1)
+        time.sleep(0.1)
+    return "done"
+
+
 def _bad(progress):
     raise BadInputError("not_a_video", "nope")
 
@@ -43,7 +53,23 @@ def test_a_stalled_child_is_killed_within_the_stall_limit():
     t = time.monotonic()
     with pytest.raises(BadInputError) as e:
         run_isolated(_sleep_forever, (), Limits(stall_timeout_s=2, timeout_s=60))
-    assert e.value.reason == "decode_timeout" and time.monotonic() - t < 10
+    assert e.value.reason == "decode_stalled" and time.monotonic() - t < 10
+
+
+def test_the_overall_limit_scales_with_the_video_and_names_how_to_raise_it():
+    """A child that keeps making progress is stopped by the overall limit, frames / min_fps: 20 frames at
+    10 frames/s = 2 s; the same work on a 200-frame video (20 s allowed) finishes."""
+    limits = Limits(min_fps=10, min_timeout_s=0.5, stall_timeout_s=30)
+    t = time.monotonic()
+    with pytest.raises(BadInputError) as e:
+        run_isolated(_steady, (20, 6), limits)
+    assert e.value.reason == "decode_timeout" and 1.5 < time.monotonic() - t < 5
+    assert "20 frames at --min-fps 10" in e.value.message and "--video-timeout" in e.value.message
+    assert run_isolated(_steady, (200, 4), limits) == "done"
+    with pytest.raises(BadInputError, match="the --video-timeout of 1 s"):
+        run_isolated(_steady, (200, 4), Limits(timeout_s=1, stall_timeout_s=30))
+    with pytest.raises(ValueError, match="--min-fps"):
+        Limits(min_fps=0)
 
 
 @pytest.fixture
@@ -58,7 +84,7 @@ def cfg(tmp_path, decoder, **limits):
 
 
 @pytest.mark.parametrize("decoder,reason,limits", [
-    ("HangingDecoder", "decode_timeout", {"stall_timeout_s": 3}),
+    ("HangingDecoder", "decode_stalled", {"stall_timeout_s": 3}),
     ("CrashingDecoder", "decode_crash", {}),
     ("LeakingDecoder", "too_large", {"memory_mb": 600}),
 ])

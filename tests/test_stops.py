@@ -96,6 +96,14 @@ def test_a_signal_stops_the_run_in_seconds_with_one_line(sig, code, said, videos
     _wait_for(log, "[1/", proc)
     services = _services(proc)
     assert any("tritonserver" in _cmdline(p) for p in services), "Triton should be running by now"
+    # Triton and the temporary Prefect server answer on loopback only (Ray's own ports: README's table).
+    for p in services:
+        if any(n in _cmdline(p) for n in ("tritonserver", "uvicorn")):
+            listening = [c.laddr.ip for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+            assert listening and set(listening) == {"127.0.0.1"}, (_cmdline(p)[:80], listening)
+    token = Path.home() / ".ray" / "auth_token"
+    if token.exists():  # Ray writes it when token auth is on (the default of the pinned Ray)
+        assert token.stat().st_mode & 0o777 == 0o600
     os.killpg(proc.pid, sig)
     t0 = time.monotonic()
     assert proc.wait(timeout=120) == code, log.read_text()
@@ -140,3 +148,15 @@ def test_sweep_removes_only_what_dead_runs_left(tmp_path):
     removed = {p.name for p in sweep(tmp_path, shm)}
     assert removed == {f"emoframe-triton-{dead.pid}-abc", f"emoframe{dead.pid}_1a2b_region"}
     assert (tmp_path / f"emoframe-triton-{live}-abc").exists() and (shm / f"emoframe{live}_1a2b_region").exists()
+
+
+def test_ray_token_file_is_made_owner_only(tmp_path):
+    from flows.ray_runtime import tighten_token_file
+
+    folder = tmp_path / ".ray"
+    folder.mkdir(mode=0o755)
+    (folder / "auth_token").write_text("t" * 64)
+    (folder / "auth_token").chmod(0o644)
+    assert tighten_token_file(tmp_path) == folder / "auth_token"
+    assert (folder / "auth_token").stat().st_mode & 0o777 == 0o600 and folder.stat().st_mode & 0o777 == 0o700
+    assert tighten_token_file(tmp_path / "nobody") is None

@@ -5,9 +5,10 @@ memory on large input. So the video task runs in a child forked from a clean for
 decord preloaded once), with:
   - a memory cap (RLIMIT_AS = the child's address space at start + ``memory_mb``) it cannot raise;
   - a stall limit: the child reports progress after every chunk; silence for ``stall_timeout_s`` -> SIGKILL;
-  - an overall limit of ``timeout_s`` -> SIGKILL;
-and the parent turns what happened into a reason: ``decode_timeout``, ``decode_crash`` (killed by a
-signal), ``too_large`` (out of memory). Bad input raised in the child comes back as BadInputError;
+  - an overall limit scaled from the video's frame count (``Limits.overall_s``) -> SIGKILL;
+and the parent turns what happened into a reason: ``decode_stalled`` (a hang, retried), ``decode_timeout``
+(the overall limit, retried on the next run, not at once), ``decode_crash`` (killed by a signal),
+``too_large`` (out of memory). Bad input raised in the child comes back as BadInputError;
 a Triton outage comes back as ServiceUnavailableError (the caller retries).
 """
 
@@ -42,9 +43,31 @@ def _context() -> mp.context.BaseContext:
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 3600.0  # whole video, wall clock
+    """What a video may take. The overall limit scales with the video: ``frames / min_fps`` (never below
+    ``min_timeout_s``), unless ``timeout_s`` fixes it; a 2-hour 30 fps video gets 30 h at 2 frames/s, where
+    the measured face pipeline runs at 17-25 frames/s on one core."""
+
+    min_fps: float = 2.0  # slowest throughput accepted over a whole video
+    min_timeout_s: float = 600.0  # floor of the scaled limit (start-up, probing, short clips)
+    timeout_s: float | None = None  # a fixed overall limit instead of the scaled one
     stall_timeout_s: float = 120.0  # no progress report for this long = hung
     memory_mb: int = 4096  # address space the child may add on top of what it starts with
+
+    def __post_init__(self) -> None:
+        if self.min_fps <= 0 or (self.timeout_s is not None and self.timeout_s <= 0) or self.stall_timeout_s <= 0:
+            raise ValueError("video limits must be positive: --min-fps, --video-timeout")
+
+    def overall_s(self, frames: int | None) -> float:
+        """The overall limit for a video of ``frames`` frames (None: not known yet)."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return max(self.min_timeout_s, (frames or 0) / self.min_fps)
+
+    def describe_overall(self, frames: int | None) -> str:
+        if self.timeout_s is not None:
+            return f"the --video-timeout of {self.timeout_s:g} s"
+        return (f"{self.overall_s(frames):.0f} s ({frames} frames at --min-fps {self.min_fps:g}, at least "
+                f"{self.min_timeout_s:g} s)")
 
 
 def _vm_size_bytes() -> int:
@@ -67,8 +90,8 @@ def _child(conn: Connection, fn: Callable[..., Any], args: tuple, memory_mb: int
         except (BrokenPipeError, ConnectionResetError):  # the task is gone (cancelled, killed): nobody to tell
             os._exit(1)
 
-    def progress(n: int) -> None:
-        send("progress", n)
+    def progress(n: int, total: int | None = None) -> None:
+        send("progress", n, total)
 
     try:
         send("ok", fn(*args, progress=progress))
@@ -101,15 +124,20 @@ def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits())
     proc.start()
     child.close()
     start = last = time.monotonic()
+    frames: int | None = None  # the video's length, once the child has probed it
     try:
         while True:
             now = time.monotonic()
-            wait = min(limits.stall_timeout_s - (now - last), limits.timeout_s - (now - start))
+            wait = min(limits.stall_timeout_s - (now - last), limits.overall_s(frames) - (now - start))
             if wait <= 0 or not parent.poll(wait):
-                stalled = time.monotonic() - last >= limits.stall_timeout_s
+                now = time.monotonic()
                 _kill(proc)
-                what = f"no progress for {limits.stall_timeout_s:g} s" if stalled else f"over {limits.timeout_s:g} s"
-                raise BadInputError("decode_timeout", f"decoding stopped making progress ({what}); killed")
+                if now - last >= limits.stall_timeout_s:
+                    raise BadInputError("decode_stalled", f"no progress for {limits.stall_timeout_s:g} s: the "
+                                                          "decoder hung; killed")
+                raise BadInputError("decode_timeout", f"still working after {limits.describe_overall(frames)}; "
+                                                      "killed. Raise the limit with --video-timeout SECONDS or "
+                                                      "a lower --min-fps; the next run tries again")
             try:
                 msg = parent.recv()
             except EOFError:  # the child died without a word: a crash (segfault, abort) or the OOM killer
@@ -122,6 +150,7 @@ def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits())
             kind = msg[0]
             if kind == "progress":
                 last = time.monotonic()
+                frames = msg[2] if msg[2] is not None else frames
                 continue
             proc.join(10)
             if kind == "ok":

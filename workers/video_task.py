@@ -35,7 +35,7 @@ from workers.triton_client import TritonClient
 from workers.windows import FrameCountError
 
 # A crash or a hang may be the machine's fault rather than the file's: worth another attempt.
-RETRYABLE_REASONS = frozenset({"decode_crash", "decode_timeout"})
+RETRYABLE_REASONS = frozenset({"decode_crash", "decode_stalled"})
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
     decoder = make_decoder(cfg.decoder)
     with local_copy(source.uri) as path:
         info = decoder.probe(path)
-        progress(0)
+        progress(0, info.n_frames)  # the watchdog scales the overall limit from the length
         warning = check_face_centred(path, info, decoder) if cfg.face_mode == "centred" else None
         tap = _ProgressTap(iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames,
                                              decoder=decoder), progress)

@@ -1,0 +1,32 @@
+"""Ray as a run uses it: the runtime environment its workers get, and the token file Ray writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def worker_env(api_url: str) -> dict[str, str]:
+    """Environment variables every Ray worker of the run needs: the run's Prefect API (a worker has no
+    Prefect settings of its own and would start a temporary API per process), less what a `ray job submit`
+    job's runtime env already sets: Ray refuses to merge a conflict. The job's config reaches its driver in
+    RAY_JOB_CONFIG_JSON_ENV_VAR."""
+    env = {"PREFECT_API_URL": api_url}
+    if os.environ.get("PREFECT_LOGGING_TO_API_ENABLED"):
+        env["PREFECT_LOGGING_TO_API_ENABLED"] = os.environ["PREFECT_LOGGING_TO_API_ENABLED"]
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in env.items() if k not in inherited}
+
+
+def tighten_token_file(home: Path | None = None) -> Path | None:
+    """Ray (2.60) writes its cluster token to ~/.ray/auth_token readable by every local user (0644 in a 0755
+    folder); anyone holding it can submit jobs to the cluster. Made owner-only. Returns the file, if any."""
+    folder = (home or Path.home()) / ".ray"
+    token = folder / "auth_token"
+    if not token.is_file() or token.stat().st_uid != os.getuid():
+        return None
+    token.chmod(0o600)
+    folder.chmod(0o700)
+    return token
