@@ -18,7 +18,7 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 
 from flows.ledger import is_done, read_ledger
-from flows.preflight import check_uris, preflight
+from flows.preflight import PreflightError, check_uris, preflight
 from flows.prefect_api import prefect_api
 from flows.ray_runtime import tighten_token_file, worker_env
 from flows.sources import list_sources
@@ -49,6 +49,25 @@ finished_in_this_process = 0
 def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
     """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried."""
     return label_video(source, cfg)
+
+
+@task(persist_result=False, task_run_name="check storage from a worker")
+def worker_access(out: str, source: str | None) -> str | None:
+    """From a Ray worker, not the driver: can the cluster write the output and read a source? A worker on
+    another node may lack the driver's credentials or network. Returns what is wrong, or None."""
+    from flows.preflight import PreflightError, check_output
+
+    try:
+        check_output(out)
+        if source is not None:
+            fs, path = resolve(source)
+            with fs.open_input_file(path) as f:
+                f.read(1)
+    except PreflightError as exc:
+        return f"a Ray worker: {exc}"
+    except OSError as exc:
+        return f"a Ray worker cannot reach the storage: {shown(str(exc).splitlines()[0])}"
+    return None
 
 
 @dataclass
@@ -161,6 +180,13 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     limits = Limits(min_fps=min_fps, timeout_s=video_timeout_s)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()))
+    # One cheap task before Triton starts: a cluster without the driver's storage access fails here, once,
+    # not once per video.
+    problem = worker_access.submit(out, listing.sources[0].uri if listing.sources else None).result()
+    if problem:
+        raise PreflightError(f"{problem}. Each Ray node needs its own access to the storage (an instance role, "
+                             "AWS_* in the environment of its `ray start`, or ~/.aws); endpoint and region "
+                             "travel with the run")
     print(f"{len(listing.sources)} videos to label, {len(listing.skipped_not_video)} files skipped (not a video)")
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = resolve(out)

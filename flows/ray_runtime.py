@@ -7,14 +7,23 @@ import os
 from pathlib import Path
 
 
+# Where the object store is and how to reach it: what a worker on another node lacks when only the driver's
+# shell has it ("Could not resolve host: archive.s3.us-east-1.amazonaws.com"). Not secrets: Ray keeps a job's
+# runtime environment in its GCS and shows it in the dashboard, so credentials are never sent this way;
+# each node takes them from its own chain (instance role, its `ray start` environment, ~/.aws).
+STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                    "AWS_EC2_METADATA_DISABLED", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")
+
+
 def worker_env(api_url: str) -> dict[str, str]:
     """Environment variables every Ray worker of the run needs: the run's Prefect API (a worker has no
-    Prefect settings of its own and would start a temporary API per process), less what a `ray job submit`
-    job's runtime env already sets: Ray refuses to merge a conflict. The job's config reaches its driver in
-    RAY_JOB_CONFIG_JSON_ENV_VAR."""
+    Prefect settings of its own and would start a temporary API per process) and the storage settings above,
+    less what a `ray job submit` job's runtime env already sets: Ray refuses to merge a conflict. The job's
+    config reaches its driver in RAY_JOB_CONFIG_JSON_ENV_VAR."""
     env = {"PREFECT_API_URL": api_url}
     if os.environ.get("PREFECT_LOGGING_TO_API_ENABLED"):
         env["PREFECT_LOGGING_TO_API_ENABLED"] = os.environ["PREFECT_LOGGING_TO_API_ENABLED"]
+    env.update({k: os.environ[k] for k in STORAGE_SETTINGS if os.environ.get(k)})
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
     inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
     return {k: v for k, v in env.items() if k not in inherited}

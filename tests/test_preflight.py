@@ -116,3 +116,14 @@ def test_a_refused_secret_leaves_no_trace(tmp_path):
     for f in (p for p in tmp_path.rglob("*") if p.is_file()):
         data = f.read_bytes()
         assert ACCESS.encode() not in data and SECRET.split("/")[0].encode() not in data, f
+
+
+def test_the_worker_side_check_names_what_the_cluster_cannot_do(tmp_path):
+    """The flow's first task runs this on a Ray worker; here its body, on this machine."""
+    from flows.label_archive import worker_access
+
+    clip = write_video(tmp_path / "a.mp4", 3)
+    assert worker_access.fn(str(tmp_path / "out"), str(clip)) is None
+    (tmp_path / "file").write_text("x")
+    assert "a Ray worker: --out" in worker_access.fn(str(tmp_path / "file" / "out"), str(clip))
+    assert "cannot reach the storage" in worker_access.fn(str(tmp_path / "out"), str(tmp_path / "gone.mp4"))

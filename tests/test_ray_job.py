@@ -4,12 +4,15 @@ with token authentication on (Ray 2.60's default for new clusters); output read 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 
+import pyarrow.fs as pafs
 import pytest
 
 from tests.test_deploy import (VENV_BIN, ServiceProcesses, assert_labelled, free_port, ray_tmp,  # noqa: F401
                                two_videos, wait_for)
+from tests.seaweed import s3_server  # noqa: F401  -- the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -59,4 +62,39 @@ def test_ray_job_submit_labels_on_the_cluster(tmp_path, ray_tmp):
         assert_labelled(out, videos)
     finally:
         procs.end_all()  # stops the head and everything it started (its workers, the job, tritonserver)
+    assert not procs.wait_gone(5), "processes of this test left behind"
+
+
+@pytest.mark.timeout(600)
+def test_cluster_workers_reach_the_bucket_with_the_runs_storage_settings(tmp_path, ray_tmp, s3_server):
+    """A Ray head started without the object store's endpoint (only credentials, as an instance role would
+    give): `emoframe label s3://... --ray-address` from a shell that has the endpoint labels on the cluster,
+    because the endpoint travels in the run's runtime environment."""
+    from tests.media import write_video
+
+    fs = s3_server.filesystem()
+    clip = write_video(tmp_path / "c.mp4", 30, 15)
+    with fs.open_output_stream(f"{s3_server.bucket}/cluster-in/c.mp4") as f:
+        f.write(clip.read_bytes())
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    procs = ServiceProcesses({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+    procs.env.pop("AWS_ENDPOINT_URL")  # the nodes know who they are, not where the store is
+    ray = str(VENV_BIN / "ray")
+    try:
+        head = procs.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                          "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
+                          f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2", f"--temp-dir={ray_tmp}",
+                          "--disable-usage-stats"], timeout=120)
+        assert head.returncode == 0, head.stdout + head.stderr
+        gcs = wait_for("GCS address", lambda: (ray_tmp / "ray_current_cluster").read_text().strip(), 10)
+        label = [str(VENV_BIN / "emoframe"), "label", s3_server.uri("cluster-in"), "--faces", "centred",
+                 "--ray-address", gcs]
+        done = procs.run([*label, "--out", s3_server.uri("cluster-out")], 420, AWS_ENDPOINT_URL=endpoint)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 labelled, 0 failed" in done.stdout, done.stdout
+        frames = [fi.path for fi in fs.get_file_info(pafs.FileSelector(f"{s3_server.bucket}/cluster-out/frames",
+                                                                        recursive=True)) if fi.is_file]
+        assert len(frames) == 1
+    finally:
+        procs.end_all()
     assert not procs.wait_gone(5), "processes of this test left behind"
