@@ -252,10 +252,10 @@ def test_query_command_runs_sql_over_the_output(run):
 
 
 def test_unreachable_triton_url_is_a_clear_error(corpus, tmp_path):
-    from workers.errors import ServiceUnavailableError
+    from flows.preflight import PreflightError
 
     src, _ = corpus
-    with pytest.raises(ServiceUnavailableError, match="--triton-url"):
+    with pytest.raises(PreflightError, match="--triton-url: .*127.0.0.1:9"):  # before any service starts
         run_label_archive([str(src / "no_audio.mp4")], str(tmp_path), triton_url="127.0.0.1:9")
 
 
