@@ -87,3 +87,12 @@ def test_ablation_page_is_rendered_from_its_json_of_three_seeds_under_this_contr
     stamp = doc["stamp"]
     assert not stamp["dirty"] and len(stamp["seeds"]) >= 3 and stamp["contract"] == fingerprint()
     assert set(doc["results"]) == set(ablation.RUN_NAMES)  # every variant, none left out
+
+
+def test_readme_ports_table_is_rendered_from_its_json_and_our_services_are_loopback_only():
+    lp = _load("listening_ports")
+    data = json.loads(lp.JSON_PATH.read_text())
+    assert _load("published").readme_block(lp.START, lp.END) == lp.render(data).strip()
+    ours = [r for r in data["rows"] if r["process"].startswith(("Triton", "Prefect"))]
+    assert {r["process"] for r in ours} == {"Triton (embedded)", "Prefect server (temporary)"}
+    assert {r["bind"] for r in ours} == {"127.0.0.1"}
