@@ -24,7 +24,7 @@ $(WEIGHTS): | $(STAMP)
 env: $(STAMP) $(WEIGHTS)
 
 run: env
-	$(VENV)/bin/emoframe label
+	$(VENV)/bin/emoframe label --demo
 
 test: env
 	$(PY) -m pytest

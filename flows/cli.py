@@ -258,13 +258,19 @@ def _policy_kwargs(a: argparse.Namespace, command: str) -> dict:
 def cmd_label(a: argparse.Namespace) -> int:
     policy = _policy_kwargs(a, "label")
     sources, faces = a.sources, a.faces or "detect"
-    if not sources:
+    if a.demo and sources:
+        usage_error("label", "--demo labels generated sample videos: give either --demo or the videos to label")
+    if not sources and not a.demo:
+        # Not a silent demo: an empty shell variable in a cron line must not label sample videos into the output.
+        usage_error("label", "no videos named: give files, folders, globs or s3:// / gs:// URIs (or --demo to "
+                             "label a few generated sample videos)")
+    if a.demo:
         from training.synth import generate
 
         if "://" in a.out:
-            usage_error("label", "give the videos to label; sample videos are only generated for a local --out")
+            usage_error("label", "sample videos are only generated for a local --out")
         sample = Path(a.out) / "_sample_videos"
-        print(f"no sources given: generating sample videos in {sample} (synthetic set, seed {a.sample_seed})")
+        print(f"--demo: generating sample videos in {sample} (synthetic set, seed {a.sample_seed})")
         # A third without an audio track, so the summary shows the missing-modality path too.
         generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, no_audio_fraction=0.34,
                  progress=True)
@@ -324,11 +330,22 @@ def cmd_query(a: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emoframe")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser. The training flags (their defaults come from TrainConfig, which imports torch) are
     added only when ``command`` is a training command, so every other command and `--help` start fast."""
     train_flags = _add_train_flags if command in TRAINING_COMMANDS else (lambda p, reader="fer": None)
-    ap = argparse.ArgumentParser(prog="emoframe", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="emoframe", description="A facial-expression label for every frame of every "
+                                 "video in an archive, written as Parquet.")
+    ap.add_argument("--version", action="version", version=f"emoframe {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write the synthetic audio-visual expression set (MP4 + ABAW annotations)")
@@ -404,7 +421,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("label", parents=[policy_flags, limit_flags],
                        help="label videos (files, folders, globs, s3://...) into Parquet")
-    p.add_argument("sources", nargs="*", help="videos to label; none = generate a few sample videos and label them")
+    p.add_argument("sources", nargs="*", help="videos to label: files, folders, globs, s3://, gs://")
+    p.add_argument("--demo", action="store_true",
+                   help="generate a few synthetic sample videos under --out and label them (drawn faces: a look at "
+                        "the pipeline, not at the model's quality)")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")

@@ -84,6 +84,8 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
     clip = write_video(tmp_path / "a.mp4", 3)
     (tmp_path / "file").write_text("x")
     cases = {
+        "no videos named.*--demo": ("label", "--out", str(tmp_path / "o")),  # an empty $VAR in a cron line
+        "either --demo or the videos": ("label", str(clip), "--demo", "--out", str(tmp_path / "o")),
         "not found": ("label", str(tmp_path / "typo.mp4"), "--out", str(tmp_path / "o")),
         "is a file": ("label", str(clip), "--out", str(tmp_path / "file")),
         "Connection refused|failed to connect": ("label", str(clip), "--out", str(tmp_path / "o"),
@@ -98,7 +100,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("emoframe label: ") and re.search(why, lines[0]), res.stderr
         assert "Traceback" not in res.stdout + res.stderr
-        assert "Triton ready" not in res.stdout  # nothing was started
+        assert "Triton ready" not in res.stdout and not (tmp_path / "o" / "_sample_videos").exists()
 
 
 def test_a_refused_secret_leaves_no_trace(tmp_path):
