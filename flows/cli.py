@@ -324,9 +324,14 @@ def cmd_fetch_weights(a: argparse.Namespace) -> int:
 
 
 def cmd_query(a: argparse.Namespace) -> int:
-    from flows.query import run_query
+    from flows.query import QueryError, run_query
 
-    print(run_query(a.sql, a.out))
+    try:
+        text = run_query(a.sql, a.out, fmt=a.format, max_rows=a.max_rows, dest=sys.stdout.buffer, output=a.output)
+    except QueryError as exc:
+        usage_error("query", str(exc))
+    if text:
+        print(text)
     return 0
 
 
@@ -463,6 +468,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
     p.add_argument("sql")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix written by label")
+    p.add_argument("--format", default="table", choices=("table", "csv", "json", "parquet"),
+                   help="table: every column, --max-rows rows; csv, json (one object per line): every row to "
+                        "stdout or --output; parquet: to --output")
+    p.add_argument("--max-rows", type=int, default=200, help="rows of a table (0 = all)")
+    p.add_argument("--output", help="write csv/json/parquet to this file instead of stdout")
     p.set_defaults(fn=cmd_query)
 
     for name, fn, helptext in (("build-model", cmd_build_model, "synth data, train and evaluate the deployed model's "

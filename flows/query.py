@@ -7,11 +7,15 @@ first use, and there is no internet here (nor on many clusters).
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import os
+from typing import BinaryIO
 
 import duckdb
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
@@ -64,9 +68,67 @@ def connect(out: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_query(sql: str, out: str, max_rows: int = 200) -> str:
-    con = connect(out)
-    rel = con.sql(sql)
-    if rel is None:
-        return "ok"
-    return str(rel.limit(max_rows)) if max_rows else str(rel)
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+class QueryError(Exception):
+    """The SQL or the output location is the user's to fix; the message says how."""
+
+
+def run_query(sql: str, out: str, *, fmt: str = "table", max_rows: int = 200, dest: BinaryIO | None = None,
+              output: str | None = None) -> str:
+    """Run ``sql`` over the output in ``out``. ``table``: returns text with every column, at most ``max_rows``
+    rows (0 = all) and a note when rows were left out. ``csv`` / ``json`` (one object per line): every row,
+    written to ``output`` or ``dest``; ``parquet`` needs ``output``. Returns what to print."""
+    if fmt not in FORMATS:
+        raise QueryError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if fmt == "parquet" and not output:
+        raise QueryError("--format parquet writes a file: give --output FILE.parquet")
+    try:
+        con = connect(out)
+    except FileNotFoundError as exc:
+        raise QueryError(str(exc)) from None
+    try:
+        rel = con.sql(sql)
+        if rel is None:
+            return "ok"
+        if fmt == "table":
+            shown = rel if not max_rows else rel.limit(max_rows + 1)
+            table = shown.to_arrow_table()
+            more = bool(max_rows) and table.num_rows > max_rows
+            text = _text_table(table.slice(0, max_rows) if more else table)
+            return text + (f"\n(first {max_rows} rows shown: --max-rows 0 shows all, --format csv|json|parquet "
+                           "writes all)" if more else "")
+        if fmt == "parquet":
+            rel.write_parquet(output)
+            return f"wrote {output}"
+        table = rel.to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from None
+    with (open(output, "wb") if output else contextlib.nullcontext(dest)) as f:
+        if fmt == "csv":
+            pa_csv.write_csv(table, f)
+        else:
+            for row in table.to_pylist():
+                f.write((json.dumps(row, default=str, ensure_ascii=False) + "\n").encode())
+    return f"wrote {table.num_rows} rows to {output}" if output else ""
+
+
+def _text_table(table: pa.Table) -> str:
+    """Every column, each as wide as its widest value (up to 60 characters)."""
+    names = table.column_names
+    cols = [[_cell(v) for v in table.column(n).to_pylist()] for n in names]
+    widths = [min(60, max([len(n), *map(len, c)])) for n, c in zip(names, cols)]
+    line = lambda cells: " | ".join(c[:w].ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    rows = [line(names), "-+-".join("-" * w for w in widths)]
+    rows += [line([c[i] for c in cols]) for i in range(table.num_rows)]
+    rows.append(f"({table.num_rows} rows, {len(names)} columns)")
+    return "\n".join(rows)
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
