@@ -498,8 +498,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((x for x in argv if not x.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    ap = build_parser(command)
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:  # argparse would print the top-level usage; name the subcommand's and suggest a flag
+        _unknown_flags(ap, args.command, unknown)
     return args.fn(args)
+
+
+def _unknown_flags(ap: argparse.ArgumentParser, command: str, unknown: list[str]) -> NoReturn:
+    import difflib
+
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for word in unknown:
+        close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1) if word.startswith("-") else []
+        hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+    sub.error(f"unrecognized arguments: {' '.join(hints)}")
 
 
 if __name__ == "__main__":

@@ -129,3 +129,10 @@ def test_the_worker_side_check_names_what_the_cluster_cannot_do(tmp_path):
     (tmp_path / "file").write_text("x")
     assert "a Ray worker: --out" in worker_access.fn(str(tmp_path / "file" / "out"), str(clip))
     assert "cannot reach the storage" in worker_access.fn(str(tmp_path / "out"), str(tmp_path / "gone.mp4"))
+
+
+def test_a_mistyped_flag_names_the_subcommand_and_the_flag_meant(tmp_path):
+    res = _emoframe("label", str(tmp_path), "--stirde", "8")
+    assert res.returncode == 2 and "emoframe label: error: unrecognized arguments: --stirde (did you mean " \
+                                   "--stride?)" in res.stderr, res.stderr
+    assert "usage: emoframe label" in res.stderr
