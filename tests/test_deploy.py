@@ -1,12 +1,14 @@
 """`emoframe serve` (flows/deploy.py) against a real Prefect server on loopback: the deployment is registered
 with its cron schedule, the scheduler (not a hand trigger) starts a run within a minute or two, that run labels
-real MP4 files on Ray, and stopping serve pauses the schedule. Also the set-up errors, without a server.
+real MP4 files on Ray, and stopping serve pauses the schedule; the same for a work pool served by `prefect worker
+start`. Also the set-up errors, without a server.
 
 The process helpers here (ServiceProcesses, free_port, wait_for) are shared with tests/test_ray_job.py."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
 import signal
@@ -270,5 +272,70 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
         procs.stop(server, grace=30)
         left = procs.wait_gone(20)
         assert not left, f"processes left behind once serve and the server stopped: {left}"
+    finally:
+        procs.end_all()
+
+
+# What a user runs once to register the work-pool deployment (docs/operations.md, "(b) Production").
+DEPLOY = """
+import json, sys
+from prefect import flow
+flow.from_source(source=sys.argv[1], entrypoint="flows/deploy.py:label_archive_on_ray").deploy(
+    name=sys.argv[2], work_pool_name=sys.argv[3], cron=sys.argv[4], parameters=json.loads(sys.argv[5]))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_a_work_pool_worker_runs_the_scheduled_deployment(tmp_path, ray_tmp):
+    """Production path (b): a Prefect server, a process work pool, the deployment registered from source with a
+    cron, and `prefect worker start`: the scheduler (not a hand trigger) creates the run, the worker picks it
+    up and labels the videos on Ray."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    procs = ServiceProcesses({"PREFECT_HOME": str(tmp_path / "prefect_home"), "PREFECT_API_URL": api,
+                              "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+                              "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+    videos = two_videos(tmp_path / "in")
+    out = tmp_path / "out"
+    server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
+    prefect = str(VENV_BIN / "prefect")
+    try:
+        server = procs.start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_log)
+        http = httpx.Client(base_url=api, timeout=10)
+
+        def get(path: str) -> dict | None:
+            try:
+                r = http.get(path)
+            except httpx.TransportError:
+                return None
+            return r.json() if r.status_code == 200 else None
+
+        wait_for("Prefect server health", lambda: get("/health"), 120, alive=server, log=server_log)
+        pool = procs.run([prefect, "work-pool", "create", "emoframe-test", "--type", "process"], 120)
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        fire = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
+        cron = f"{fire.minute} {fire.hour} * * *"
+        params = {"sources": [str(tmp_path / "in")], "out": str(out)}
+        deployed = procs.run([sys.executable, "-c", DEPLOY, str(REPO_ROOT), "nightly-pool", "emoframe-test", cron,
+                              json.dumps(params)], 180)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        deployment = get("/deployments/name/label_archive/nightly-pool")
+        assert deployment["work_pool_name"] == "emoframe-test" and deployment["schedules"][0]["schedule"]["cron"] == cron
+        worker = procs.start([prefect, "worker", "start", "--pool", "emoframe-test"], worker_log)
+
+        def scheduled_run_finished() -> str | None:
+            runs = http.post("/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}}).json()
+            done = [r for r in runs if r["auto_scheduled"] and (r.get("state") or {}).get("type")
+                    in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
+            return done[0]["state"]["type"] if done else None
+
+        assert wait_for("the scheduled run, picked up by the worker", scheduled_run_finished, 420, interval=3,
+                        alive=worker, log=worker_log) == "COMPLETED", tail(worker_log)
+        assert_labelled(out, videos)
+        procs.stop(worker, grace=30)
+        procs.stop(server, grace=30)
+        left = procs.wait_gone(20)
+        assert not left, f"processes left behind once the worker and the server stopped: {left}"
     finally:
         procs.end_all()
