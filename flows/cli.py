@@ -28,9 +28,6 @@ def usage_error(command: str, message: str) -> NoReturn:
     raise SystemExit(USAGE_ERROR)
 
 
-TRAINING_COMMANDS = frozenset({"train", "build-model", "ablate"})
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM. A KeyboardInterrupt, so Prefect's engine and Ray's driver unwind as they do for
     Ctrl-C (mark the run crashed, release what they hold) instead of dying mid-write."""
@@ -42,7 +39,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
+def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise Interrupted in the main thread (exit 130 / 143 at the CLI). A second one while
     unwinding kills the process outright; the services it started die with it (workers/lifeline.py)."""
     def raise_once(signum: int, frame: object) -> None:
@@ -51,7 +48,6 @@ def stop_on_sigterm() -> Iterator[None]:
         raise Interrupted(signum)
 
     from prefect.exceptions import TerminationSignal
-
 
     previous = {sig: signal.signal(sig, raise_once) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -69,6 +65,9 @@ def stop_on_sigterm() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+TRAINING_COMMANDS = frozenset({"train", "build-model", "ablate"})
 
 
 def _add_train_flags(p: argparse.ArgumentParser, reader: str = "fer") -> None:
@@ -289,7 +288,7 @@ def cmd_label(a: argparse.Namespace) -> int:
     from workers.faces.weights import MissingWeightsError
 
     try:
-        with stop_on_sigterm():
+        with stop_on_signals():
             result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
                                                      triton_url=a.triton_url, face_mode=faces, include=a.include,
                                                      exclude=a.exclude, force=a.force, **policy)
