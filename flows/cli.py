@@ -235,10 +235,13 @@ def cmd_ablate(a: argparse.Namespace) -> int:
 def _policy_kwargs(a: argparse.Namespace, command: str) -> dict:
     """The labelling-policy flags, checked before anything starts (a bad value is the user's to fix)."""
     from workers.contract import PREPROCESSING
-    from workers.policy import LabellingPolicy
+    from workers.policy import POLICY, LabellingPolicy
 
     try:
-        policy = LabellingPolicy(stride=a.stride, vote_seconds=a.vote_seconds, audio=a.audio == "on")
+        # --audio has no parser default: the flag is shared by label, serve and evaluate, whose defaults differ
+        # (a default set on one subparser would change the shared action for all of them).
+        audio = a.audio if a.audio is not None else ("on" if command == "evaluate" or POLICY.audio else "off")
+        policy = LabellingPolicy(stride=a.stride, vote_seconds=a.vote_seconds, audio=audio == "on")
         policy.check_window(PREPROCESSING.window)
     except ValueError as exc:
         usage_error(command, str(exc))
@@ -379,7 +382,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     policy_flags = argparse.ArgumentParser(add_help=False)
     g = policy_flags.add_argument_group("labelling policy (changes labels, not the model; recorded per video)")
-    g.add_argument("--audio", choices=("off", "on"), default="on" if POLICY.audio else "off",
+    g.add_argument("--audio", choices=("off", "on"), default=None,
                    help="whether the model hears the audio. label, serve: off by default (the deployed audio "
                         "branch learned synthetic tones, not speech; frames without a face then get no label); "
                         "evaluate: on by default (annotated audio-visual data)")
@@ -404,7 +407,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the full result as JSON here")
     # Evaluation data is annotated audio-visual data (the synthetic set by default): the missing-modality
     # conditions need the audio heard. --audio off scores what `emoframe label` does by default.
-    p.set_defaults(fn=cmd_evaluate, audio="on")
+    p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("tune-voting", parents=[data_flags], help="validation sweep of the soft-voting span and stride")
     p.add_argument("checkpoint", type=Path, nargs="?", default=Path("runs/full/best.pt"),

@@ -142,3 +142,17 @@ def test_a_rerun_under_another_policy_or_face_mode_relabels_and_a_legacy_row_is_
     assert not is_done(src, {**row, "stride": None, "vote_seconds": None, "audio_used": None}, POLICY, "detect")
     failed = {**row, "status": "failed", "error_reason": "not_a_video", "stride": None}
     assert is_done(src, failed, LabellingPolicy(stride=8), "centred")  # the file's own fault: nothing brings it back
+
+
+def test_each_command_gets_its_own_audio_default_from_one_parser():
+    """label and serve do not hear the audio unless asked; evaluate does. The flag is shared, so a default set
+    for evaluate once leaked into label (every CLI run heard the audio)."""
+    from flows.cli import _policy_kwargs, build_parser
+
+    ap = build_parser("label")
+    assert _policy_kwargs(ap.parse_args(["label", "x.mp4"]), "label")["audio"] is False
+    assert _policy_kwargs(ap.parse_args(["serve", "x", "--out", "o", "--cron", "0 2 * * *"]), "serve")["audio"] \
+        is False
+    assert _policy_kwargs(ap.parse_args(["evaluate", "m.pt"]), "evaluate")["audio"] is True
+    assert _policy_kwargs(ap.parse_args(["label", "x.mp4", "--audio", "on"]), "label")["audio"] is True
+    assert _policy_kwargs(ap.parse_args(["evaluate", "m.pt", "--audio", "off"]), "evaluate")["audio"] is False
