@@ -98,3 +98,54 @@ def test_cluster_workers_reach_the_bucket_with_the_runs_storage_settings(tmp_pat
     finally:
         procs.end_all()
     assert not procs.wait_gone(5), "processes of this test left behind"
+
+
+@pytest.mark.timeout(720)
+def test_token_auth_sequence_after_a_local_run(tmp_path, ray_tmp):
+    """The sequence docs/operations.md gives: a local `emoframe label` leaves a token in ~/.ray/auth_token (made
+    owner-only); a later `ray start --head` picks it up and enables token auth; with RAY_AUTH_MODE=token exported,
+    `emoframe label --ray-address` and `ray job submit` then work against that head. HOME is the test's own."""
+    from workers.faces.weights import cache_dir
+
+    home = tmp_path / "home"
+    home.mkdir()
+    procs = ServiceProcesses({"HOME": str(home), "EMOFRAME_WEIGHTS": str(cache_dir()),
+                              "PREFECT_HOME": str(tmp_path / "prefect_home"), "RAY_USAGE_STATS_ENABLED": "0",
+                              "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    for unset in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        procs.env.pop(unset, None)
+    videos = two_videos(tmp_path / "in")
+    emoframe, ray = str(VENV_BIN / "emoframe"), str(VENV_BIN / "ray")
+    (ray_tmp / "l").mkdir()
+    try:
+        local = procs.run([emoframe, "label", str(tmp_path / "in"), "--out", str(tmp_path / "local")], 400,
+                          RAY_TMPDIR=str(ray_tmp / "l"))
+        assert local.returncode == 0, local.stdout + local.stderr
+        token = home / ".ray" / "auth_token"
+        assert token.is_file() and token.stat().st_mode & 0o777 == 0o600
+
+        dashboard_port = free_port()
+        head = procs.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                          f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+                          "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_tmp}",
+                          "--disable-usage-stats"], timeout=120)
+        assert head.returncode == 0, head.stdout + head.stderr
+        gcs = wait_for("GCS address", lambda: (ray_tmp / "ray_current_cluster").read_text().strip(), 10)
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        refused = procs.run([ray, "job", "list", "--address", dashboard], 60, RAY_AUTH_MODE="token",
+                            RAY_AUTH_TOKEN="not-the-token")
+        assert refused.returncode != 0, "the head should have picked up the token and enabled token auth"
+
+        on_cluster = procs.run([emoframe, "label", str(tmp_path / "in"), "--out", str(tmp_path / "cluster"),
+                                "--ray-address", gcs], 400, RAY_AUTH_MODE="token")
+        assert on_cluster.returncode == 0, on_cluster.stdout + on_cluster.stderr
+        assert_labelled(tmp_path / "cluster", videos)
+        job = procs.run([ray, "job", "submit", "--address", dashboard, "--", emoframe, "label",
+                         str(tmp_path / "in"), "--out", str(tmp_path / "job"), "--ray-address", gcs], 400,
+                        RAY_AUTH_MODE="token")
+        assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout + job.stderr
+        assert_labelled(tmp_path / "job", videos)
+    finally:
+        procs.end_all()
+    assert not procs.wait_gone(5), "processes of this test left behind"
