@@ -148,6 +148,40 @@ def two_videos(folder: Path) -> list[Path]:
     return [write_video(folder / "talking.mp4", 30, 15, audio_seconds=2.0), write_video(folder / "mute.mp4", 20, 15)]
 
 
+def prefect_test_env(tmp_path: Path, ray_tmp: Path, api: str) -> dict[str, str]:
+    """A Prefect server's and its clients' settings for a test: nothing lands in ~/.prefect. Each flow run starts
+    a local Ray; its files go to ``ray_tmp``, and Ray 2.60 is kept from writing an auth token into ~/.ray (a new
+    local cluster enables token auth by default)."""
+    return {"PREFECT_HOME": str(tmp_path / "prefect_home"), "PREFECT_API_URL": api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false", "RAY_TMPDIR": str(ray_tmp),
+            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def start_prefect_server(procs: ServiceProcesses, port: int, log: Path):
+    """`prefect server start` on loopback, waited for; returns (process, HTTP client, get) where get(path) is
+    the JSON of a 200 answer, else None."""
+    server = procs.start([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                         log)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10)
+
+    def get(path: str) -> dict | None:
+        try:
+            r = http.get(path)
+        except httpx.TransportError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    wait_for("Prefect server health", lambda: get("/health"), 120, alive=server, log=log)
+    return server, http, get
+
+
+def cron_in_two_minutes() -> str:
+    """Daily at a minute about two minutes from now (UTC): the scheduler fires it once during a test, as it would
+    a user's nightly run, and not again before the test ends."""
+    fire = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
+    return f"{fire.minute} {fire.hour} * * *"
+
+
 def assert_labelled(out: Path, videos: list[Path]) -> None:
     """One Parquet row per decoded frame of each video, and a `labelled` videos row."""
     con = connect(str(out))
@@ -194,39 +228,14 @@ def test_serve_rejects_a_bad_schedule_before_contacting_prefect(cron, tz, why):
 def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    procs = ServiceProcesses({
-        "PREFECT_HOME": str(tmp_path / "prefect_home"),  # nothing of this test lands in ~/.prefect
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        # Each flow run starts a local Ray; keep its files here, and keep Ray 2.60 from writing an auth token
-        # into ~/.ray (a new local cluster enables token auth by default).
-        "RAY_TMPDIR": str(ray_tmp),
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    })
+    procs = ServiceProcesses(prefect_test_env(tmp_path, ray_tmp, api))
     videos = two_videos(tmp_path / "in")
     out = tmp_path / "out"
     name = "nightly-test"
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
     try:
-        server = procs.start([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                              "--port", str(port)], server_log)
-        http = httpx.Client(base_url=api, timeout=10)
-
-        def get(path: str) -> dict | None:
-            try:
-                r = http.get(path)
-            except httpx.TransportError:
-                return None
-            return r.json() if r.status_code == 200 else None
-
-        wait_for("Prefect server health", lambda: get("/health"), 120, alive=server, log=server_log)
-
-        # Daily at a minute about two minutes from now (UTC): the scheduler fires it once during the test, as it
-        # would a user's nightly run, and not again before the test ends.
-        fire = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
-        cron = f"{fire.minute} {fire.hour} * * *"
+        server, http, get = start_prefect_server(procs, port, server_log)
+        cron = cron_in_two_minutes()
         served = procs.start([sys.executable, "-c", SERVE, str(tmp_path / "in"), str(out), cron, name], serve_log)
         deployment = wait_for("deployment registered", lambda: get(f"/deployments/name/label_archive/{name}"),
                               120, alive=served, log=serve_log)
@@ -293,29 +302,16 @@ def test_a_work_pool_worker_runs_the_scheduled_deployment(tmp_path, ray_tmp):
     up and labels the videos on Ray."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    procs = ServiceProcesses({"PREFECT_HOME": str(tmp_path / "prefect_home"), "PREFECT_API_URL": api,
-                              "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-                              "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+    procs = ServiceProcesses(prefect_test_env(tmp_path, ray_tmp, api))
     videos = two_videos(tmp_path / "in")
     out = tmp_path / "out"
     server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
     prefect = str(VENV_BIN / "prefect")
     try:
-        server = procs.start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_log)
-        http = httpx.Client(base_url=api, timeout=10)
-
-        def get(path: str) -> dict | None:
-            try:
-                r = http.get(path)
-            except httpx.TransportError:
-                return None
-            return r.json() if r.status_code == 200 else None
-
-        wait_for("Prefect server health", lambda: get("/health"), 120, alive=server, log=server_log)
+        server, http, get = start_prefect_server(procs, port, server_log)
         pool = procs.run([prefect, "work-pool", "create", "emoframe-test", "--type", "process"], 120)
         assert pool.returncode == 0, pool.stdout + pool.stderr
-        fire = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
-        cron = f"{fire.minute} {fire.hour} * * *"
+        cron = cron_in_two_minutes()
         params = {"sources": [str(tmp_path / "in")], "out": str(out)}
         deployed = procs.run([sys.executable, "-c", DEPLOY, str(REPO_ROOT), "nightly-pool", "emoframe-test", cron,
                               json.dumps(params)], 180)

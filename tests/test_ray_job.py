@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -15,6 +16,26 @@ from tests.test_deploy import (VENV_BIN, ServiceProcesses, assert_labelled, free
 from tests.seaweed import s3_server  # noqa: F401  -- the fixture
 
 pytestmark = pytest.mark.integration
+
+
+RAY = str(VENV_BIN / "ray")
+
+
+def start_head(procs: ServiceProcesses, ray_tmp: Path, dashboard: bool = True) -> tuple[str, str]:
+    """`ray start --head` with its files in ``ray_tmp``; returns (GCS address, dashboard URL). Every port that
+    would otherwise default to a fixed number is free-picked, so that this head does not collide with another
+    Ray on the machine."""
+    dashboard_port = free_port()
+    head = procs.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                      "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                      f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+                      "--num-cpus=2", f"--include-dashboard={str(dashboard).lower()}", f"--temp-dir={ray_tmp}",
+                      "--disable-usage-stats"], timeout=120)
+    assert head.returncode == 0, head.stdout + head.stderr
+    # Ray 2.60 replaces a loopback --node-ip-address with the machine's own address; the file holds the GCS
+    # address that was actually used.
+    gcs = wait_for("GCS address", lambda: (ray_tmp / "ray_current_cluster").read_text().strip(), 10)
+    return gcs, f"http://127.0.0.1:{dashboard_port}"
 
 
 @pytest.mark.timeout(420)
@@ -27,25 +48,12 @@ def test_ray_job_submit_labels_on_the_cluster(tmp_path, ray_tmp):
         "RAY_AUTH_TOKEN": token,
         "RAY_USAGE_STATS_ENABLED": "0",
     })
-    gcs_port, dashboard_port = free_port(), free_port()
     videos = two_videos(tmp_path / "in")
     out = tmp_path / "out"
-    ray = str(VENV_BIN / "ray")
     try:
-        # Every port that would otherwise default to a fixed number is free-picked, so that this head does not
-        # collide with another Ray on the machine.
-        head = procs.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-                          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                          f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-                          "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_tmp}",
-                          "--disable-usage-stats"], timeout=120)
-        assert head.returncode == 0, head.stdout + head.stderr
-        # Ray 2.60 replaces a loopback --node-ip-address with the machine's own address; the file holds the
-        # GCS address that was actually used.
-        gcs = wait_for("GCS address", lambda: (ray_tmp / "ray_current_cluster").read_text().strip(), 10)
-        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        gcs, dashboard = start_head(procs, ray_tmp)
 
-        refused = procs.run([ray, "job", "list", "--address", dashboard], 60, RAY_AUTH_TOKEN="not-the-token")
+        refused = procs.run([RAY, "job", "list", "--address", dashboard], 60, RAY_AUTH_TOKEN="not-the-token")
         assert refused.returncode != 0 and "Invalid authentication token" in refused.stdout + refused.stderr
 
         # The entrypoint runs on the head with Ray's environment, whose PATH need not hold the venv: give the
@@ -53,7 +61,7 @@ def test_ray_job_submit_labels_on_the_cluster(tmp_path, ray_tmp):
         # this one). The Prefect settings keep the job's temporary Prefect API out of ~/.prefect.
         runtime_env = {"env_vars": {"PREFECT_HOME": str(tmp_path / "prefect_home"),
                                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}}
-        job = procs.run([ray, "job", "submit", "--address", dashboard, "--runtime-env-json", json.dumps(runtime_env),
+        job = procs.run([RAY, "job", "submit", "--address", dashboard, "--runtime-env-json", json.dumps(runtime_env),
                          "--", str(VENV_BIN / "emoframe"), "label", str(tmp_path / "in"), "--out", str(out),
                          "--ray-address", gcs], timeout=300)
         log = job.stdout + job.stderr
@@ -79,14 +87,8 @@ def test_cluster_workers_reach_the_bucket_with_the_runs_storage_settings(tmp_pat
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     procs = ServiceProcesses({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
     procs.env.pop("AWS_ENDPOINT_URL")  # the nodes know who they are, not where the store is
-    ray = str(VENV_BIN / "ray")
     try:
-        head = procs.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                          "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
-                          f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2", f"--temp-dir={ray_tmp}",
-                          "--disable-usage-stats"], timeout=120)
-        assert head.returncode == 0, head.stdout + head.stderr
-        gcs = wait_for("GCS address", lambda: (ray_tmp / "ray_current_cluster").read_text().strip(), 10)
+        gcs, _ = start_head(procs, ray_tmp, dashboard=False)
         label = [str(VENV_BIN / "emoframe"), "label", s3_server.uri("cluster-in"), "--faces", "centred",
                  "--ray-address", gcs]
         done = procs.run([*label, "--out", s3_server.uri("cluster-out")], 420, AWS_ENDPOINT_URL=endpoint)
@@ -115,7 +117,7 @@ def test_token_auth_sequence_after_a_local_run(tmp_path, ray_tmp):
     for unset in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         procs.env.pop(unset, None)
     videos = two_videos(tmp_path / "in")
-    emoframe, ray = str(VENV_BIN / "emoframe"), str(VENV_BIN / "ray")
+    emoframe = str(VENV_BIN / "emoframe")
     (ray_tmp / "l").mkdir()
     try:
         local = procs.run([emoframe, "label", str(tmp_path / "in"), "--out", str(tmp_path / "local")], 400,
@@ -124,16 +126,8 @@ def test_token_auth_sequence_after_a_local_run(tmp_path, ray_tmp):
         token = home / ".ray" / "auth_token"
         assert token.is_file() and token.stat().st_mode & 0o777 == 0o600
 
-        dashboard_port = free_port()
-        head = procs.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                          f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-                          "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_tmp}",
-                          "--disable-usage-stats"], timeout=120)
-        assert head.returncode == 0, head.stdout + head.stderr
-        gcs = wait_for("GCS address", lambda: (ray_tmp / "ray_current_cluster").read_text().strip(), 10)
-        dashboard = f"http://127.0.0.1:{dashboard_port}"
-        refused = procs.run([ray, "job", "list", "--address", dashboard], 60, RAY_AUTH_MODE="token",
+        gcs, dashboard = start_head(procs, ray_tmp)  # picks up the token the local run left
+        refused = procs.run([RAY, "job", "list", "--address", dashboard], 60, RAY_AUTH_MODE="token",
                             RAY_AUTH_TOKEN="not-the-token")
         assert refused.returncode != 0, "the head should have picked up the token and enabled token auth"
 
@@ -141,7 +135,7 @@ def test_token_auth_sequence_after_a_local_run(tmp_path, ray_tmp):
                                 "--ray-address", gcs], 400, RAY_AUTH_MODE="token")
         assert on_cluster.returncode == 0, on_cluster.stdout + on_cluster.stderr
         assert_labelled(tmp_path / "cluster", videos)
-        job = procs.run([ray, "job", "submit", "--address", dashboard, "--", emoframe, "label",
+        job = procs.run([RAY, "job", "submit", "--address", dashboard, "--", emoframe, "label",
                          str(tmp_path / "in"), "--out", str(tmp_path / "job"), "--ray-address", gcs], 400,
                         RAY_AUTH_MODE="token")
         assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout + job.stderr
