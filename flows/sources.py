@@ -10,12 +10,17 @@ no output row or log line built from one, carries a secret.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import os
+import stat
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
@@ -35,12 +40,55 @@ _QUICKTIME_ATOMS = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wid
 _ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 
 
+class Skip(StrEnum):
+    """Why something the run saw is not labelled: the code at the start of each reason in Listing.skipped
+    ("code: detail"). Codes are stable (summaries count them, scripts may match them); details are for people.
+    Everything found below a named folder or prefix ends in Listing.sources or Listing.skipped, except what
+    --include/--exclude leave out (EXCLUDED: only counted, in Listing.excluded) and the run's own output
+    (exclude_roots: ours, not counted)."""
+
+    NOT_A_VIDEO = "not_a_video"  # by extension, or a video extension without a known container signature
+    HIDDEN = "hidden"  # a name starting with "." below a named folder (.DS_Store, .cache/): never looked into
+    DANGLING_LINK = "dangling_link"  # a symlink to nothing (or into a loop of links)
+    SPECIAL_FILE = "special_file"  # fifo, socket, device: never opened (reading a fifo blocks)
+    UNREADABLE = "unreadable"  # a folder that cannot be listed, an entry that cannot be looked at
+    DUPLICATE = "duplicate"  # another name (symlink, hard link) of a file listed under its first name
+    EXCLUDED = "excluded"  # left out by --include/--exclude
+
+
+def _why(code: Skip, detail: str) -> str:
+    return f"{code.value}: {detail}"
+
+
 @dataclass
 class Listing:
     sources: list[Source] = field(default_factory=list)
-    skipped_not_video: list[str] = field(default_factory=list)  # URIs: by extension or by their first bytes
-    skip_reasons: dict[str, str] = field(default_factory=dict)  # skipped URI -> why
+    skipped: dict[str, str] = field(default_factory=dict)  # URI -> "code: detail" (code: a Skip), listing order
     missing: list[str] = field(default_factory=list)  # named but not found
+    # Only a count: a user who filters wants the rest out of sight, not thousands of rows saying so.
+    excluded: int = 0
+    warnings: list[str] = field(default_factory=list)  # one line per link loop or folder met twice
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skip code -> how many, most first; ``excluded`` (Listing.excluded) included when nonzero."""
+        counts = Counter(reason.partition(":")[0] for reason in self.skipped.values())
+        if self.excluded:
+            counts[Skip.EXCLUDED.value] += self.excluded
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
+    def skipped_not_video(self) -> list[str]:
+        """The not_a_video URIs of ``skipped`` (the field before ``skipped``; read-only)."""
+        return [uri for uri, why in self.skipped.items() if _code(why) == Skip.NOT_A_VIDEO]
+
+    @property
+    def skip_reasons(self) -> dict[str, str]:
+        """The not_a_video part of ``skipped`` (the field before ``skipped``; read-only)."""
+        return {uri: why for uri, why in self.skipped.items() if _code(why) == Skip.NOT_A_VIDEO}
+
+
+def _code(reason: str) -> str:
+    return reason.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -50,6 +98,14 @@ class _Found:
     info: pafs.FileInfo
     fs: pafs.FileSystem
     remote: bool
+    identity: object  # one file, whatever its name: (st_dev, st_ino) locally, the URI in an object store
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    uri: str
+    rel: str
+    reason: str
 
 
 def sniff_container(head: bytes) -> str | None:
@@ -111,49 +167,234 @@ def _iso(mtime_ns: int | None) -> str | None:
 
 
 def _walk(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
-    """Every non-hidden file below ``root`` (hidden: a name or folder starting with '.'), sorted by path."""
+    """Every object below ``root`` in an object store (no links there), hidden ones too, sorted by path."""
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    files = (fi for fi in infos if fi.type == pafs.FileType.File and not _hidden(fi.path[len(root):].strip("/")))
-    return sorted(files, key=lambda fi: fi.path)
+    return sorted((fi for fi in infos if fi.type == pafs.FileType.File), key=lambda fi: fi.path)
 
 
-def _expand_remote(spec: str) -> list[_Found] | None:
+def _normal_uri(uri: str) -> str:
+    """An object-store URI as compared with exclude_roots: scheme lower-cased (gcs:// is gs://), no end slash."""
+    scheme, _, rest = uri.partition("://")
+    scheme = scheme.lower()
+    return f"{'gs' if scheme == 'gcs' else scheme}://{rest.rstrip('/')}"
+
+
+def _below_any(path: str, roots: tuple[str, ...], sep: str) -> bool:
+    return any(path == r or path.startswith(r.rstrip(sep) + sep) for r in roots)
+
+
+@dataclass(frozen=True)
+class _Ours:
+    """The run's own output (exclude_roots): never listed and not counted, whatever name reaches it."""
+
+    folders: frozenset[tuple[int, int]] = frozenset()  # local folders, by (st_dev, st_ino)
+    real_paths: tuple[str, ...] = ()  # the same folders' real paths: for links into them
+    prefixes: tuple[str, ...] = ()  # object-store URIs, normalised
+
+    @classmethod
+    def of(cls, roots: tuple[str, ...]) -> _Ours:
+        folders, real, prefixes = set(), [], []
+        for root in roots:
+            if "://" in root and not root.startswith("file://"):
+                prefixes.append(_normal_uri(root))
+                continue
+            path = os.path.realpath(root.removeprefix("file://"))
+            real.append(path)
+            if os.path.isdir(path):
+                st = os.stat(path)
+                folders.add((st.st_dev, st.st_ino))
+        return cls(frozenset(folders), tuple(real), tuple(prefixes))
+
+    def holds_uri(self, uri: str) -> bool:
+        return _below_any(_normal_uri(uri), self.prefixes, "/")
+
+    def holds_path(self, path: str) -> bool:
+        """Whether a local path, links resolved, lies in our output (realpath: only asked of links and names)."""
+        return bool(self.real_paths) and _below_any(os.path.realpath(path), self.real_paths, os.sep)
+
+
+def _expand_remote(spec: str, ours: _Ours) -> list[_Found | _Skipped] | None:
     scheme = spec.partition("://")[0].lower()
     fs, path = filesystem_for(spec)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        return [_Found(f"{scheme}://{path}", info.base_name, info, fs, True)]
-    if info.type == pafs.FileType.Directory:
-        return [_Found(f"{scheme}://{fi.path}", fi.path[len(path):].lstrip("/"), fi, fs, True)
-                for fi in _walk(fs, path)]
-    if not glob.has_magic(path):  # a key holding glob characters was tried literally first
+        found = [_Found(f"{scheme}://{path}", info.base_name, info, fs, True, f"{scheme}://{path}")]
+    elif info.type == pafs.FileType.Directory:
+        found = [_remote_entry(f"{scheme}://{path}", fi.path[len(path):].lstrip("/"), fi, fs)
+                 for fi in _walk(fs, path)]
+    elif not glob.has_magic(path):  # a key holding glob characters was tried literally first
         return None
-    parts = path.split("/")
-    fixed = next(i for i, p in enumerate(parts) if glob.has_magic(p))  # >= 1: the bucket holds no magic
-    root, pattern = "/".join(parts[:fixed]), parts[fixed:]
-    return [_Found(f"{scheme}://{fi.path}", fi.base_name, fi, fs, True) for fi in _walk(fs, root)
-            if _glob_match(fi.path[len(root):].lstrip("/").split("/"), pattern)] or None
+    else:
+        parts = path.split("/")
+        fixed = next(i for i, p in enumerate(parts) if glob.has_magic(p))  # >= 1: the bucket holds no magic
+        root, pattern = "/".join(parts[:fixed]), parts[fixed:]
+        found = [_Found(f"{scheme}://{fi.path}", fi.base_name, fi, fs, True, f"{scheme}://{fi.path}")
+                 for fi in _walk(fs, root) if not _hidden(rel := fi.path[len(root):].lstrip("/"))
+                 and _glob_match(rel.split("/"), pattern)]
+        if not found:
+            return None
+    return [f for f in found if not ours.holds_uri(f.uri)]
 
 
-def _expand_local(spec: str) -> list[_Found] | None:
-    local = pafs.LocalFileSystem()
+def _remote_entry(prefix: str, rel: str, fi: pafs.FileInfo, fs: pafs.FileSystem) -> _Found | _Skipped:
+    """An object below a named prefix; below a hidden "folder", that folder stands for all it holds."""
+    parts = rel.split("/")
+    hidden = next((i for i, part in enumerate(parts) if part.startswith(".")), None)
+    if hidden is None:
+        return _Found(f"{prefix}/{rel}", rel, fi, fs, True, f"{prefix}/{rel}")
+    what = 'name starts with "."' if hidden == len(parts) - 1 else _HIDDEN_FOLDER
+    rel = "/".join(parts[:hidden + 1])
+    return _Skipped(f"{prefix}/{rel}", rel, _why(Skip.HIDDEN, what))
+
+
+_HIDDEN_FOLDER = 'folder name starts with "." (not looked into)'
+_SPECIAL_FILES = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"))
+_LOCAL = pafs.LocalFileSystem()
+
+
+def _local_file(path: str, rel: str, st: os.stat_result) -> _Found:
+    info = pafs.FileInfo(path, pafs.FileType.File, mtime_ns=st.st_mtime_ns, size=st.st_size)
+    return _Found(path, rel, info, _LOCAL, False, (st.st_dev, st.st_ino))
+
+
+def _not_a_folder(path: str, rel: str, st: os.stat_result) -> _Found | _Skipped:
+    """A regular file, or the kind of special file it is (never opened: reading a fifo blocks)."""
+    if stat.S_ISREG(st.st_mode):
+        return _local_file(path, rel, st)
+    kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), f"file mode {st.st_mode:o}")
+    return _Skipped(path, rel, _why(Skip.SPECIAL_FILE, kind))
+
+
+def _broken(path: str, rel: str, err: OSError) -> _Skipped:
+    """An entry that stat() refuses: a dangling link (or one into a loop of links), or one we may not read."""
+    if os.path.islink(path) and err.errno not in (errno.EACCES, errno.EPERM):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        loop = " (a loop of links)" if err.errno == errno.ELOOP else ""
+        return _Skipped(path, rel, _why(Skip.DANGLING_LINK, f"-> {target}{loop}"))
+    return _Skipped(path, rel, _why(Skip.UNREADABLE, (err.strerror or str(err)).lower()))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _sort_key(entry: os.DirEntry) -> str:
+    # "name/" for a folder: walking in this order yields paths in plain string order, as a full sort would
+    # ("a b/x" before "a/x"), without holding the whole tree.
+    return entry.name + "/" if _is_dir(entry) else entry.name
+
+
+class _LocalWalk:
+    """A local folder, listed recursively with os.scandir. Links are followed, each real folder (by st_dev,
+    st_ino) listed once: a link back up (data/self -> .) or a second way into a folder is a warning, not
+    another copy of the tree, so the walk ends whatever the links. Names stay those the user sees."""
+
+    def __init__(self, ours: _Ours, warnings: list[str]):
+        self.ours, self.warnings = ours, warnings
+        self.listed: dict[tuple[int, int], str] = {}  # folders listed in this walk -> the path first listed
+
+    def folder(self, root: str, st: os.stat_result) -> Iterator[_Found | _Skipped]:
+        yield from self._folder(root, "", st, False, ())
+
+    def _folder(self, path: str, rel: str, st: os.stat_result, link: bool,
+                up: tuple[tuple[int, int], ...]) -> Iterator[_Found | _Skipped]:
+        key = (st.st_dev, st.st_ino)
+        if key in self.ours.folders or (link and self.ours.holds_path(path)):
+            return
+        if key in self.listed:
+            self._warn(path, self.listed[key], link, key in up)
+            return
+        self.listed[key] = path
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=_sort_key)
+        except OSError as err:
+            yield _Skipped(path, rel, _why(Skip.UNREADABLE, f"{(err.strerror or str(err)).lower()} (a folder: "
+                                                            "nothing below it listed)"))
+            return
+        for entry in entries:
+            yield from self._entry(entry, f"{rel}{entry.name}", (*up, key))
+
+    def _entry(self, entry: os.DirEntry, rel: str,
+               up: tuple[tuple[int, int], ...]) -> Iterator[_Found | _Skipped]:
+        if entry.name.startswith("."):  # a user's .DS_Store, .Trash, .cache: counted, never looked into
+            yield _Skipped(entry.path, rel, _why(Skip.HIDDEN, _HIDDEN_FOLDER if _is_dir(entry)
+                                                 else 'name starts with "."'))
+            return
+        try:
+            st = entry.stat()
+        except OSError as err:
+            yield _broken(entry.path, rel, err)
+            return
+        link = entry.is_symlink()
+        if stat.S_ISDIR(st.st_mode):
+            yield from self._folder(entry.path, rel + "/", st, link, up)
+        elif not (link and self.ours.holds_path(entry.path)):
+            yield _not_a_folder(entry.path, rel, st)
+
+    def _warn(self, path: str, first: str, link: bool, back: bool) -> None:
+        if link:
+            what = "a link back to a folder already listed" if back else "a link to a folder already listed"
+            line = f"{path} -> {first}: {what}; not followed again"
+        else:
+            line = f"{path}: the same folder as {first}, already listed; not listed again"
+        if line not in self.warnings:  # overlapping specs walk the same loop
+            self.warnings.append(line)
+
+
+def _expand_local(spec: str, ours: _Ours, warnings: list[str]) -> Iterator[_Found | _Skipped] | None:
     spec = spec.removeprefix("file://")
     if os.path.exists(spec):  # a name that exists is taken as it is, so "clip[1].mp4" is not read as a glob
-        paths = [spec]
-    elif glob.has_magic(spec):
-        paths = sorted(glob.glob(spec, recursive=True))
+        return _named(os.path.abspath(spec), ours, warnings)
+    if not glob.has_magic(spec):
+        return None
+    parts = os.path.abspath(spec).split(os.sep)
+    if "**" in parts:  # glob's own ** follows links without end: walk the fixed part and match
+        fixed = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+        root = os.sep.join(parts[:fixed]) or os.sep
+        found = list(_globbed(root, parts[fixed:], ours, warnings)) if os.path.isdir(root) else []
+        return iter(found) if found else None
+    paths = sorted(glob.glob(spec))  # no **: as deep as the pattern, so it ends
+    return _chain(_named(os.path.abspath(p), ours, warnings) for p in paths) if paths else None
+
+
+def _chain(its: Iterable[Iterator[_Found | _Skipped]]) -> Iterator[_Found | _Skipped]:
+    for it in its:
+        yield from it
+
+
+def _named(path: str, ours: _Ours, warnings: list[str]) -> Iterator[_Found | _Skipped]:
+    """A file or folder named (or matched by a glob without **): a folder's hidden entries are left out,
+    a hidden name given is listed."""
+    if ours.holds_path(path):
+        return
+    try:
+        st = os.stat(path)
+    except OSError as err:  # a glob matches dangling links too
+        yield _broken(path, os.path.basename(path), err)
+        return
+    if stat.S_ISDIR(st.st_mode):
+        yield from _LocalWalk(ours, warnings).folder(path, st)
     else:
-        return None
-    if not paths:
-        return None
-    found: list[_Found] = []
-    for p in map(os.path.abspath, paths):
-        if os.path.isdir(p):
-            found += [_Found(fi.path, os.path.relpath(fi.path, p).replace(os.sep, "/"), fi, local, False)
-                      for fi in _walk(local, p)]
-        elif os.path.isfile(p):
-            found.append(_Found(p, os.path.basename(p), local.get_file_info(p), local, False))
-    return found
+        yield _not_a_folder(path, os.path.basename(path), st)
+
+
+def _globbed(root: str, pattern: list[str], ours: _Ours, warnings: list[str]) -> Iterator[_Found | _Skipped]:
+    """What a ** pattern matches below ``root``: files whose path, or a folder above them, matches (as glob
+    would name the folder, which is then listed). Hidden names are not matched, as glob's * and ** do not."""
+    for f in _LocalWalk(ours, warnings).folder(root, os.stat(root)):
+        if isinstance(f, _Skipped) and _code(f.reason) == Skip.HIDDEN:
+            continue
+        parts = f.rel.split("/")
+        if any(_glob_match(parts[:i], pattern) for i in range(len(parts), 0, -1)):
+            yield f
 
 
 def _probe(f: _Found) -> tuple[bytes | None, str | None]:
@@ -169,32 +410,40 @@ def _probe(f: _Found) -> tuple[bytes | None, str | None]:
     return head, etag.decode().strip('"') if etag else None
 
 
-def list_sources(specs: list[str], include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Listing:
-    """Expand every spec; folders and prefixes are listed recursively, hidden files left out. Order is stable
-    (specs in order, each sorted), duplicates dropped. A file with a video extension whose first bytes carry
-    no known container signature is skipped with the reason; an empty one is kept (the pipeline records it as
-    ``empty_file``), and so is one that cannot be read here (the pipeline records why)."""
+def list_sources(specs: list[str], include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                 exclude_roots: tuple[str, ...] = ()) -> Listing:
+    """Expand every spec; folders and prefixes are listed recursively. Order is stable (specs in order, each
+    sorted), duplicates dropped: a URI seen again silently, another name of a file already listed (a link, a
+    hard link) as a ``duplicate``. Everything found below a named folder ends in ``sources`` or ``skipped``
+    (reasons: Skip), or is counted in ``excluded`` (--include/--exclude); anything below ``exclude_roots``
+    (the run's output: local paths or object-store URIs) is left out unseen. A file with a video extension
+    whose first bytes carry no known container signature is skipped with the reason; an empty one is kept
+    (the pipeline records it as ``empty_file``), and so is one that cannot be read here (the pipeline records
+    why)."""
     from workers.video_task import Source
 
     out = Listing()
+    ours = _Ours.of(exclude_roots)
     seen: set[str] = set()
+    first_name: dict[object, str] = {}  # file identity -> the URI it is listed under
     candidates: list[_Found] = []
     for spec in specs:
         local = "://" not in spec or spec.startswith("file://")
-        found = _expand_local(spec) if local else _expand_remote(spec)
+        found = _expand_local(spec, ours, out.warnings) if local else _expand_remote(spec, ours)
         if found is None:
             out.missing.append(spec)
             continue
         for f in found:
-            if f.uri in seen or not _included(f.rel, include, exclude):
+            if f.uri in seen:
                 continue
             seen.add(f.uri)
-            if not _is_video_name(f.uri):
-                out.skipped_not_video.append(f.uri)
-                ext = os.path.splitext(f.uri)[1]
-                out.skip_reasons[f.uri] = f"{ext or 'no extension'}: not a video file extension"
-                continue
-            candidates.append(f)
+            why = _skip_reason(f, include, exclude, first_name)
+            if why == Skip.EXCLUDED:
+                out.excluded += 1
+            elif why:
+                out.skipped[f.uri] = why
+            else:
+                candidates.append(f)
 
     to_probe = [f for f in candidates if f.info.size]
     with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
@@ -202,9 +451,27 @@ def list_sources(specs: list[str], include: tuple[str, ...] = (), exclude: tuple
     for f in candidates:
         head, etag = probes.get(f.uri, (None, None))
         if head is not None and sniff_container(head) is None:
-            out.skipped_not_video.append(f.uri)
-            out.skip_reasons[f.uri] = f"no known video container signature in its first bytes ({head[:8].hex()})"
+            out.skipped[f.uri] = _why(Skip.NOT_A_VIDEO, f"no known container signature ({head[:8].hex()})")
             continue
         # An object's ETag says "same content" better than its time; mtime (+ size) where there is none.
         out.sources.append(Source(f.uri, f.info.size, etag or _iso(f.info.mtime_ns)))
     return out
+
+
+def _skip_reason(f: _Found | _Skipped, include: tuple[str, ...], exclude: tuple[str, ...],
+                 first_name: dict[object, str]) -> str | None:
+    """Why an entry is not a candidate (Skip.EXCLUDED alone for a filtered one), None for a candidate.
+    Hidden entries and unreadable folders were never looked into, so no pattern applies to them."""
+    if isinstance(f, _Skipped) and _code(f.reason) in (Skip.HIDDEN, Skip.UNREADABLE):
+        return f.reason
+    if not _included(f.rel, include, exclude):
+        return Skip.EXCLUDED
+    if isinstance(f, _Skipped):
+        return f.reason
+    if f.identity in first_name:
+        return _why(Skip.DUPLICATE, f"same file as {first_name[f.identity]}")
+    first_name[f.identity] = f.uri
+    if not _is_video_name(f.uri):
+        ext = os.path.splitext(f.uri)[1]
+        return _why(Skip.NOT_A_VIDEO, f"{ext} extension" if ext else "no extension")
+    return None

@@ -4,7 +4,10 @@ a bucket; tests/test_s3.py runs it against a real S3 server."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -55,14 +58,14 @@ def test_non_videos_are_skipped_by_extension_with_a_reason(tree):
     listing = list_sources([str(tree)])
     notes = str(tree / "notes.txt")
     assert notes in listing.skipped_not_video
-    assert listing.skip_reasons[notes] == ".txt: not a video file extension"
+    assert listing.skipped[notes] == listing.skip_reasons[notes] == "not_a_video: .txt extension"
 
 
 def test_video_extension_without_a_container_signature_is_skipped_by_probing(tree):
     listing = list_sources([str(tree)])
     for name in ("sub/fake.mp4", "sub/page.mov"):
         assert str(tree / name) in listing.skipped_not_video
-        assert "no known video container signature" in listing.skip_reasons[str(tree / name)]
+        assert listing.skipped[str(tree / name)].startswith("not_a_video: no known container signature (")
     assert len(listing.skipped_not_video) == 3  # notes.txt + the two fakes
 
 
@@ -237,6 +240,156 @@ def test_objects_that_cannot_be_probed_are_kept_for_the_pipeline_to_report(bucke
     assert "gs://bkt/videos/fake.mp4" in uris(list_sources(["gs://bkt/videos"]))
 
 
+def test_bucket_hidden_objects_are_counted_a_hidden_folder_once(bucket):
+    skipped = list_sources(["gs://bkt/videos"]).skipped
+    assert {u: why for u, why in skipped.items() if why.startswith("hidden")} == {
+        "gs://bkt/videos/.trash": 'hidden: folder name starts with "." (not looked into)',
+        "gs://bkt/videos/sub/.hidden.mp4": 'hidden: name starts with "."'}
+
+
+def test_bucket_output_prefix_is_never_listed(bucket):
+    everything = uris(list_sources(["gs://bkt"]))
+    assert "gs://bkt/other/e.mp4" in everything
+    for ours in ("gs://bkt/other", "gs://bkt/other/", "gcs://bkt/other"):
+        listing = list_sources(["gs://bkt"], exclude_roots=(ours,))
+        assert uris(listing) == [u for u in everything if u != "gs://bkt/other/e.mp4"]
+        assert "gs://bkt/other/e.mp4" not in listing.skipped and listing.excluded == 0
+    # a prefix is a folder, not a string: gs://bkt/oth leaves other/ alone
+    assert uris(list_sources(["gs://bkt"], exclude_roots=("gs://bkt/oth",))) == everything
+
+
 def test_listing_is_the_same_whatever_the_current_folder(tree, monkeypatch):
     monkeypatch.chdir(tree / "sub")
     assert uris(list_sources([os.path.join("..", "a.mp4")])) == [str(tree / "a.mp4")]
+
+
+# --- links, loops, and every entry accounted for (issue 9) ---------------------------------------------------
+
+def test_a_link_to_its_own_folder_lists_the_video_once_with_a_warning(tmp_path):
+    data = tmp_path / "data"
+    write_video(data / "v.mp4", 3)
+    (data / "self").symlink_to(".")
+    listing = list_sources([str(data)])
+    assert uris(listing) == [str(data / "v.mp4")]
+    assert listing.skipped == {} and listing.excluded == 0
+    assert listing.warnings == [f"{data}/self -> {data}: a link back to a folder already listed; not followed again"]
+
+
+LIST_IN_A_CHILD = """
+import json, sys
+from flows.sources import list_sources
+out = {}
+for spec in sys.argv[1:]:
+    listing = list_sources([spec])
+    out[spec] = {"sources": [s.uri for s in listing.sources], "skipped": listing.skipped,
+                 "warnings": listing.warnings}
+print(json.dumps(out))
+"""
+
+
+def test_two_loop_links_end_and_list_the_video_once(tmp_path):
+    """a -> .. and b -> . made pyarrow's recursive listing run without end (memory growing ~30 MB/s): a child
+    process with a time limit, so a regression fails the test instead of hanging the suite."""
+    data = tmp_path / "data"
+    write_video(data / "v.mp4", 3)
+    (data / "a").symlink_to("..")
+    (data / "b").symlink_to(".")
+    specs = [str(data), str(data / "**" / "*.mp4")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    child = subprocess.run([sys.executable, "-c", LIST_IN_A_CHILD, *specs], capture_output=True, text=True,
+                           timeout=120, env=env, check=True)
+    result = json.loads(child.stdout.splitlines()[-1])
+    for spec in specs:
+        assert result[spec]["sources"] == [str(data / "v.mp4")], result[spec]
+        assert result[spec]["skipped"] == {}
+    assert result[str(data)]["warnings"] == [
+        f"{data}/a/data: the same folder as {data}, already listed; not listed again",
+        f"{data}/b -> {data}: a link back to a folder already listed; not followed again"]
+
+
+def test_two_names_of_one_file_are_one_source_under_the_first_name(tmp_path):
+    data = tmp_path / "data"
+    write_video(data / "v.mp4", 3)
+    (data / "w.mp4").symlink_to("v.mp4")  # after v.mp4 in order
+    (data / "sub").mkdir()
+    (data / "sub" / "hard.mp4").hardlink_to(data / "v.mp4")  # before: sub/... < v.mp4
+    listing = list_sources([str(data)])
+    assert uris(listing) == [str(data / "sub" / "hard.mp4")]
+    assert listing.skipped == {str(data / "v.mp4"): f"duplicate: same file as {data}/sub/hard.mp4",
+                               str(data / "w.mp4"): f"duplicate: same file as {data}/sub/hard.mp4"}
+    # across specs too; the same name again is dropped silently
+    listing = list_sources([str(data / "w.mp4"), str(data / "w.mp4"), str(data / "v.mp4")])
+    assert uris(listing) == [str(data / "w.mp4")] and list(listing.skipped) == [str(data / "v.mp4")]
+
+
+def test_a_link_to_a_folder_outside_is_followed_once(tmp_path):
+    write_video(tmp_path / "outside" / "o.mp4", 3)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ext").symlink_to(tmp_path / "outside")
+    (data / "ext2").symlink_to("../outside")
+    listing = list_sources([str(data)])
+    assert uris(listing) == [str(data / "ext" / "o.mp4")]  # the name seen, not the target
+    assert listing.warnings == [f"{data}/ext2 -> {data}/ext: a link to a folder already listed; not followed again"]
+
+
+def test_every_entry_ends_listed_or_skipped_with_a_reason(tree):
+    os.mkfifo(tree / "pipe.mp4")
+    (tree / "gone.mp4").symlink_to("nowhere.mp4")
+    (tree / "sub" / "loop.mp4").symlink_to("loop.mp4")
+    listing = list_sources([str(tree)])
+    assert listing.skipped == {
+        str(tree / ".cache"): 'hidden: folder name starts with "." (not looked into)',
+        str(tree / ".hidden.mp4"): 'hidden: name starts with "."',
+        str(tree / "gone.mp4"): "dangling_link: -> nowhere.mp4",
+        str(tree / "notes.txt"): "not_a_video: .txt extension",
+        str(tree / "pipe.mp4"): "special_file: fifo",
+        str(tree / "sub" / "loop.mp4"): "dangling_link: -> loop.mp4 (a loop of links)",
+        str(tree / "sub" / "fake.mp4"): listing.skipped[str(tree / "sub" / "fake.mp4")],
+        str(tree / "sub" / "page.mov"): listing.skipped[str(tree / "sub" / "page.mov")]}
+    assert len(listing.sources) == 4 and listing.skipped_not_video == [
+        str(tree / "notes.txt"), str(tree / "sub" / "fake.mp4"), str(tree / "sub" / "page.mov")]
+    assert listing.skip_counts() == {"not_a_video": 3, "dangling_link": 2, "hidden": 2, "special_file": 1}
+    # named, a hidden file is listed; a glob's dangling link is accounted for too
+    assert uris(list_sources([str(tree / ".hidden.mp4")])) == [str(tree / ".hidden.mp4")]
+    assert list(list_sources([str(tree / "g*.mp4")]).skipped) == [str(tree / "gone.mp4")]
+
+
+def test_filtered_files_are_only_counted(tree):
+    listing = list_sources([str(tree)], exclude=("sub/*", "empty*"))
+    assert uris(listing) == [str(tree / "a.mp4")]
+    assert listing.excluded == 5 and list(listing.skipped) == [str(tree / ".cache"), str(tree / ".hidden.mp4"),
+                                                               str(tree / "notes.txt")]
+    assert listing.skip_counts() == {"excluded": 5, "hidden": 2, "not_a_video": 1}
+
+
+def test_an_unreadable_folder_is_skipped_with_the_reason(tree, monkeypatch):
+    real = os.scandir
+
+    def scandir(path):  # tests run as root, for whom chmod 000 changes nothing
+        if str(path) == str(tree / "sub" / "deeper"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(sources.os, "scandir", scandir)
+    listing = list_sources([str(tree)])
+    assert listing.skipped[str(tree / "sub" / "deeper")] == ("unreadable: permission denied (a folder: nothing "
+                                                             "below it listed)")
+    assert str(tree / "sub" / "with space é.mp4") in uris(listing)
+
+
+def test_the_output_folder_is_never_listed(tmp_path):
+    data = tmp_path / "data"
+    write_video(data / "v.mp4", 3)
+    out = data / "out"
+    (out / "frames").mkdir(parents=True)
+    (out / "frames" / "part-0.parquet").write_bytes(b"PAR1")
+    write_video(out / "looks like a video.mp4", 3)
+    (data / "to_out").symlink_to("out")  # another way in
+    (data / "out_file.mp4").symlink_to("out/looks like a video.mp4")
+    for ours in (str(out), f"file://{out}", os.path.relpath(out)):
+        listing = list_sources([str(data)], exclude_roots=(ours,))
+        assert uris(listing) == [str(data / "v.mp4")]
+        assert listing.skipped == {} and listing.excluded == 0 and listing.warnings == []
+    assert uris(list_sources([str(out / "looks like a video.mp4")], exclude_roots=(str(out),))) == []
+    assert len(uris(list_sources([str(data)]))) == 2  # without it: the video in out/ (the link is a duplicate)
