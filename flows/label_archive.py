@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,20 +16,21 @@ from prefect import flow, task
 from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 
-from flows.ledger import is_done, read_ledger
+from flows.ledger import DoneKey, Ledger, read_ledger
+from flows.moves import adopt_labels, fingerprinted
 from flows.preflight import PreflightError, check_uris, preflight
 from flows.prefect_api import prefect_api
 from flows.ray_runtime import tighten_token_file, worker_env
+from flows.records import failed_outcome, record_skipped
+from flows.run_summary import RunSummary, Reused
 from flows.sources import list_sources
 from flows.terminal import shown
-from workers.contract import CLASSES, PREPROCESSING
-from workers.errors import ServiceUnavailableError
+from workers.contract import PREPROCESSING, fingerprint
 from workers.faces.weights import MTCNN_WEIGHTS, require
 from workers.isolation import Limits
 from workers.lifeline import sweep
 from workers.policy import POLICY, LabellingPolicy
-from workers.schema import STATUS_FAILED, videos_path
-from workers.sink import resolve, video_row, videos_table, write_atomic
+from workers.sink import resolve
 from workers.triton_client import TritonClient
 from workers.video_task import LabelConfig, Source, VideoOutcome, label_video
 
@@ -70,55 +70,6 @@ def worker_access(out: str, source: str | None) -> str | None:
     return None
 
 
-@dataclass
-class RunSummary:
-    run_id: str
-    out: str
-    model_version: str
-    policy: LabellingPolicy = POLICY
-    outcomes: list[VideoOutcome] = field(default_factory=list)
-    skipped_not_video: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    already_done: list[str] = field(default_factory=list)
-    skip_reasons: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def labelled(self) -> int:
-        return sum(o.row["status"] == "labelled" for o in self.outcomes)
-
-    @property
-    def failed(self) -> int:
-        return sum(o.row["status"] == STATUS_FAILED for o in self.outcomes)
-
-    def format(self) -> str:
-        lines = [f"run {self.run_id}: {self.labelled} labelled, {self.failed} failed, "
-                 f"{len(self.already_done)} already done (unchanged, same settings; --force relabels), "
-                 f"{len(self.skipped_not_video)} skipped (not a video), {len(self.missing)} not found"]
-        for o in sorted(self.outcomes, key=lambda o: o.row["source_uri"]):
-            r = o.row
-            name = shown(r["source_uri"].rsplit("/", 1)[-1])
-            if r["status"] != "labelled":
-                lines.append(f"  FAILED {name}: {r['error_reason']}: {shown(r['error_message'])}")
-                continue
-            n = r["frame_count"]
-            rows = sum(o.class_counts) or 1  # labelled rows: one per face and frame, and audio-only frames
-            shares = sorted(((c / rows, CLASSES[i]) for i, c in enumerate(o.class_counts) if c), reverse=True)
-            share_txt = ", ".join(f"{cls} {s:.0%}" for s, cls in shares) or "no label (no face, no audio heard)"
-            audio = "no audio track" if not r["has_audio"] else f"audio missing {o.audio_missing} frames"
-            lines.append(f"  {name}: {n} frames, {r['duration_s']:.1f} s | {share_txt} | {o.tracks} face "
-                         f"track(s), no face in {o.face_missing} frames, {audio}")
-            if o.warning:
-                lines.append(f"    WARNING {shown(o.warning)}")
-        for m in self.missing:
-            lines.append(f"  NOT FOUND {shown(m)}")
-        for uri, why in self.skip_reasons.items():
-            lines.append(f"  SKIPPED {shown(uri)}: {shown(why)}")
-        lines.append(f"labelling policy: {self.policy.describe()}")
-        out = shown(self.out)
-        lines.append(f"output: {out}/frames and {out}/videos (model_version={self.model_version})")
-        return "\n".join(lines)
-
-
 @contextlib.contextmanager
 def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | None) -> Iterator[str]:
     """The gRPC URL to use: the given one after a health check, or an embedded server's."""
@@ -150,17 +101,6 @@ def _cancel_in_flight(futures) -> None:
             pass
 
 
-def _failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> VideoOutcome:
-    reason = "triton_unavailable" if isinstance(exc, ServiceUnavailableError) else "internal_error"
-    row = video_row(source.uri, status=STATUS_FAILED, model_name=cfg.model_name, run_id=cfg.run_id,
-                    started_at=datetime.now(timezone.utc), size_bytes=source.size_bytes, source_mtime=source.mtime,
-                    error_reason=reason,
-                    error_message=f"gave up after {TASK_RETRIES + 1} attempts: {type(exc).__name__}: {exc}")
-    fs, base = resolve(cfg.out)
-    write_atomic(videos_table([row]), fs, videos_path(base, cfg.model_version, source.uri))
-    return VideoOutcome(row)
-
-
 @flow(name="label_archive", log_prints=True)
 def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "detect",
                   include: list[str] | None = None, exclude: list[str] | None = None,
@@ -179,7 +119,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     policy.check_window(PREPROCESSING.window)
     limits = Limits(min_fps=min_fps, timeout_s=video_timeout_s)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()))
+    listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,))
     # One cheap task before Triton starts: a cluster without the driver's storage access fails here, once,
     # not once per video.
     problem = worker_access.submit(out, listing.sources[0].uri if listing.sources else None).result()
@@ -187,7 +127,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         raise PreflightError(f"{problem}. Each Ray node needs its own access to the storage (an instance role, "
                              "AWS_* in the environment of its `ray start`, or ~/.aws); endpoint and region "
                              "travel with the run")
-    print(f"{len(listing.sources)} videos to label, {len(listing.skipped_not_video)} files skipped (not a video)")
+    print(f"{len(listing.sources)} videos found, {len(listing.skipped)} files skipped")
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = resolve(out)
     log_dir = None if "://" in out else Path(out_base)  # the embedded server's log goes beside local output
@@ -197,37 +137,61 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             version = client.served_version()
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
                           policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder)
-        ledger = {} if force else read_ledger(out, version)
-        todo = [s for s in listing.sources if not is_done(s, ledger.get(s.uri), policy, face_mode)]
-        todo_uris = {s.uri for s in todo}
-        shown_out = out if "://" in out else out_base
-        summary = RunSummary(run_id, shown_out, version, policy, skipped_not_video=listing.skipped_not_video,
-                             missing=listing.missing, skip_reasons=listing.skip_reasons,
-                             already_done=[s.uri for s in listing.sources if s.uri not in todo_uris])
-        if summary.already_done:
-            print(f"{len(summary.already_done)} videos already labelled by model version {version} with these "
-                  "settings (face mode, labelling policy) and unchanged: skipped (--force relabels them)")
+        summary = RunSummary(run_id, out if "://" in out else out_base, version, policy, missing=listing.missing,
+                             skipped=listing.skipped, excluded=listing.excluded, warnings=listing.warnings)
+        todo = _plan(listing.sources, cfg, force, summary)
         futures = {label_one.submit(s, cfg): s for s in todo}
         try:
             for i, fut in enumerate(as_completed(list(futures)), 1):
                 src = futures[fut]
                 result = fut.result(raise_on_failure=False)
-                outcome = result if isinstance(result, VideoOutcome) else _failed_outcome(src, cfg, result)
+                outcome = result if isinstance(result, VideoOutcome) else \
+                    failed_outcome(src, cfg, result, TASK_RETRIES + 1)
                 summary.outcomes.append(outcome)
                 global finished_in_this_process
                 finished_in_this_process += 1
                 print(f"[{i}/{len(futures)}] {outcome.row['status']}: {shown(src.uri)}")
         except BaseException:
             # Interrupted (or broken): stop the tasks in flight now, while Triton still serves, so none of
-            # them fails on a vanished model and is charged an attempt for it. Unfinished videos hold no rows
-            # (writes are atomic) and the next run labels them.
+            # them fails on a vanished model. Unfinished videos hold no rows (writes are atomic) and the
+            # next run labels them.
             _cancel_in_flight(futures)
             raise
-    print(summary.format())
-    return {"run_id": run_id, "out": summary.out, "model_version": version, "labelled": summary.labelled,
-            "failed": summary.failed, "already_done": len(summary.already_done),
-            "skipped_not_video": len(listing.skipped_not_video),
-            "missing": listing.missing, "text": summary.format()}
+    text = summary.format()
+    print(text)
+    return {"run_id": run_id, "out": summary.out, "model_version": version, **summary.counts(),
+            "missing": listing.missing, "text": text}
+
+
+def _plan(sources: list[Source], cfg: LabelConfig, force: bool, summary: RunSummary) -> list[Source]:
+    """What this run must label, after the ledger: done and earlier failures are counted in ``summary``,
+    files seen and not labelled get their "skipped" rows, and a file whose content matches a labelled one
+    under another name gets its labels copied. Returns the sources to label (with content fingerprints)."""
+    key = DoneKey(cfg.face_mode, cfg.policy, fingerprint(PREPROCESSING))
+    ledger = Ledger() if force else read_ledger(cfg.out, cfg.model_version)
+    record_skipped(summary.skipped, ledger, cfg.out, cfg.model_version, cfg.model_name, cfg.run_id)
+    todo = []
+    for s in sources:
+        if ledger.is_done(s, key):
+            failure = ledger.earlier_failure(s, key)
+            (summary.earlier_failures.append(failure) if failure else summary.already_done.append(s.uri))
+        else:
+            todo.append(s)
+    if summary.already_done:
+        print(f"{len(summary.already_done)} videos already labelled by model version {cfg.model_version} with "
+              "these settings (face mode, labelling policy) and unchanged: skipped (--force relabels them)")
+    todo = fingerprinted(todo)
+    if force:
+        return todo
+    left = []
+    for s in todo:
+        same = ledger.same_content(s.content_hash, key, s.uri)
+        if same is None:
+            left.append(s)
+            continue
+        moved = adopt_labels(cfg.out, cfg.model_version, same, s, cfg.run_id)
+        summary.reused.append(Reused(s.uri, same["source_uri"], moved))
+    return left
 
 
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:

@@ -8,12 +8,12 @@ typo answers in seconds instead of after a Prefect server, Ray and Triton have s
 from __future__ import annotations
 
 import glob
-import os
 import uuid
 from collections.abc import Iterable
 
 import pyarrow.fs as pafs
 
+from flows.sources import local_spec_matches
 from flows.terminal import shown
 from workers.errors import EmoframeError
 from workers.storage import CredentialsInURIError, check_no_credentials, filesystem_for
@@ -58,9 +58,7 @@ def missing_sources(sources: Iterable[str]) -> list[str]:
         if _is_uri(spec):
             found = _remote_exists(spec)
         else:
-            path = spec.removeprefix("file://")
-            found = os.path.exists(path) or (glob.has_magic(path) and next(glob.iglob(path, recursive=True), None)
-                                             is not None)
+            found = local_spec_matches(spec)
         if not found:
             missing.append(spec)
     return missing

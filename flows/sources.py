@@ -365,6 +365,14 @@ def _expand_local(spec: str, ours: _Ours, warnings: list[str]) -> Iterator[_Foun
     return _chain(_named(os.path.abspath(p), ours, warnings) for p in paths) if paths else None
 
 
+def local_spec_matches(spec: str) -> bool:
+    """Whether a local path exists or a glob matches something (the walk ends even with symlink loops)."""
+    if os.path.exists(spec.removeprefix("file://")):
+        return True
+    found = _expand_local(spec, _Ours.of(()), [])
+    return found is not None and next(iter(found), None) is not None
+
+
 def _chain(its: Iterable[Iterator[_Found | _Skipped]]) -> Iterator[_Found | _Skipped]:
     for it in its:
         yield from it

@@ -44,3 +44,20 @@ class LeakingDecoder(DecordDecoder):
             hoard.append(np.ones((256, 1024, 1024), np.uint8))
 
 
+
+
+class CrashOnceDecoder(DecordDecoder):
+    """Segfaults on its first try of a file (a marker beside the file remembers it), then finds a corrupt frame:
+    a crash that does not repeat, followed by the file's real problem."""
+
+    def iter_frames(self, path, width, height, chunk):
+        import os
+
+        from workers.errors import BadInputError
+
+        marker = path + ".crashed"
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            ctypes.string_at(0)  # SIGSEGV
+        raise BadInputError("corrupt_frames", "frame 3 is corrupt")
+        yield  # a generator, like the others

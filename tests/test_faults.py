@@ -14,6 +14,7 @@ import pytest
 import decord
 from flows.label_archive import DEFAULT_MODEL_REPO, run_label_archive
 from flows.query import connect
+from tests.reliability import frame_accounting, record
 from training.synth import make_video
 from workers.triton_server import EmbeddedTriton
 
@@ -39,18 +40,23 @@ def wait_for(pred, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def in_progress(out) -> bool:
-    return any((out / "_attempts").rglob("*.json")) if (out / "_attempts").exists() else False
+def label_worker() -> psutil.Process | None:
+    """A Ray worker running a video task: a video is in progress."""
+    for p in psutil.process_iter(["cmdline"]):
+        if "ray::label_one" in " ".join(p.info["cmdline"] or []):
+            return p
+    return None
 
 
-def assert_complete(out, videos) -> None:
+def assert_complete(out, videos, fault: str) -> None:
+    """Every frame of every video exactly once, every video labelled; recorded for the README's table."""
     con = connect(str(out))
-    rows = con.sql("SELECT source_uri, count(*), count(DISTINCT frame_index) FROM frames GROUP BY 1").fetchall()
-    assert len(rows) == len(list(videos.glob("*.mp4")))
-    for uri, n, distinct in rows:
-        assert n == distinct == len(decord.VideoReader(uri)), uri  # none lost, none duplicated
+    expected = {str(p): len(decord.VideoReader(str(p))) for p in sorted(videos.glob("*.mp4"))}
+    figures = frame_accounting(con, expected)
+    record("fault", fault, "run completed", **figures)
+    assert figures == {"lost": 0, "duplicated": 0, "healthy_failed": 0}, figures
     status = con.sql("SELECT status, count(*) FROM videos GROUP BY 1").fetchall()
-    assert status == [("labelled", len(rows))]
+    assert status == [("labelled", len(expected))]
 
 
 def test_triton_killed_and_restarted_during_a_run(videos, tmp_path):
@@ -61,7 +67,7 @@ def test_triton_killed_and_restarted_during_a_run(videos, tmp_path):
     restarted: list[EmbeddedTriton] = []
 
     def chaos() -> None:
-        wait_for(lambda: in_progress(out), 240, "a video in progress")
+        wait_for(lambda: label_worker() is not None, 240, "a video in progress")
         os.killpg(server.pid, signal.SIGKILL)  # no graceful shutdown: the server just dies
         events["killed"] = time.monotonic()
         time.sleep(3)
@@ -79,7 +85,7 @@ def test_triton_killed_and_restarted_during_a_run(videos, tmp_path):
             s.stop()
     assert "killed" in events and "restarted" in events
     assert result["labelled"] == 4 and result["failed"] == 0
-    assert_complete(out, videos)
+    assert_complete(out, videos, "Triton SIGKILLed mid-run, restarted 3 s later on the same port")
 
 
 def test_ray_worker_killed_mid_video(videos, tmp_path):
@@ -87,14 +93,9 @@ def test_ray_worker_killed_mid_video(videos, tmp_path):
     killed: list[int] = []
 
     def chaos() -> None:
-        def victim():
-            for p in psutil.process_iter(["cmdline"]):
-                if "ray::label_one" in " ".join(p.info["cmdline"] or []):
-                    return p
-            return None
-
-        wait_for(lambda: in_progress(out) and victim() is not None, 240, "a Ray worker labelling a video")
-        p = victim()
+        wait_for(lambda: label_worker() is not None, 240, "a Ray worker labelling a video")
+        time.sleep(1)  # into the video, past the task's start
+        p = label_worker()
         p.kill()  # SIGKILL: Ray sees a dead worker and retries the task
         killed.append(p.pid)
 
@@ -104,5 +105,80 @@ def test_ray_worker_killed_mid_video(videos, tmp_path):
     t.join(30)
     assert killed
     assert result["labelled"] == 4 and result["failed"] == 0, result["text"]
-    assert_complete(out, videos)
-    assert not list((out / "_attempts").rglob("*.json"))
+    assert_complete(out, videos, "a Ray worker SIGKILLed mid-video")
+
+
+def test_model_unloaded_and_reloaded_on_a_shared_triton_during_a_run(videos, tmp_path):
+    """A shared Triton reloading the model answers NOT_FOUND meanwhile: the videos in flight wait and
+    finish; none is charged an attempt or left failed."""
+    import tritonclient.grpc as grpcclient
+
+    from workers.contract import MODEL_NAME
+
+    out = tmp_path / "out"
+    server = EmbeddedTriton(DEFAULT_MODEL_REPO, log_path=tmp_path / "triton.log").start()
+    events: dict[str, float] = {}
+
+    def chaos() -> None:
+        wait_for(lambda: label_worker() is not None, 240, "a video in progress")
+        time.sleep(2)  # into the video: its requests are under way
+        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        admin.unload_model(MODEL_NAME)
+        events["unloaded"] = time.monotonic()
+        time.sleep(20)
+        admin.load_model(MODEL_NAME)
+        events["reloaded"] = time.monotonic()
+
+    t = threading.Thread(target=chaos, daemon=True)
+    t.start()
+    try:
+        result = run_label_archive([str(videos)], str(out), triton_url=server.grpc_url)
+        finished = time.monotonic()
+        t.join(60)
+    finally:
+        server.stop()
+    assert "unloaded" in events and events["reloaded"] < finished  # the model was away while videos were in flight
+    assert result["labelled"] == 4 and result["failed"] == 0, result["text"]
+    assert_complete(out, videos, "the model unloaded for 20 s on a shared Triton (NOT_FOUND meanwhile), then reloaded")
+
+
+def test_a_worker_killed_until_the_task_budget_is_spent_leaves_a_retryable_row_and_the_rerun_labels(videos,
+                                                                                                    tmp_path):
+    """Every try of one video killed (Ray's worker, SIGKILL): the run records the video as failed for a
+    reason outside the file (`internal_error`, with the real last error), exits with the failure counted,
+    and the next run labels it: nothing is held against a healthy file."""
+    one = tmp_path / "one"
+    one.mkdir()
+    clip = sorted(videos.glob("*.mp4"))[0]
+    (one / clip.name).write_bytes(clip.read_bytes())
+    out = tmp_path / "out"
+    stop = threading.Event()
+    killed: list[int] = []
+
+    def chaos() -> None:
+        while not stop.is_set():
+            p = label_worker()
+            if p is not None and p.pid not in killed:
+                time.sleep(0.5)
+                try:
+                    p.kill()
+                    killed.append(p.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.1)
+
+    t = threading.Thread(target=chaos, daemon=True)
+    t.start()
+    try:
+        first = run_label_archive([str(one)], str(out), face_mode="centred")
+    finally:
+        stop.set()
+        t.join(10)
+    assert len(killed) >= 4  # the first try and Prefect's 3 retries
+    assert (first["labelled"], first["failed"], first["problems"]) == (0, 1, 1), first["text"]
+    row = connect(str(out)).execute("SELECT error_reason, error_message FROM videos").fetchone()
+    assert row[0] == "internal_error" and "retried on the next run" in row[1], row
+    second = run_label_archive([str(one)], str(out), face_mode="centred")
+    assert (second["labelled"], second["failed"], second["problems"]) == (1, 0, 0), second["text"]
+    assert connect(str(out)).execute("SELECT status FROM videos").fetchall() == [("labelled",)]
+    assert_complete(out, one, f"every try of a video's task SIGKILLed ({len(killed)} workers), then a rerun")

@@ -18,7 +18,7 @@ from flows.label_archive import DEFAULT_MODEL_REPO, run_label_archive
 from flows.query import connect
 from tests.media import write_video
 from training.synth import make_video
-from workers.contract import CLASSES
+from workers.contract import CLASSES, fingerprint
 from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,8 @@ def decoded_len(path) -> int:
 
 def test_run_summary_counts(run):
     _, result = run
-    assert result["labelled"] == 6 and result["failed"] == 1 and result["skipped_not_video"] == 1
+    assert result["labelled"] == 6 and result["failed"] == 1 and result["skipped"] == 1
+    assert result["problems"] == 1  # broken.mp4: `emoframe label` exits 1
     assert "broken.mp4" in result["text"] and "not_a_video" in result["text"]
 
 
@@ -166,14 +167,20 @@ def test_videos_table_is_complete(run, corpus):
     src, _ = corpus
     con = connect(str(out))
     rows = con.sql("SELECT * FROM videos ORDER BY source_uri").fetchnumpy()
-    assert len(rows["source_uri"]) == 7
+    assert len(rows["source_uri"]) == 8  # every file the run saw, notes.txt included
     for i, uri in enumerate(rows["source_uri"]):
+        if uri.endswith("notes.txt"):
+            assert (rows["status"][i], rows["error_reason"][i]) == ("skipped", "not_a_video")
+            assert rows["error_message"][i] == ".txt extension" and rows["run_id"][i] == result["run_id"]
+            continue
+        assert rows["content_hash"][i].startswith(f"{rows['size_bytes'][i]}:")
         if uri.endswith("broken.mp4"):
             assert rows["status"][i] == "failed" and rows["error_reason"][i] == "not_a_video"
             assert "no decodable video stream" in rows["error_message"][i]
         else:
             assert rows["status"][i] == "labelled" and rows["frame_count"][i] == decoded_len(uri)
             assert rows["fps"][i] > 0 and rows["duration_s"][i] > 0 and rows["processing_s"][i] > 0
+            assert rows["contract"][i] == fingerprint()
         assert rows["run_id"][i] == result["run_id"] and rows["size_bytes"][i] > 0
     assert rows["has_audio"][list(rows["source_uri"]).index(str(src / "no_audio.mp4"))] == False  # noqa: E712
 
@@ -194,7 +201,10 @@ def test_rerun_of_a_finished_run_changes_nothing(run, corpus):
     src, _ = corpus
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
     again = run_label_archive([str(src)], str(out), **SETTINGS)
-    assert again["already_done"] == 7 and again["labelled"] == again["failed"] == 0
+    assert again["already_done"] == 6 and again["labelled"] == again["failed"] == 0
+    # broken.mp4 failed in the first run and is unchanged: shown again, and the run still counts it (exit 1)
+    assert again["earlier_failed"] == 1 and again["problems"] == 1
+    assert "FAILED broken.mp4 (in run " in again["text"] and "not_a_video" in again["text"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
 
 
@@ -206,7 +216,7 @@ def test_a_rerun_under_another_policy_or_face_mode_relabels(run, corpus, tmp_pat
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     other = run_label_archive([str(src)], str(copy), **{**SETTINGS, "audio": False})
-    assert other["labelled"] == 6 and other["already_done"] == 1
+    assert other["labelled"] == 6 and other["earlier_failed"] == 1
     con = connect(str(copy))
     assert con.sql("SELECT DISTINCT audio_used FROM videos WHERE status = 'labelled'").fetchall() == [(False,)]
     detect = run_label_archive([str(src / "no_audio.mp4")], str(copy), **{**SETTINGS, "audio": False,

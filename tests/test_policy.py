@@ -128,22 +128,6 @@ def test_checkpoints_from_before_the_split_load_and_keep_the_contract():
         Preprocessing.from_dict({**PREPROCESSING.to_dict(), "crop_sise": 64})  # a real unknown key still fails
 
 
-def test_a_rerun_under_another_policy_or_face_mode_relabels_and_a_legacy_row_is_relabelled():
-    from flows.ledger import is_done
-    from workers.video_task import Source
-
-    src = Source("a.mp4", 10, "t")
-    row = {"size_bytes": 10, "source_mtime": "t", "status": "labelled", "error_reason": None, "face_mode": "detect",
-           "stride": POLICY.stride, "vote_seconds": POLICY.vote_seconds, "audio_used": POLICY.audio}
-    assert is_done(src, row, POLICY, "detect")
-    assert not is_done(src, row, POLICY, "centred")
-    assert not is_done(src, row, LabellingPolicy(audio=not POLICY.audio), "detect")
-    assert not is_done(src, row, LabellingPolicy(vote_seconds=1.0), "detect")
-    assert not is_done(src, {**row, "stride": None, "vote_seconds": None, "audio_used": None}, POLICY, "detect")
-    failed = {**row, "status": "failed", "error_reason": "not_a_video", "stride": None}
-    assert is_done(src, failed, LabellingPolicy(stride=8), "centred")  # the file's own fault: nothing brings it back
-
-
 def test_each_command_gets_its_own_audio_default_from_one_parser():
     """label and serve do not hear the audio unless asked; evaluate does. The flag is shared, so a default set
     for evaluate once leaked into label (every CLI run heard the audio)."""

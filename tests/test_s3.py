@@ -87,7 +87,7 @@ def labelled(s3_server: S3Server, bucket):
 
 def test_flow_labels_from_the_bucket_into_the_bucket(labelled):
     _, result = labelled
-    assert (result["labelled"], result["failed"], result["skipped_not_video"]) == (2, 1, 2), result["text"]
+    assert (result["labelled"], result["failed"], result["skipped"]) == (2, 1, 2), result["text"]
 
 
 def test_query_reads_the_bucket_one_row_per_decoded_frame(labelled, s3_server, bucket):

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from flows.query import connect
+from tests.reliability import frame_accounting, record
 from tests.media import write_video
 from workers.lifeline import sweep
 
@@ -78,14 +79,15 @@ def _leftovers(pid: int) -> list[str]:
             if p.name.startswith((f"emoframe-triton-{pid}-", f"emoframe{pid}_"))]
 
 
-def _rerun_completes(videos: Path, out: Path, log: Path) -> None:
+def _rerun_completes(videos: Path, out: Path, log: Path, fault: str) -> None:
     proc = _label(videos, out, log)
     assert proc.wait(timeout=900) == 0, log.read_text()
     con = connect(str(out))
     rows = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
     assert rows == {str(videos / name): n for name, n in FRAMES.items()}  # none lost, none twice
-    distinct = con.execute("SELECT count(*) FROM (SELECT DISTINCT source_uri, frame_index FROM frames)").fetchone()[0]
-    assert distinct == sum(FRAMES.values())
+    figures = frame_accounting(con, {str(videos / name): n for name, n in FRAMES.items()})
+    record("fault", fault, "rerun completed", **figures)
+    assert figures == {"lost": 0, "duplicated": 0, "healthy_failed": 0}, figures
 
 
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted: "),
@@ -114,23 +116,42 @@ def test_a_signal_stops_the_run_in_seconds_with_one_line(sig, code, said, videos
     assert "Traceback" not in text, text
     assert _gone(services, 15) == [], f"still running after the run stopped ({took:.0f} s to stop)"
     assert _leftovers(proc.pid) == []
-    _rerun_completes(videos, out, tmp_path / "rerun.log")
+    _rerun_completes(videos, out, tmp_path / "rerun.log", f"{signal.Signals(sig).name} to the run's process group")
 
 
-def test_sigkill_of_the_run_takes_its_services_and_the_next_run_sweeps(videos, tmp_path):
-    """SIGKILL runs no handler: the services notice their parent died (PR_SET_PDEATHSIG), and what is left
-    on disk carries the dead run's pid, so the next run removes it."""
-    out, log = tmp_path / "out", tmp_path / "run.log"
-    proc = _label(videos, out, log)
-    _wait_for(log, "[1/", proc)
-    services = _services(proc)
-    proc.kill()
-    proc.wait()
-    assert _gone(services, 30) == []
-    left = _leftovers(proc.pid)
-    assert left, "a killed run's Triton work folder is expected on disk until a sweep"
-    _rerun_completes(videos, out, tmp_path / "rerun.log")
-    assert _leftovers(proc.pid) == []
+def _video_in_flight() -> bool:
+    return any("ray::label_one" in _cmdline(p) for p in psutil.process_iter())
+
+
+@pytest.mark.parametrize("moments", [("videos found", "in flight", "[1/")])
+def test_sigkill_at_three_moments_then_a_rerun_finishes_with_nothing_lost_or_failed(moments, videos, tmp_path):
+    """SIGKILL runs no handler: the services notice their parent died (PR_SET_PDEATHSIG), what is left on disk
+    carries the dead run's pid, so the next run removes it, and no attempt is charged to the videos that were
+    in flight: killed while services start, while the first videos are being labelled, and after one finished."""
+    out = tmp_path / "out"
+    killed = []
+    for i, moment in enumerate(moments):
+        log = tmp_path / f"run{i}.log"
+        proc = _label(videos, out, log)
+        if moment == "in flight":
+            _wait_for(log, "videos found", proc)
+            deadline = time.monotonic() + 300
+            while not _video_in_flight() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert _video_in_flight(), log.read_text()
+        else:
+            _wait_for(log, moment, proc)
+        services = _services(proc)
+        proc.kill()
+        proc.wait()
+        killed.append(proc.pid)
+        assert _gone(services, 30) == [], moment
+    assert any(_leftovers(pid) for pid in killed), "a killed run's Triton work folder is expected until a sweep"
+    _rerun_completes(videos, out, tmp_path / "rerun.log", "SIGKILL of `emoframe label` at three moments (services "
+                     "starting, first videos in flight, one video finished), then a rerun")
+    assert [_leftovers(pid) for pid in killed] == [[]] * len(killed)
+    con = connect(str(out))
+    assert con.execute("SELECT count(*) FROM videos WHERE status <> 'labelled'").fetchone()[0] == 0
 
 
 def test_sweep_removes_only_what_dead_runs_left(tmp_path):
@@ -160,3 +181,14 @@ def test_ray_token_file_is_made_owner_only(tmp_path):
     assert tighten_token_file(tmp_path) == folder / "auth_token"
     assert (folder / "auth_token").stat().st_mode & 0o777 == 0o600 and folder.stat().st_mode & 0o777 == 0o700
     assert tighten_token_file(tmp_path / "nobody") is None
+
+
+def test_two_concurrent_runs_on_one_output_leave_each_frame_once_and_nothing_failed(videos, tmp_path):
+    """Two `emoframe label` runs started together on the same sources and output (two cron lines, a retry
+    while the first still runs): both finish, and each video's rows are there once, not twice."""
+    out = tmp_path / "out"
+    runs = [_label(videos, out, tmp_path / f"run{i}.log") for i in range(2)]
+    codes = [p.wait(timeout=900) for p in runs]
+    assert codes == [0, 0], [(tmp_path / f"run{i}.log").read_text()[-3000:] for i in range(2)]
+    _rerun_completes(videos, out, tmp_path / "rerun.log", "two runs at once on one output, then a third")
+    assert "6 already done" in (tmp_path / "rerun.log").read_text()

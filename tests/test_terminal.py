@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flows.label_archive import RunSummary
+from flows.run_summary import RunSummary
 from flows.terminal import shown
 from workers.sink import video_row
 from workers.video_task import VideoOutcome
@@ -24,7 +24,7 @@ def test_a_hostile_file_name_cannot_colour_split_or_forge_the_run_summary():
     failed = VideoOutcome(video_row(evil, status="failed", model_name="m", run_id="r", started_at=now,
                                     error_reason="not_a_video", error_message=f"{evil} is not a video"))
     text = RunSummary("r", "/out", "3", outcomes=[failed], missing=["/in/gone\x07.mp4"],
-                      skip_reasons={"/in/a\nb.txt": "not a video file extension"}).format()
+                      skipped={"/in/a\nb.txt": "not_a_video: .txt extension"}).format()
     assert "\x1b" not in text and "\x07" not in text
     lines = text.splitlines()
     assert len(lines) == 6 and not any(line.startswith("run fake") for line in lines)

@@ -23,3 +23,7 @@ class ServiceUnavailableError(EmoframeError):
 
 class ContractMismatchError(EmoframeError):
     """The served model expects different inputs than this client prepares (a different contract)."""
+
+
+class StorageUnavailableError(ServiceUnavailableError):
+    """The storage holding a source or the output could not be read or written; worth retrying later."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from workers.errors import BadInputError, ServiceUnavailableError
+from workers.errors import BadInputError, ServiceUnavailableError, StorageUnavailableError
 from workers.lifeline import exit_with_parent
 
 _CTX: mp.context.BaseContext | None = None
@@ -98,7 +98,7 @@ def _child(conn: Connection, fn: Callable[..., Any], args: tuple, memory_mb: int
     except BadInputError as exc:
         send("bad", exc.reason, exc.message)
     except ServiceUnavailableError as exc:
-        send("unavailable", str(exc))
+        send("unavailable", isinstance(exc, StorageUnavailableError), str(exc))
     except MemoryError:
         send("bad", "too_large", f"needed more than the {memory_mb} MB memory cap")
     except BaseException as exc:  # noqa: BLE001 -- everything else goes back to the parent, typed
@@ -158,7 +158,7 @@ def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits())
             if kind == "bad":
                 raise BadInputError(msg[1], msg[2])
             if kind == "unavailable":
-                raise ServiceUnavailableError(msg[1])
+                raise (StorageUnavailableError if msg[1] else ServiceUnavailableError)(msg[2])
             raise RuntimeError(f"video task failed: {msg[1]}\n{msg[2]}")
     finally:
         if proc.is_alive():

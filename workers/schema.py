@@ -24,7 +24,10 @@ from workers.contract import CLASSES
 #    union_by_name (their new columns read as NULL): see README "Reading version 1 output".
 # 3: videos gain the run's labelling policy (stride, vote_seconds, audio_used); frames unchanged, except that
 #    with audio_used false a frame without a face has no label even where audio_present is true.
-SCHEMA_VERSION = 3
+# 4: videos gain content_hash (the same file under a new name is recognised), contract (the model's
+#    input contract fingerprint: part of "already done"), and rows of status "skipped" for files seen
+#    but not labelled (not a video, hidden, special files), so every file a run sees is accounted for.
+SCHEMA_VERSION = 4
 SCHEMA_METADATA = {b"emoframe.schema_version": str(SCHEMA_VERSION).encode()}
 PARTITION_KEY = "model_version"
 
@@ -68,6 +71,8 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("size_bytes", pa.int64()),
         pa.field("source_mtime", pa.string()),  # ISO time or etag: what "unchanged since" is checked against
+        # "<size>:<sha256 of the first and last MiB>": the same content under another name (storage.py).
+        pa.field("content_hash", pa.string()),
         pa.field("duration_s", pa.float64()),
         pa.field("fps", pa.float64()),
         pa.field("frame_count", pa.int32()),
@@ -81,8 +86,10 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("stride", pa.int32()),
         pa.field("vote_seconds", pa.float64()),
         pa.field("audio_used", pa.bool_()),  # whether the model heard the audio
-        pa.field("status", pa.string(), nullable=False),  # "labelled" or "failed"
-        pa.field("error_reason", pa.string()),  # short code, e.g. "not_a_video", "empty_file", "triton_unavailable"
+        pa.field("contract", pa.string()),  # fingerprint of the served model's input contract (labelled rows)
+        pa.field("status", pa.string(), nullable=False),  # "labelled", "failed" or "skipped"
+        # A short code, e.g. "not_a_video", "empty_file", "triton_unavailable"; for "skipped", why it was not tried.
+        pa.field("error_reason", pa.string()),
         pa.field("error_message", pa.string()),
         pa.field("model_name", pa.string(), nullable=False),
         pa.field("processing_s", pa.float64()),
@@ -96,6 +103,7 @@ VIDEOS_SCHEMA = pa.schema(
 
 STATUS_LABELLED = "labelled"
 STATUS_FAILED = "failed"
+STATUS_SKIPPED = "skipped"  # seen by a run but not a video it labels; error_reason says why
 
 
 def video_id(source_uri: str) -> str:
@@ -122,11 +130,6 @@ def partition(model_version: str) -> str:
 
 def frames_path(base: str, model_version: str, source_uri: str) -> str:
     return f"{base.rstrip('/')}/frames/{partition(model_version)}/{video_key(source_uri)}.parquet"
-
-
-def attempts_path(base: str, model_version: str, source_uri: str) -> str:
-    """Attempt counter of a video in progress (deleted once its videos row is written)."""
-    return f"{base.rstrip('/')}/_attempts/{partition(model_version)}/{video_key(source_uri)}.json"
 
 
 def videos_path(base: str, model_version: str, source_uri: str) -> str:

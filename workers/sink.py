@@ -17,7 +17,7 @@ from workers.storage import filesystem_for
 from workers.contract import CLASSES, NUM_CLASSES
 from workers.labeling import Predictions
 from workers.policy import LabellingPolicy
-from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
+from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, frames_path, video_id, videos_path
 
 
 def resolve(dest: str) -> tuple[pafs.FileSystem, str]:
@@ -81,7 +81,8 @@ def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str
 
 
 def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, started_at: datetime,
-              size_bytes: int | None = None, source_mtime: str | None = None, duration_s: float | None = None,
+              size_bytes: int | None = None, source_mtime: str | None = None, content_hash: str | None = None,
+              contract: str | None = None, duration_s: float | None = None,
               fps: float | None = None, frame_count: int | None = None, has_audio: bool | None = None,
               width: int | None = None, height: int | None = None, face_mode: str | None = None,
               tracks: int | None = None, warning: str | None = None, policy: LabellingPolicy | None = None,
@@ -89,7 +90,8 @@ def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, sta
     finished = datetime.now(timezone.utc)
     return {
         "video_id": video_id(source_uri), "source_uri": source_uri, "size_bytes": size_bytes,
-        "source_mtime": source_mtime, "duration_s": duration_s, "fps": fps, "frame_count": frame_count,
+        "source_mtime": source_mtime, "content_hash": content_hash, "contract": contract,
+        "duration_s": duration_s, "fps": fps, "frame_count": frame_count,
         "width": width, "height": height, "has_audio": has_audio, "face_mode": face_mode, "tracks": tracks,
         "warning": warning, "stride": policy.stride if policy else None,
         "vote_seconds": policy.vote_seconds if policy else None, "audio_used": policy.audio if policy else None,
@@ -101,3 +103,20 @@ def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, sta
 
 def videos_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
+
+
+def remove_video_output(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
+    """Delete one video's frames file, then its videos row (the record goes last, as it was written last)."""
+    for path in (frames_path(base, model_version, source_uri), videos_path(base, model_version, source_uri)):
+        try:
+            fs.delete_file(path)
+        except (FileNotFoundError, OSError):
+            pass  # never written (a failed or skipped file has no frames)
+
+
+def remove_stale_frames(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
+    """A file labelled once and failed or skipped now: its old frames must not stand beside the new row."""
+    try:
+        fs.delete_file(frames_path(base, model_version, source_uri))
+    except (FileNotFoundError, OSError):
+        pass  # none was written

@@ -29,10 +29,11 @@ from workers.contract import (
 )
 from workers.errors import ContractMismatchError, EmoframeError, ServiceUnavailableError
 
-# gRPC status codes worth another try: server down/restarting, overloaded, or too slow this time.
-_TRANSIENT = frozenset(
-    {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.ABORTED"}
-)
+# gRPC status codes worth another try: server down/restarting, overloaded, or too slow this time. NOT_FOUND
+# too: the run checked at its start that the model is served, so a model not found now is being reloaded
+# (Triton answers NOT_FOUND while a model is unloaded on a shared server).
+_TRANSIENT = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
+                        "StatusCode.ABORTED", "StatusCode.NOT_FOUND"})
 
 
 class InferenceFailedError(EmoframeError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,16 +20,16 @@ import cv2
 import numpy as np
 import torch
 
-from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING
+from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING, fingerprint
 from workers.decode import Decoder, VideoInfo
-from workers.errors import BadInputError, ServiceUnavailableError
+from workers.errors import BadInputError, StorageUnavailableError
 from workers.isolation import Limits, run_isolated
 from workers.storage import filesystem_for
 from workers.labeling import predict_video
 from workers.policy import POLICY, LabellingPolicy
 from workers.preprocess import FaceMode, InputChunk, check_face_centred, iter_video_inputs
-from workers.schema import STATUS_FAILED, STATUS_LABELLED, attempts_path, frames_path, videos_path
-from workers.sink import frames_table, resolve, video_row, videos_table, write_atomic
+from workers.schema import STATUS_FAILED, STATUS_LABELLED, frames_path, videos_path
+from workers.sink import frames_table, remove_stale_frames, resolve, video_row, videos_table, write_atomic
 from workers.triton_client import TritonClient
 from workers.windows import FrameCountError
 
@@ -54,7 +53,7 @@ class LabelConfig:
     decoder: str = "workers.decode:DecordDecoder"  # "module:Class"; tests inject faulty decoders here
     isolate: bool = True  # run each video in a child process under `limits` (see workers/isolation.py)
     limits: Limits = Limits()
-    max_attempts: int = 3  # per file, across crashes, hangs and dead workers; then it is recorded as failed
+    max_attempts: int = 3  # tries of one file whose decoding child crashes or hangs; then it is recorded as failed
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,7 @@ class Source:
     uri: str  # what the user named: a local path or s3://... / gs://...
     size_bytes: int | None = None
     mtime: str | None = None  # ISO mtime or etag
+    content_hash: str | None = None  # storage.content_fingerprint: recognises the same file under a new name
 
 
 @dataclass
@@ -84,8 +84,13 @@ def local_copy(uri: str) -> Iterator[str]:
     fs, path = filesystem_for(uri)
     suffix = os.path.splitext(path)[1][:10]
     with tempfile.NamedTemporaryFile(suffix=suffix, prefix="emoframe-") as tmp:
-        with fs.open_input_stream(path) as src:
-            shutil.copyfileobj(src, tmp, length=1 << 22)
+        try:
+            with fs.open_input_stream(path) as src:
+                shutil.copyfileobj(src, tmp, length=1 << 22)
+        except FileNotFoundError:
+            raise BadInputError("not_found", f"{uri} was deleted after it was listed") from None
+        except OSError as exc:  # the store, not the file: retried
+            raise StorageUnavailableError(f"reading {uri}: {str(exc).splitlines()[0][:300]}") from None
         tmp.flush()
         yield tmp.name
 
@@ -162,81 +167,35 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
     return _Labelled(info, outcome)
 
 
-class _Attempts:
-    """Per-file attempt counter kept with the output, so a file that keeps killing its worker (where no
-    exception ever reaches us) is given up on after ``max_attempts`` whatever retries Ray or Prefect make."""
-
-    def __init__(self, cfg: LabelConfig, uri: str):
-        self.fs, base = resolve(cfg.out)
-        self.path = attempts_path(base, cfg.model_version, uri)
-
-    def start(self) -> int:
-        """Records one more attempt; returns how many were made before it."""
-        try:
-            with self.fs.open_input_stream(self.path) as f:
-                before = int(json.loads(f.read())["attempts"])
-        except (FileNotFoundError, OSError, ValueError, KeyError):
-            before = 0
-        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(self.path) as f:
-            f.write(json.dumps({"attempts": before + 1}).encode())
-        return before
-
-    def undo(self) -> None:
-        """Takes back the last attempt: it ended for a reason outside the file (Triton down)."""
-        try:
-            with self.fs.open_input_stream(self.path) as f:
-                made = int(json.loads(f.read())["attempts"])
-        except (FileNotFoundError, OSError, ValueError, KeyError):
-            return
-        if made <= 1:
-            self.clear()
-            return
-        with self.fs.open_output_stream(self.path) as f:
-            f.write(json.dumps({"attempts": made - 1}).encode())
-
-    def clear(self) -> None:
-        try:
-            self.fs.delete_file(self.path)
-        except (FileNotFoundError, OSError):
-            pass
-
-
 def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
-    """Label one video and record it in the videos table; bad input becomes a failed row."""
+    """Label one video and record it in the videos table; bad input becomes a failed row.
+
+    An attempt is charged only when the decoding child died or hung on this file (``RETRYABLE_REASONS``):
+    a run interrupted, a worker killed or a Triton outage says nothing about the file, and the next try
+    (Prefect's retry, or the next run) starts with the full budget."""
     started = datetime.now(timezone.utc)
     base = dict(model_name=cfg.model_name, run_id=cfg.run_id, started_at=started, size_bytes=source.size_bytes,
-                source_mtime=source.mtime)
+                source_mtime=source.mtime, content_hash=source.content_hash)
     out_fs, out_base = resolve(cfg.out)
-    attempts = _Attempts(cfg, source.uri)
-    error: BadInputError | None = None
-    while True:
-        made = attempts.start()
-        if made >= cfg.max_attempts:
-            last = f" (last: {error.reason}: {error.message})" if error else " (the worker died each time)"
-            error = BadInputError(error.reason if error else "too_many_attempts",
-                                  f"gave up after {made} attempts{last}")
-            break
+    for attempt in range(1, cfg.max_attempts + 1):
         try:
             done = run_isolated(_label_frames, (source, cfg), cfg.limits) if cfg.isolate else _label_frames(source, cfg)
-        except ServiceUnavailableError:
-            attempts.undo()  # not the file's fault; the caller retries later
-            raise
         except BadInputError as exc:
             error = exc
+            if exc.reason in RETRYABLE_REASONS and attempt < cfg.max_attempts:
+                continue  # a crash or a hang may not repeat
             if exc.reason in RETRYABLE_REASONS:
-                continue  # a crash or a hang may not repeat; the attempt counter bounds this loop
+                error = BadInputError(exc.reason, f"{exc.message} ({attempt} times in a row; gave up)")
             break
         row = video_row(source.uri, status=STATUS_LABELLED, duration_s=done.info.duration_s, fps=done.info.fps,
                         frame_count=done.info.n_frames, has_audio=done.info.has_audio, width=done.info.width,
                         height=done.info.height, face_mode=cfg.face_mode, tracks=done.outcome.tracks,
-                        warning=done.outcome.warning, policy=cfg.policy, **base)
+                        warning=done.outcome.warning, policy=cfg.policy, contract=fingerprint(PREPROCESSING), **base)
         # The videos row is written last: it is the record that this video is done.
         write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-        attempts.clear()
         done.outcome.row = row
         return done.outcome
     row = video_row(source.uri, status=STATUS_FAILED, error_reason=error.reason, error_message=error.message, **base)
     write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-    attempts.clear()
+    remove_stale_frames(out_fs, out_base, cfg.model_version, source.uri)
     return VideoOutcome(row)

@@ -1,0 +1,93 @@
+"""Files that moved, were renamed or copied: their labels are reused, not computed again, and the output
+of a source that is gone is removed (`emoframe prune`, and a move found by a run)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from workers.schema import FRAMES_SCHEMA, PARTITION_KEY, VIDEOS_SCHEMA, frames_path, partition, video_id, videos_path
+from workers.sink import remove_video_output, resolve, videos_table, write_atomic
+from workers.storage import content_fingerprint, source_exists
+from workers.video_task import Source
+
+FINGERPRINT_THREADS = 16  # two ranged reads per object: round trips, not work
+
+
+def _with_source(table: pa.Table, uri: str) -> pa.Table:
+    n = table.num_rows
+    for name, value in (("video_id", video_id(uri)), ("source_uri", uri)):
+        table = table.set_column(table.schema.get_field_index(name), table.schema.field(name),
+                                 pa.array([value] * n, pa.string()))
+    return table
+
+
+def fingerprinted(sources: list[Source]) -> list[Source]:
+    """``sources`` with their content fingerprints (None where a file cannot be read: its task reports why)."""
+
+    def one(s: Source) -> Source:
+        try:
+            return replace(s, content_hash=content_fingerprint(s.uri, s.size_bytes))
+        except (OSError, ValueError):
+            return s
+
+    with ThreadPoolExecutor(max_workers=FINGERPRINT_THREADS) as pool:
+        return list(pool.map(one, sources))
+
+
+def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id: str) -> bool:
+    """Give ``source`` the labels of ``old`` (a labelled videos row of the same content under another name):
+    its frames copied under the new name, and a videos row of its own. When the old name no longer exists
+    the file moved: the old output is removed, after the new one is written. Returns whether it moved."""
+    fs, base = resolve(out)
+    old_uri = old["source_uri"]
+    with fs.open_input_file(frames_path(base, model_version, old_uri)) as f:
+        frames = pq.read_table(f, schema=FRAMES_SCHEMA)
+    with fs.open_input_file(videos_path(base, model_version, old_uri)) as f:
+        old_row = pq.read_table(f, schema=VIDEOS_SCHEMA).to_pylist()[0]
+    now = datetime.now(timezone.utc)
+    row = {**old_row, "video_id": video_id(source.uri), "source_uri": source.uri, "size_bytes": source.size_bytes,
+           "source_mtime": source.mtime, "content_hash": source.content_hash, "run_id": run_id,
+           "processing_s": 0.0, "started_at": now, "finished_at": now}
+    # The frames keep the run_id that computed them: that run is where the labels came from.
+    write_atomic(_with_source(frames, source.uri), fs, frames_path(base, model_version, source.uri))
+    write_atomic(videos_table([row]), fs, videos_path(base, model_version, source.uri))
+    moved = not source_exists(old_uri)
+    if moved:
+        remove_video_output(fs, base, model_version, old_uri)
+    return moved
+
+
+@dataclass(frozen=True)
+class Gone:
+    model_version: str
+    source_uri: str
+    status: str
+
+
+def find_gone(out: str) -> list[Gone]:
+    """Every videos row, in any model version, whose source no longer exists."""
+    fs, base = resolve(out)
+    root = f"{base.rstrip('/')}/videos"
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{out} holds no emoframe output (no videos table)")
+    key = pa.field(PARTITION_KEY, pa.string())  # "1.10" stays a string
+    table = ds.dataset(root, filesystem=fs, format="parquet", schema=VIDEOS_SCHEMA.append(key),
+                       partitioning=ds.partitioning(pa.schema([key]), flavor="hive")).to_table(
+        columns=[PARTITION_KEY, "source_uri", "status"])
+    return [Gone(r[PARTITION_KEY], r["source_uri"], r["status"]) for r in table.to_pylist()
+            if not source_exists(r["source_uri"])]
+
+
+def prune(out: str, gone: list[Gone]) -> None:
+    """Remove the output (frames file, then videos row) of each source in ``gone``."""
+    fs, base = resolve(out)
+    for g in gone:
+        partition(g.model_version)  # refuses a value that is not a safe path segment
+        remove_video_output(fs, base, g.model_version, g.source_uri)

@@ -1,0 +1,54 @@
+"""Videos rows the flow writes itself: tasks that never came back, and files seen but not labelled."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from flows.ledger import Ledger
+from flows.run_summary import skip_code
+from workers.errors import ServiceUnavailableError, StorageUnavailableError
+from workers.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, videos_path
+from workers.sink import remove_stale_frames, resolve, video_row, videos_table, write_atomic
+from workers.video_task import LabelConfig, Source, VideoOutcome
+
+WRITE_THREADS = 16  # small files; on an object store each write is a round trip
+
+
+def failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException, tries: int) -> VideoOutcome:
+    """The row of a video whose task kept failing outside the file (Triton down, workers killed): a transient
+    reason, so the next run tries it again. The message keeps the real last error."""
+    reason = ("storage_unavailable" if isinstance(exc, StorageUnavailableError) else
+              "triton_unavailable" if isinstance(exc, ServiceUnavailableError) else "internal_error")
+    row = video_row(source.uri, status=STATUS_FAILED, model_name=cfg.model_name, run_id=cfg.run_id,
+                    started_at=datetime.now(timezone.utc), size_bytes=source.size_bytes, source_mtime=source.mtime,
+                    content_hash=source.content_hash, error_reason=reason,
+                    error_message=f"gave up after {tries} tries of the task, retried on the next run; last error: "
+                                  f"{type(exc).__name__}: {exc}")
+    fs, base = resolve(cfg.out)
+    write_atomic(videos_table([row]), fs, videos_path(base, cfg.model_version, source.uri))
+    return VideoOutcome(row)
+
+
+def record_skipped(skipped: dict[str, str], ledger: Ledger, out: str, model_version: str, model_name: str,
+                   run_id: str) -> None:
+    """A "skipped" row per file seen and not labelled, so the videos table accounts for every file. A row
+    already there for the same reason is left alone (no rewrite per run); a file labelled before and
+    skipped now (replaced by something that is not a video) loses its stale frames."""
+    fs, base = resolve(out)
+    now = datetime.now(timezone.utc)
+
+    def write(item: tuple[str, str]) -> None:
+        uri, why = item
+        old = ledger.get(uri)
+        code, _, detail = why.partition(":")
+        if old is not None and old["status"] == STATUS_SKIPPED and old["error_reason"] == code.strip():
+            return
+        row = video_row(uri, status=STATUS_SKIPPED, model_name=model_name, run_id=run_id, started_at=now,
+                        error_reason=skip_code(why), error_message=detail.strip() or None)
+        write_atomic(videos_table([row]), fs, videos_path(base, model_version, uri))
+        if old is not None and old["status"] == STATUS_LABELLED:
+            remove_stale_frames(fs, base, model_version, uri)
+
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+        list(pool.map(write, skipped.items()))
