@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test env model ablation bench
+.PHONY: run test env model ablation bench reliability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "emoframe needs Python 3.11 ($(PYTHON) not found); set PYTHON=..."; exit 1; }
@@ -40,3 +40,7 @@ bench: env
 	$(PY) benchmarks/face_bench.py --publish
 	$(PY) benchmarks/face_accuracy.py
 	$(PY) benchmarks/pipeline_bench.py
+
+# The README's reliability table, recorded by the reliability tests themselves (about 25 minutes).
+reliability: env
+	$(PY) benchmarks/reliability.py

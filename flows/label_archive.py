@@ -144,9 +144,11 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         try:
             for i, fut in enumerate(as_completed(list(futures)), 1):
                 src = futures[fut]
-                result = fut.result(raise_on_failure=False)
-                outcome = result if isinstance(result, VideoOutcome) else \
-                    failed_outcome(src, cfg, result, TASK_RETRIES + 1)
+                try:
+                    result = fut.result(raise_on_failure=False)
+                except Exception as exc:  # noqa: BLE001 -- Ray's own error once its retries of a dead worker are spent
+                    result = exc
+                outcome = result if isinstance(result, VideoOutcome) else failed_outcome(src, cfg, result)
                 summary.outcomes.append(outcome)
                 global finished_in_this_process
                 finished_in_this_process += 1
@@ -169,7 +171,6 @@ def _plan(sources: list[Source], cfg: LabelConfig, force: bool, summary: RunSumm
     under another name gets its labels copied. Returns the sources to label (with content fingerprints)."""
     key = DoneKey(cfg.face_mode, cfg.policy, fingerprint(PREPROCESSING))
     ledger = Ledger() if force else read_ledger(cfg.out, cfg.model_version)
-    record_skipped(summary.skipped, ledger, cfg.out, cfg.model_version, cfg.model_name, cfg.run_id)
     todo = []
     for s in sources:
         if ledger.is_done(s, key):
@@ -181,16 +182,16 @@ def _plan(sources: list[Source], cfg: LabelConfig, force: bool, summary: RunSumm
         print(f"{len(summary.already_done)} videos already labelled by model version {cfg.model_version} with "
               "these settings (face mode, labelling policy) and unchanged: skipped (--force relabels them)")
     todo = fingerprinted(todo)
-    if force:
-        return todo
     left = []
     for s in todo:
-        same = ledger.same_content(s.content_hash, key, s.uri)
-        if same is None:
+        same = None if force else ledger.same_content(s.content_hash, key, s.uri)
+        moved = None if same is None else adopt_labels(cfg.out, cfg.model_version, same, s, cfg.run_id)
+        if moved is None:
             left.append(s)
-            continue
-        moved = adopt_labels(cfg.out, cfg.model_version, same, s, cfg.run_id)
-        summary.reused.append(Reused(s.uri, same["source_uri"], moved))
+        else:
+            summary.reused.append(Reused(s.uri, same["source_uri"], moved))
+    # After the reuse: a name skipped now (say a duplicate of a new first name) may be what labels came from.
+    record_skipped(summary.skipped, ledger, cfg.out, cfg.model_version, cfg.model_name, cfg.run_id)
     return left
 
 

@@ -41,16 +41,20 @@ def fingerprinted(sources: list[Source]) -> list[Source]:
         return list(pool.map(one, sources))
 
 
-def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id: str) -> bool:
+def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id: str) -> bool | None:
     """Give ``source`` the labels of ``old`` (a labelled videos row of the same content under another name):
     its frames copied under the new name, and a videos row of its own. When the old name no longer exists
-    the file moved: the old output is removed, after the new one is written. Returns whether it moved."""
+    the file moved: the old output is removed, after the new one is written. Returns whether it moved, or
+    None when the old output is gone meanwhile (a concurrent run, a prune): then the file is labelled."""
     fs, base = resolve(out)
     old_uri = old["source_uri"]
-    with fs.open_input_file(frames_path(base, model_version, old_uri)) as f:
-        frames = pq.read_table(f, schema=FRAMES_SCHEMA)
-    with fs.open_input_file(videos_path(base, model_version, old_uri)) as f:
-        old_row = pq.read_table(f, schema=VIDEOS_SCHEMA).to_pylist()[0]
+    try:
+        with fs.open_input_file(frames_path(base, model_version, old_uri)) as f:
+            frames = pq.read_table(f, schema=FRAMES_SCHEMA)
+        with fs.open_input_file(videos_path(base, model_version, old_uri)) as f:
+            old_row = pq.read_table(f, schema=VIDEOS_SCHEMA).to_pylist()[0]
+    except FileNotFoundError:
+        return None
     now = datetime.now(timezone.utc)
     row = {**old_row, "video_id": video_id(source.uri), "source_uri": source.uri, "size_bytes": source.size_bytes,
            "source_mtime": source.mtime, "content_hash": source.content_hash, "run_id": run_id,

@@ -15,16 +15,17 @@ from workers.video_task import LabelConfig, Source, VideoOutcome
 WRITE_THREADS = 16  # small files; on an object store each write is a round trip
 
 
-def failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException, tries: int) -> VideoOutcome:
-    """The row of a video whose task kept failing outside the file (Triton down, workers killed): a transient
-    reason, so the next run tries it again. The message keeps the real last error."""
+def failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> VideoOutcome:
+    """The row of a video whose task kept failing outside the file, after Prefect's retries of an error and
+    Ray's of a dead worker (Triton down, workers killed): a transient reason, so the next run tries it
+    again. The message keeps the real last error."""
     reason = ("storage_unavailable" if isinstance(exc, StorageUnavailableError) else
               "triton_unavailable" if isinstance(exc, ServiceUnavailableError) else "internal_error")
     row = video_row(source.uri, status=STATUS_FAILED, model_name=cfg.model_name, run_id=cfg.run_id,
                     started_at=datetime.now(timezone.utc), size_bytes=source.size_bytes, source_mtime=source.mtime,
                     content_hash=source.content_hash, error_reason=reason,
-                    error_message=f"gave up after {tries} tries of the task, retried on the next run; last error: "
-                                  f"{type(exc).__name__}: {exc}")
+                    error_message=f"the task did not finish after its retries; retried on the next run. Last error: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}")
     fs, base = resolve(cfg.out)
     write_atomic(videos_table([row]), fs, videos_path(base, cfg.model_version, source.uri))
     return VideoOutcome(row)

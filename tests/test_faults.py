@@ -41,10 +41,14 @@ def wait_for(pred, timeout: float, what: str) -> None:
 
 
 def label_worker() -> psutil.Process | None:
-    """A Ray worker running a video task: a video is in progress."""
-    for p in psutil.process_iter(["cmdline"]):
-        if "ray::label_one" in " ".join(p.info["cmdline"] or []):
-            return p
+    """A Ray worker of this test's local Ray (a descendant of this process: other runs on the machine have
+    their own) running a video task: a video is in progress."""
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "ray::label_one" in " ".join(p.cmdline()):
+                return p
+        except psutil.Error:  # exited meanwhile
+            continue
     return None
 
 

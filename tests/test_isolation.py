@@ -116,3 +116,38 @@ def test_nothing_is_charged_or_left_behind_by_a_video_that_was_never_finished(tm
     out = label_video(Source(str(clip), clip.stat().st_size, "m"), cfg(tmp_path, "CrashingDecoder"))
     assert out.row["error_reason"] == "decode_crash"
     assert sorted(p.relative_to(tmp_path / "out").parts[0] for p in (tmp_path / "out").rglob("*.*")) == ["videos"]
+
+
+def _counting(frames, progress):
+    progress(0, frames)
+    for n in range(16, frames + 1, 16):
+        progress(n)
+    return "done"
+
+
+def test_the_childs_progress_reaches_the_caller_and_drives_the_bar():
+    from workers.progress import VideoProgress
+
+    class Bar:  # what tqdm and Ray's tqdm are to VideoProgress: a total and updates
+        total, n, closed = None, 0, False
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    bar, shares, now = Bar(), [], [0.0]
+    progress = VideoProgress("clip.mp4", bar=bar, artifact=shares.append, clock=lambda: now[0])
+    seen = []
+
+    def on_progress(n, total):
+        seen.append((n, total))
+        now[0] += 2.0  # two seconds between chunks: a Prefect artifact update every 5 s at most
+        progress(n, total)
+
+    assert run_isolated(_counting, (96,), on_progress=on_progress) == "done"
+    progress.close()
+    assert seen[0] == (0, 96) and [n for n, _ in seen[1:]] == list(range(16, 97, 16))
+    assert (bar.total, bar.n, bar.closed) == (96, 96, True)
+    assert shares[0] == 0.0 and shares[-1] == 100.0 and len(shares) < len(seen)  # throttled, and ends at 100 %

@@ -183,3 +183,17 @@ def test_skipped_rows_are_written_once_and_a_labelled_file_turned_bad_loses_its_
     before = os.stat(videos_path(str(out), VERSION, notes)).st_mtime_ns
     record_skipped(skipped, read_ledger(str(out), VERSION), str(out), VERSION, "m", "run-2")
     assert os.stat(videos_path(str(out), VERSION, notes)).st_mtime_ns == before  # not rewritten every run
+
+
+def test_labels_whose_output_vanished_meanwhile_are_not_reused(tmp_path, video):
+    out = tmp_path / "out"
+    old = _source(video)
+    _labelled(out, old)
+    ledger = read_ledger(str(out), VERSION)  # read before a concurrent prune removed the output
+    os.remove(frames_path(str(out), VERSION, old.uri))
+    copy = video.parent / "copy.mp4"
+    copy.write_bytes(video.read_bytes())
+    new = fingerprinted([Source(str(copy), old.size_bytes, "m")])[0]
+    same = ledger.same_content(new.content_hash, KEY, new.uri)
+    assert adopt_labels(str(out), VERSION, same, new, "r") is None  # labelled afresh instead
+    assert not os.path.exists(videos_path(str(out), VERSION, new.uri))

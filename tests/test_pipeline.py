@@ -224,6 +224,25 @@ def test_a_rerun_under_another_policy_or_face_mode_relabels(run, corpus, tmp_pat
     assert detect["labelled"] == 1 and detect["already_done"] == 0
 
 
+def test_a_moved_file_keeps_its_labels_and_leaves_one_set_of_rows(tmp_path):
+    """Renamed into another folder: recognised by its content, labels copied rather than computed again, and
+    the old name's rows removed (they were 308 rows for a 154-frame video before)."""
+    clip = write_video(tmp_path / "in" / "clip.mp4", 30, FPS)
+    out = tmp_path / "out"
+    assert run_label_archive([str(tmp_path / "in")], str(out), **SETTINGS)["labelled"] == 1
+    moved = tmp_path / "in" / "2026" / "renamed clip.mp4"
+    moved.parent.mkdir()
+    clip.rename(moved)
+    res = run_label_archive([str(tmp_path / "in")], str(out), **SETTINGS)
+    assert (res["labelled"], res["reused"], res["problems"]) == (0, 1, 0), res["text"]
+    assert f"REUSED renamed clip.mp4: moved from {clip}" in res["text"]
+    con = connect(str(out))
+    assert con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall() == [(str(moved), 30)]
+    assert con.sql("SELECT source_uri, status FROM videos").fetchall() == [(str(moved), "labelled")]
+    again = run_label_archive([str(tmp_path / "in")], str(out), **SETTINGS)
+    assert (again["already_done"], again["labelled"], again["reused"]) == (1, 0, 0)
+
+
 def test_a_changed_file_is_relabelled_in_place(tmp_path):
     clip = write_video(tmp_path / "in" / "clip.mp4", 30, FPS)
     out = tmp_path / "out"

@@ -119,8 +119,12 @@ def test_a_signal_stops_the_run_in_seconds_with_one_line(sig, code, said, videos
     _rerun_completes(videos, out, tmp_path / "rerun.log", f"{signal.Signals(sig).name} to the run's process group")
 
 
-def _video_in_flight() -> bool:
-    return any("ray::label_one" in _cmdline(p) for p in psutil.process_iter())
+def _video_in_flight(proc: subprocess.Popen) -> bool:
+    """A Ray worker of this run (its local Ray is below it) running a video task."""
+    try:
+        return any("ray::label_one" in _cmdline(p) for p in psutil.Process(proc.pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.parametrize("moments", [("videos found", "in flight", "[1/")])
@@ -136,9 +140,9 @@ def test_sigkill_at_three_moments_then_a_rerun_finishes_with_nothing_lost_or_fai
         if moment == "in flight":
             _wait_for(log, "videos found", proc)
             deadline = time.monotonic() + 300
-            while not _video_in_flight() and time.monotonic() < deadline and proc.poll() is None:
+            while not _video_in_flight(proc) and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.2)
-            assert _video_in_flight(), log.read_text()
+            assert _video_in_flight(proc), log.read_text()
         else:
             _wait_for(log, moment, proc)
         services = _services(proc)

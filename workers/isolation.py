@@ -116,8 +116,10 @@ def _kill(proc: mp.process.BaseProcess) -> None:
     proc.join(5)
 
 
-def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits()) -> Any:
-    """``fn(*args, progress=callback)`` in a child process under ``limits``; returns its result or raises."""
+def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits(),
+                 on_progress: Callable[[int, int | None], None] | None = None) -> Any:
+    """``fn(*args, progress=callback)`` in a child process under ``limits``; returns its result or raises.
+    The child's progress reports reach ``on_progress(n, total)`` here, in the caller's process."""
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, fn, args, limits.memory_mb), daemon=True)
@@ -151,6 +153,8 @@ def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits())
             if kind == "progress":
                 last = time.monotonic()
                 frames = msg[2] if msg[2] is not None else frames
+                if on_progress is not None:
+                    on_progress(msg[1], msg[2])
                 continue
             proc.join(10)
             if kind == "ok":

@@ -27,6 +27,7 @@ from workers.isolation import Limits, run_isolated
 from workers.storage import filesystem_for
 from workers.labeling import predict_video
 from workers.policy import POLICY, LabellingPolicy
+from workers.progress import VideoProgress
 from workers.preprocess import FaceMode, InputChunk, check_face_centred, iter_video_inputs
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, frames_path, videos_path
 from workers.sink import frames_table, remove_stale_frames, resolve, video_row, videos_table, write_atomic
@@ -53,6 +54,7 @@ class LabelConfig:
     decoder: str = "workers.decode:DecordDecoder"  # "module:Class"; tests inject faulty decoders here
     isolate: bool = True  # run each video in a child process under `limits` (see workers/isolation.py)
     limits: Limits = Limits()
+    show_progress: bool = True  # a bar per video (Ray's tqdm in a worker) and a Prefect progress artifact
     max_attempts: int = 3  # tries of one file whose decoding child crashes or hangs; then it is recorded as failed
 
 
@@ -176,10 +178,19 @@ def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
     started = datetime.now(timezone.utc)
     base = dict(model_name=cfg.model_name, run_id=cfg.run_id, started_at=started, size_bytes=source.size_bytes,
                 source_mtime=source.mtime, content_hash=source.content_hash)
+    progress = VideoProgress.shown(source.uri.rsplit("/", 1)[-1]) if cfg.show_progress else VideoProgress("")
+    try:
+        return _label_with_retries(source, cfg, base, progress)
+    finally:
+        progress.close()
+
+
+def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: VideoProgress) -> VideoOutcome:
     out_fs, out_base = resolve(cfg.out)
     for attempt in range(1, cfg.max_attempts + 1):
         try:
-            done = run_isolated(_label_frames, (source, cfg), cfg.limits) if cfg.isolate else _label_frames(source, cfg)
+            done = run_isolated(_label_frames, (source, cfg), cfg.limits, progress) if cfg.isolate else \
+                _label_frames(source, cfg, progress)
         except BadInputError as exc:
             error = exc
             if exc.reason in RETRYABLE_REASONS and attempt < cfg.max_attempts:
