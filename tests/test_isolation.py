@@ -107,7 +107,7 @@ def _forkserver() -> set[int]:
 
 def test_attempt_budget_survives_dead_workers(tmp_path, clip):
     """A worker killed outright (no exception reaches us) still counts: after the budget, a failure row."""
-    c = cfg(tmp_path, "DecordDecoder")
+    c = cfg(tmp_path, "VideoDecoder")
     from workers.video_task import _Attempts
 
     a = _Attempts(c, str(clip))

@@ -70,7 +70,10 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("source_mtime", pa.string()),  # ISO time or etag: what "unchanged since" is checked against
         pa.field("duration_s", pa.float64()),
         pa.field("fps", pa.float64()),
-        pa.field("frame_count", pa.int32()),
+        pa.field("frame_count", pa.int32()),  # frames decoded and labelled
+        # Frames the container declares (its index, less frames an edit list hides); NULL where it declares no
+        # count (Matroska/WebM, MPEG-TS) and on failed rows. Above frame_count: frames were lost (file cut short).
+        pa.field("frames_expected", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("has_audio", pa.bool_()),
