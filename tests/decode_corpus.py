@@ -42,6 +42,11 @@ def build(d: Path) -> None:
     write_timed(d / "mpeg-ts.ts", 60, FPS, audio=track(4.0, 2.0), fmt="mpegts")
     write_timed(d / "gap.mkv", 60, FPS, audio=track(2.9, None), audio_gap=GAP)
     write_timed(d / "edit list.mp4", 40, FPS, audio=track(2.0, None), video_start_s=-0.2)  # 3 frames hidden
+    # the index first (faststart), cut just after it: 60 frames declared, none there
+    fast = write_timed(d / "faststart.mp4", 60, FPS, audio=track(4.0, None), options={"movflags": "faststart"})
+    data = fast.read_bytes()
+    (d / "cut after index.mp4").write_bytes(data[: data.index(b"mdat") + 64])
+    fast.unlink()
 
 
 if __name__ == "__main__":

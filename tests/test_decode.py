@@ -14,6 +14,7 @@ from tests.decode_corpus import AUDIO_START_S, BURST, FILES, FPS, GAP
 from tests.media import pyfeat_media
 from workers.contract import PREPROCESSING as P
 from workers.decode import VideoDecoder
+from workers.errors import BadInputError
 from workers.preprocess import iter_video_inputs
 
 HALF_CONTEXT_S = P.audio_context / P.sample_rate / 2  # a frame hears this far either side of its mid-time
@@ -93,6 +94,12 @@ def test_an_edit_list_shows_the_frames_ffmpeg_shows(media):
     assert info.n_frames == len(shown) == 37 and info.frames_expected == 37
     assert sum(len(c) for c in dec.iter_frames(str(path), 64, 64, 16)) == 37
     np.testing.assert_allclose(dec.frame_times(str(path)), shown - shown[0], atol=1e-3)
+
+
+def test_a_file_cut_before_its_first_frame_is_truncated(media):
+    with pytest.raises(BadInputError) as e:
+        VideoDecoder().probe(str(media / "cut after index.mp4"))
+    assert e.value.reason == "truncated" and "60 frames declared" in e.value.message
 
 
 @pytest.mark.parametrize("name,frames", [("face_noface.mov", 169), ("no_face.mp4", 95)])

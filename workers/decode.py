@@ -525,8 +525,12 @@ class AudioStream:
             else:
                 out = self._resampler.resample(frame)
             for r in out:
-                parts.append(r.to_ndarray().reshape(-1).astype(np.float32, copy=False))
-                pending += len(parts[-1])
+                a = r.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                if len(parts) == 1 and not len(self._buf) and self._origin + len(a) <= max(0, self._released):
+                    self._origin += len(a)  # sound before zero (or released): dropped now, not held to the end
+                    continue
+                parts.append(a)
+                pending += len(a)
         if len(parts) > 1:
             self._buf = np.concatenate(parts)
         self._drop_before(self._released)
