@@ -405,7 +405,8 @@ class VideoDecoder:
                                     "copy or download it again")
             raise BadInputError("decode_error", f"no frame of {path} could be decoded ({c.codec}); "
                                 "re-encode the file")
-        fps = c.fps or (((n - 1) / (frames.times[-1] - frames.times[0])) if n > 1 else 0.0)
+        span = float(frames.times[-1] - frames.times[0])
+        fps = c.fps or ((n - 1) / span if span > 0 else 0.0)  # without a rate, from the timestamps
         info = VideoInfo(n_frames=n, fps=_check_fps(path, fps), width=frames.width, height=frames.height,
                          has_audio=c.has_audio, frames_expected=c.expected)
         zero = float(frames.times[0])
