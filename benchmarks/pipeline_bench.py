@@ -72,10 +72,10 @@ def make_video(path: Path, seconds: float) -> Path:
 
 
 def bench_decode(path: Path) -> dict:
-    from workers.decode import DecordDecoder
+    from workers.decode import VideoDecoder
     from workers.preprocess import iter_video_inputs
 
-    dec = DecordDecoder()
+    dec = VideoDecoder()
     info = dec.probe(str(path))
     c = PREPROCESSING.crop_size
     t = time.perf_counter()

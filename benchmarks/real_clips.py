@@ -31,7 +31,7 @@ from tests.media import STILLS, STRETCHES, fit, pyfeat_media, read_image, still_
 from training.evaluate import scripted_infer  # noqa: E402
 from training.export import MODEL_FILE, latest_version, read_metadata  # noqa: E402
 from workers.contract import CLASSES, MODEL_NAME, fingerprint  # noqa: E402
-from workers.decode import DecordDecoder  # noqa: E402
+from workers.decode import VideoDecoder  # noqa: E402
 from workers.labeling import predict_video  # noqa: E402
 from workers.policy import POLICY, LabellingPolicy  # noqa: E402
 from workers.preprocess import iter_video_inputs  # noqa: E402
@@ -48,7 +48,7 @@ AUDIO_ON = LabellingPolicy(stride=POLICY.stride, vote_seconds=POLICY.vote_second
 def label_clip(path: Path, infer_many, policy: LabellingPolicy = POLICY) -> tuple[np.ndarray, np.ndarray]:
     """(frame index, label name) per face row of a one-person clip, as `emoframe label --faces detect` gives
     under ``policy`` (by default, the default policy)."""
-    decoder = DecordDecoder()
+    decoder = VideoDecoder()
     info = decoder.probe(str(path))
     pred = predict_video(iter_video_inputs(str(path), info, face_mode="detect", decoder=decoder), info.n_frames,
                          info.fps, infer_many, policy=policy)

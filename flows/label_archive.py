@@ -105,7 +105,7 @@ def _cancel_in_flight(futures) -> None:
 def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "detect",
                   include: list[str] | None = None, exclude: list[str] | None = None,
                   model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
-                  decoder: str = "workers.decode:DecordDecoder", stride: int = POLICY.stride,
+                  decoder: str = "workers.decode:VideoDecoder", stride: int = POLICY.stride,
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
                   min_fps: float = Limits.min_fps, video_timeout_s: float | None = None) -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.

@@ -13,9 +13,11 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tests.media import write_video
+from tests.media import write_timed, write_video
 
 FPS = 15
+LATE_AUDIO_S = 2.0  # "late audio.*": the track starts this long after the first frame
+FASTSTART_FRAMES = 60  # "truncated faststart.mp4" declares these; the cut keeps the first 60% of its bytes
 VFR_PTS = [0, 1, 2, 4, 5, 8, 9, 10, 14, 15, 16, 20, 21, 22, 23, 30]  # in 1/30 s: gaps of 1 to 7 ticks
 
 
@@ -43,8 +45,24 @@ def build(d: Path) -> dict[str, str]:
     (d / "zero bytes.mp4").write_bytes(b"")
     expect["zero bytes.mp4"] = "empty_file"
     whole = (d / "h264 with audio.mp4").read_bytes()
-    (d / "truncated.mp4").write_bytes(whole[: len(whole) // 3])
-    expect["truncated.mp4"] = "not_a_video"
+    (d / "truncated.mp4").write_bytes(whole[: len(whole) // 3])  # the index (moov) is at the end: cut off
+    expect["truncated.mp4"] = "truncated"
+    tone = (0.2 * np.sin(np.arange(int(4 * 16000)) / 5)).astype(np.float32)
+    fast = write_timed(d / "faststart.tmp", FASTSTART_FRAMES, FPS, audio=tone, fmt="mp4",
+                       options={"movflags": "faststart"})  # the index first: a cut keeps what came before it
+    (d / "truncated faststart.mp4").write_bytes(fast.read_bytes()[: fast.stat().st_size * 6 // 10])
+    fast.unlink()
+    expect["truncated faststart.mp4"] = "labelled"
+    for name, kw in {"edit list.mp4": dict(video_start_s=-0.2),  # 3 frames before 0: hidden by an edit list
+                     "mpeg-ts.ts": dict(fmt="mpegts"), "av1.mp4": dict(codec="libsvtav1"),
+                     "late audio.mp4": dict(audio_start_s=LATE_AUDIO_S),
+                     "late audio.mkv": dict(audio_start_s=LATE_AUDIO_S)}.items():
+        write_timed(d / name, 40 if name == "edit list.mp4" else 45, FPS, audio=tone[: 2 * 16000], **kw)
+        expect[name] = "labelled"
+    plain = (d / "no audio track.mp4").read_bytes()
+    entry = plain.find(b"avc1", plain.find(b"stsd"))  # the sample entry naming the codec: one FFmpeg lacks
+    (d / "unknown codec.mp4").write_bytes(plain[:entry] + b"zzzz" + plain[entry + 4:])
+    expect["unknown codec.mp4"] = "unsupported_codec"
     (d / "random bytes.mp4").write_bytes(np.random.default_rng(1).bytes(20000))
     (d / "text.mp4").write_text("this is not a video\n" * 100)
     with av.open(str(d / "audio only.mp4"), "w") as out:

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 
-from workers.decode import DecordDecoder
+from workers.decode import VideoDecoder
 
 
-class HangingDecoder(DecordDecoder):
+class HangingDecoder(VideoDecoder):
     """Hangs inside a batch read after the first chunk, ignoring signals other than SIGKILL."""
 
     def iter_frames(self, path, width, height, chunk):
@@ -23,7 +23,7 @@ class HangingDecoder(DecordDecoder):
             time.sleep(3600)
 
 
-class CrashingDecoder(DecordDecoder):
+class CrashingDecoder(VideoDecoder):
     """Segfaults in the middle of decoding, like decord on some inputs."""
 
     def iter_frames(self, path, width, height, chunk):
@@ -32,7 +32,7 @@ class CrashingDecoder(DecordDecoder):
         ctypes.string_at(0)  # SIGSEGV
 
 
-class LeakingDecoder(DecordDecoder):
+class LeakingDecoder(VideoDecoder):
     """Allocates without bound, like decord's leak on 4K input."""
 
     def iter_frames(self, path, width, height, chunk):
@@ -46,7 +46,7 @@ class LeakingDecoder(DecordDecoder):
 
 
 
-class CrashOnceDecoder(DecordDecoder):
+class CrashOnceDecoder(VideoDecoder):
     """Segfaults on its first try of a file (a marker beside the file remembers it), then finds a corrupt frame:
     a crash that does not repeat, followed by the file's real problem."""
 

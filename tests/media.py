@@ -113,6 +113,43 @@ def write_frames(path: Path, frames: np.ndarray, fps: int = 25, *, codec: str = 
     return path
 
 
+def write_timed(path: Path, n_frames: int, fps: int = 15, *, audio: np.ndarray | None = None,
+                video_start_s: float = 0.0, audio_start_s: float = 0.0, codec: str = "libx264",
+                audio_codec: str = "aac", sample_rate: int = 16000, fmt: str | None = None,
+                options: dict[str, str] | None = None, audio_gap: tuple[float, float] | None = None) -> Path:
+    """Face frames and an optional mono track placed on the container's clock: the first frame at
+    ``video_start_s`` (negative: an MP4 muxer hides the frames before 0 with an edit list), the audio's first
+    sample at ``audio_start_s``; ``audio_gap=(at_s, gap_s)`` moves the track's samples from ``at_s`` (in the
+    track) ``gap_s`` later, leaving a hole. Packets are interleaved by decode time, as a muxer expects."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
+        vs = out.add_stream(codec, rate=fps)
+        vs.width = vs.height = 96
+        vs.pix_fmt, vs.bit_rate = "yuv420p", 400_000
+        vs.codec_context.time_base = Fraction(1, fps)
+        packets = []
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(face_frame(i), format="rgb24")
+            frame.pts, frame.time_base = i + round(video_start_s * fps), Fraction(1, fps)
+            packets += vs.encode(frame)
+        packets += vs.encode(None)
+        if audio is not None:
+            as_ = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
+            step = as_.codec_context.frame_size or 1024
+            at, gap = (round(audio_gap[0] * sample_rate), round(audio_gap[1] * sample_rate)) if audio_gap else (0, 0)
+            for s in range(0, len(audio), step):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, s:s + step].astype(np.float32)),
+                                                format="fltp", layout="mono")
+                shift = gap if audio_gap and s >= at else 0
+                af.sample_rate, af.time_base = sample_rate, Fraction(1, sample_rate)
+                af.pts = s + shift + round(audio_start_s * sample_rate)
+                packets += as_.encode(af)
+            packets += as_.encode(None)
+        for p in sorted(packets, key=lambda p: float(p.dts * p.time_base)):
+            out.mux(p)
+    return path
+
+
 def reencode(src: Path, dst: Path, *, keep_audio: bool = True) -> Path:
     """A clean re-encode of real footage (H.264, AAC): drops container quirks such as edit lists."""
     with av.open(str(src)) as inp:

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
-import decord
 from flows.label_archive import run_label_archive
 from flows.query import connect
-from tests.bad_corpus import VFR_PTS
+from tests.bad_corpus import FASTSTART_FRAMES, FPS, LATE_AUDIO_S, VFR_PTS
 
 pytestmark = pytest.mark.integration
 
@@ -60,20 +60,48 @@ def test_every_file_is_labelled_or_failed_with_a_reason(run, corpus):
         uri = str(d / junk)
         assert uri not in rows or rows[uri][0] == "failed"
     assert result["labelled"] == sum(v == "labelled" for v in expect.values())
+    assert "zzzz" in rows[str(d / "unknown codec.mp4")][2]  # the codec FFmpeg names, for the user to look up
 
 
-def test_labelled_files_have_one_row_per_decoded_frame_and_right_masks(run, corpus):
+def _shown(path: str) -> int:
+    """Frames FFmpeg displays (`ffmpeg -i f -f null -`): edit lists applied, a cut-short tail missing."""
+    with av.open(path) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_labelled_files_have_one_row_per_displayed_frame_and_right_masks(run, corpus):
     d, expect = corpus
     out, _ = run
     con = connect(str(out))
-    counts = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
+    counts = dict(con.sql("SELECT source_uri, count(DISTINCT frame_index) FROM frames GROUP BY 1").fetchall())
+    declared = {r[0]: r[1:] for r in con.sql("SELECT source_uri, frame_count, frames_expected FROM videos "
+                                             "WHERE status = 'labelled'").fetchall()}
     for name, want in expect.items():
         if want != "labelled":
             continue
         uri = str((d / name).resolve())
-        assert counts[uri] == len(decord.VideoReader(uri)), name
+        assert counts[uri] == declared[uri][0] == _shown(uri), name
+        if name.endswith((".mkv", ".webm", ".ts")):  # no frame count in these containers
+            assert declared[uri][1] is None, name
+        elif name != "truncated faststart.mp4":
+            assert declared[uri][1] == counts[uri], name
+    cut = str(d / "truncated faststart.mp4")
+    assert declared[cut][1] == FASTSTART_FRAMES and 0 < counts[cut] < FASTSTART_FRAMES
+    assert counts[str(d / "edit list.mp4")] == 37  # 40 in the index, 3 hidden by the edit list
     masks = dict(con.sql("SELECT source_uri, bool_or(audio_present) FROM frames GROUP BY 1").fetchall())
     assert masks[str(d / "no audio track.mp4")] is False and masks[str(d / "h264 with audio.mp4")] is True
+
+
+@pytest.mark.parametrize("name", ["late audio.mp4", "late audio.mkv"])
+def test_audio_that_starts_late_is_absent_until_it_starts(run, corpus, name):
+    d, _ = corpus
+    out, _ = run
+    rows = connect(str(out)).sql(f"SELECT DISTINCT frame_index, timestamp_s, audio_present FROM frames "
+                                 f"WHERE source_uri = '{d / name}' ORDER BY 1").fetchall()
+    start = int(LATE_AUDIO_S * FPS)  # the first frame shown once the track has started
+    assert [r[2] for r in rows] == [i >= start - 1 for i in range(len(rows))] or \
+        [r[2] for r in rows] == [i >= start for i in range(len(rows))]  # one frame of slack at the start
+    assert rows[start][1] == pytest.approx(LATE_AUDIO_S, abs=1e-3)
 
 
 def test_variable_frame_rate_timestamps_come_from_the_container(run, corpus):

@@ -47,7 +47,7 @@ def corpus(tmp_path_factory):
     write_video(src / "no_audio.mp4", 45, FPS)
     write_video(src / "one_frame.mp4", 1, FPS, audio_seconds=0.1)
     whole = (src / "no_audio.mp4").read_bytes()
-    (src / "broken.mp4").write_bytes(whole[: len(whole) // 2])  # truncated: looks like MP4, does not decode
+    (src / "broken.mp4").write_bytes(whole[: len(whole) // 2])  # cut short before its index: nothing decodes
     (src / "notes.txt").write_text("not a video")
     return src, {r.id: r for r in recs}
 
@@ -81,7 +81,7 @@ def test_run_summary_counts(run):
     _, result = run
     assert result["labelled"] == 6 and result["failed"] == 1 and result["skipped"] == 1
     assert result["problems"] == 1  # broken.mp4: `emoframe label` exits 1
-    assert "broken.mp4" in result["text"] and "not_a_video" in result["text"]
+    assert "broken.mp4" in result["text"] and "truncated" in result["text"]
 
 
 def test_one_row_per_decoded_frame_for_every_video(run, corpus):
@@ -175,8 +175,8 @@ def test_videos_table_is_complete(run, corpus):
             continue
         assert rows["content_hash"][i].startswith(f"{rows['size_bytes'][i]}:")
         if uri.endswith("broken.mp4"):
-            assert rows["status"][i] == "failed" and rows["error_reason"][i] == "not_a_video"
-            assert "no decodable video stream" in rows["error_message"][i]
+            assert rows["status"][i] == "failed" and rows["error_reason"][i] == "truncated"
+            assert "cut short" in rows["error_message"][i]
         else:
             assert rows["status"][i] == "labelled" and rows["frame_count"][i] == decoded_len(uri)
             assert rows["fps"][i] > 0 and rows["duration_s"][i] > 0 and rows["processing_s"][i] > 0
@@ -306,7 +306,7 @@ def test_every_sql_query_in_the_readme_runs_on_real_output(run):
     total = con.sql("SELECT count(DISTINCT (video_id, frame_index)) FROM frames").fetchall()[0][0]
     assert len(main) == total
     failed = con.sql(queries[4]).fetchall()
-    assert [r[1] for r in failed] == ["not_a_video"]
+    assert [r[1] for r in failed] == ["truncated"]
     share = con.sql(queries[0]).fetchall()
     per_video = {}
     for uri, _, pct in share:

@@ -30,7 +30,8 @@ def footage(face_media, tmp_path_factory):
     src = tmp_path_factory.mktemp("footage")
     for name in ("WolfgangLanger_Pexels.mp4", "single_face.mp4", "face_noface.mov", "noface_face.mov"):
         shutil.copy(face_media / name, src / name)
-    # no_face.mp4 has an edit list decord cannot decode yet; its frames and sound, re-encoded plainly:
+    # no_face.mp4 (an edit list: read through PyAV, tests/test_decode.py) re-encoded plainly, with and without
+    # its sound:
     reencode(face_media / "no_face.mp4", src / "no_face_clean.mp4")
     reencode(face_media / "no_face.mp4", src / "no_face_silent.mp4", keep_audio=False)
     group = fit(rgb(face_media / "multi_face.jpg"), 1280, 720)

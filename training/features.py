@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from workers.contract import INPUT_NAMES, PREPROCESSING, FaceMode, Preprocessing, fingerprint
-from workers.decode import DecordDecoder
+from workers.decode import VideoDecoder
 from workers.preprocess import InputChunk, iter_video_inputs
 
 FIELDS = INPUT_NAMES
-# Bump when the feature code changes in a way the contract does not capture (2: audio decoded with PyAV).
-FEATURE_CODE_VERSION = 2
+# Bump when the feature code changes in a way the contract does not capture (2: audio decoded with PyAV;
+# 3: audio placed by its presentation time on the video's timeline).
+FEATURE_CODE_VERSION = 3
 
 
 @dataclass
@@ -56,7 +57,7 @@ def main_face(chunk: InputChunk) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compute_inputs(path: Path, face_mode: FaceMode = "centred", p: Preprocessing = PREPROCESSING) -> tuple[dict, float]:
-    decoder = DecordDecoder()
+    decoder = VideoDecoder()
     info = decoder.probe(str(path))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
     for chunk in iter_video_inputs(str(path), info, face_mode=face_mode, decoder=decoder, p=p):

@@ -16,7 +16,7 @@ import torch
 import torchaudio
 
 from workers.contract import FACE_MODES, PREPROCESSING, FaceMode, Preprocessing
-from workers.decode import AudioStream, Decoder, DecordDecoder, VideoInfo
+from workers.decode import AudioStream, Decoder, VideoDecoder, VideoInfo
 from workers.errors import BadInputError
 from workers.faces.align import align_faces, model_face
 from workers.faces.detector import MTCNN
@@ -175,7 +175,9 @@ def audio_features(
 
     Frame i gets ``audio_context`` samples centred on its mid-time (``mid_times`` when the decoder gave
     frame timestamps, else (i + 0.5) / fps), zero-padded past the ends of the track (an audio track
-    shorter than the video reads as silence there).
+    shorter than the video reads as silence there). Times and samples share one zero, the first frame's
+    presentation time: sample k of ``samples`` is at k / sample_rate s (``Decoder.read_audio`` places the
+    track so, whenever it starts in the container).
     """
     mel = np.zeros((n, p.mel_frames, p.n_mels), np.float32)
     if samples is None or n == 0:
@@ -216,7 +218,7 @@ def iter_video_inputs(
     p: Preprocessing = PREPROCESSING,
 ) -> Iterator[InputChunk]:
     """Stream one video's model inputs in chunks of at most ``chunk`` frames, covering every frame."""
-    decoder = decoder or DecordDecoder()
+    decoder = decoder or VideoDecoder()
     samples = decoder.read_audio(path, p.sample_rate) if info.has_audio else None
     times = decoder.frame_times(path)
     if len(times) != info.n_frames:

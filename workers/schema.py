@@ -26,7 +26,8 @@ from workers.contract import CLASSES
 #    with audio_used false a frame without a face has no label even where audio_present is true.
 # 4: videos gain content_hash (the same file under a new name is recognised), contract (the model's
 #    input contract fingerprint: part of "already done"), and rows of status "skipped" for files seen
-#    but not labelled (not a video, hidden, special files), so every file a run sees is accounted for.
+#    but not labelled (not a video, hidden, special files), so every file a run sees is accounted for;
+#    frames_expected (the frames the container declares, beside frame_count, the frames decoded).
 SCHEMA_VERSION = 4
 SCHEMA_METADATA = {b"emoframe.schema_version": str(SCHEMA_VERSION).encode()}
 PARTITION_KEY = "model_version"
@@ -75,7 +76,10 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("content_hash", pa.string()),
         pa.field("duration_s", pa.float64()),
         pa.field("fps", pa.float64()),
-        pa.field("frame_count", pa.int32()),
+        pa.field("frame_count", pa.int32()),  # frames decoded and labelled
+        # Frames the container declares (its index, less frames an edit list hides); NULL where it declares no
+        # count (Matroska/WebM, MPEG-TS) and on failed rows. Above frame_count: frames were lost (file cut short).
+        pa.field("frames_expected", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("has_audio", pa.bool_()),

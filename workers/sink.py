@@ -83,7 +83,8 @@ def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str
 def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, started_at: datetime,
               size_bytes: int | None = None, source_mtime: str | None = None, content_hash: str | None = None,
               contract: str | None = None, duration_s: float | None = None,
-              fps: float | None = None, frame_count: int | None = None, has_audio: bool | None = None,
+              fps: float | None = None, frame_count: int | None = None, frames_expected: int | None = None,
+              has_audio: bool | None = None,
               width: int | None = None, height: int | None = None, face_mode: str | None = None,
               tracks: int | None = None, warning: str | None = None, policy: LabellingPolicy | None = None,
               error_reason: str | None = None, error_message: str | None = None) -> dict:
@@ -91,7 +92,7 @@ def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, sta
     return {
         "video_id": video_id(source_uri), "source_uri": source_uri, "size_bytes": size_bytes,
         "source_mtime": source_mtime, "content_hash": content_hash, "contract": contract,
-        "duration_s": duration_s, "fps": fps, "frame_count": frame_count,
+        "duration_s": duration_s, "fps": fps, "frame_count": frame_count, "frames_expected": frames_expected,
         "width": width, "height": height, "has_audio": has_audio, "face_mode": face_mode, "tracks": tracks,
         "warning": warning, "stride": policy.stride if policy else None,
         "vote_seconds": policy.vote_seconds if policy else None, "audio_used": policy.audio if policy else None,

