@@ -146,7 +146,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                 src = futures[fut]
                 try:
                     result = fut.result(raise_on_failure=False)
-                except Exception as exc:  # noqa: BLE001 -- Ray's own error once its retries of a dead worker are spent
+                except Exception as exc:  # noqa: BLE001 -- Ray's error once its retries of a dead worker are spent
                     result = exc
                 outcome = result if isinstance(result, VideoOutcome) else failed_outcome(src, cfg, result)
                 summary.outcomes.append(outcome)

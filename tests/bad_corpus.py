@@ -6,6 +6,7 @@ Run as its own process: PyAV must not share a process with decord (see tests/tes
 from __future__ import annotations
 
 import json
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -65,6 +66,8 @@ def build(d: Path) -> dict[str, str]:
     expect["unknown codec.mp4"] = "unsupported_codec"
     (d / "random bytes.mp4").write_bytes(np.random.default_rng(1).bytes(20000))
     (d / "text.mp4").write_text("this is not a video\n" * 100)
+    expect["random bytes.mp4"] = expect["text.mp4"] = "skipped: not_a_video"
+    _entries_a_listing_meets(d, expect)
     with av.open(str(d / "audio only.mp4"), "w") as out:
         s = out.add_stream("aac", rate=16000, layout="mono")
         tone = (0.2 * np.sin(np.arange(16000) / 5)).astype(np.float32)[None]
@@ -75,6 +78,24 @@ def build(d: Path) -> dict[str, str]:
         out.mux(s.encode(None))
     expect["audio only.mp4"] = "not_a_video"
     return expect
+
+
+def _entries_a_listing_meets(d: Path, expect: dict[str, str]) -> None:
+    """What sits in real archives beside the videos: each must end in the videos table, none twice, and the
+    listing must end."""
+    os.mkfifo(d / "pipe.mp4")  # reading it would block: never opened
+    expect["pipe.mp4"] = "skipped: special_file"
+    (d / "gone.mp4").symlink_to("deleted since.mp4")
+    expect["gone.mp4"] = "skipped: dangling_link"
+    (d / "loop.mp4").symlink_to("loop.mp4")
+    expect["loop.mp4"] = "skipped: dangling_link"
+    (d / "zz second name.mp4").symlink_to("h264 with audio.mp4")  # sorts after its target: the target is kept
+    expect["zz second name.mp4"] = "skipped: duplicate"
+    (d / ".hidden.mp4").write_bytes((d / "no audio track.mp4").read_bytes())
+    expect[".hidden.mp4"] = "skipped: hidden"
+    (d / "notes.txt").write_text("shot list\n")
+    expect["notes.txt"] = "skipped: not_a_video"
+    (d / "self").symlink_to(".")  # a loop: listed 41 times before, and two such never finished
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ VERSION = "3"
 def _frames(uri: str, n: int) -> pa.Table:
     from workers.schema import video_id
 
-    return pa.Table.from_pylist([{"video_id": video_id(uri), "source_uri": uri, "frame_index": i, "timestamp_s": i / 10,
-                                  "face_present": True, "faces_detected": 1, "audio_present": False, "label": "Happiness",
-                                  "label_id": 4, "model_name": "m", "run_id": "old-run"} for i in range(n)],
-                                schema=FRAMES_SCHEMA)
+    rows = [{"video_id": video_id(uri), "source_uri": uri, "frame_index": i, "timestamp_s": i / 10,
+             "face_present": True, "faces_detected": 1, "audio_present": False, "label": "Happiness", "label_id": 4,
+             "model_name": "m", "run_id": "old-run"} for i in range(n)]
+    return pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA)
 
 
 def _labelled(out, src: Source, n: int = 5, key: DoneKey = KEY) -> None:

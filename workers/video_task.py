@@ -198,10 +198,10 @@ def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: 
             if exc.reason in RETRYABLE_REASONS:
                 error = BadInputError(exc.reason, f"{exc.message} ({attempt} times in a row; gave up)")
             break
-        row = video_row(source.uri, status=STATUS_LABELLED, duration_s=done.info.duration_s, fps=done.info.fps,
-                        frame_count=done.info.n_frames,
-                        frames_expected=done.info.frames_expected, has_audio=done.info.has_audio, width=done.info.width,
-                        height=done.info.height, face_mode=cfg.face_mode, tracks=done.outcome.tracks,
+        info = done.info
+        row = video_row(source.uri, status=STATUS_LABELLED, duration_s=info.duration_s, fps=info.fps,
+                        frame_count=info.n_frames, frames_expected=info.frames_expected, has_audio=info.has_audio,
+                        width=info.width, height=info.height, face_mode=cfg.face_mode, tracks=done.outcome.tracks,
                         warning=done.outcome.warning, policy=cfg.policy, contract=fingerprint(PREPROCESSING), **base)
         # The videos row is written last: it is the record that this video is done.
         write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
