@@ -2,8 +2,9 @@
 readable from disk with no server.
 
 Everything is read through the query layer (flows.query.connect: local folders and buckets alike). The archive
-page's aggregates are DuckDB queries; a video page reads only that video's rows, binned in DuckDB to at most
-MAX_BINS points per track, so memory stays bounded by one video however large the archive is. Pages are made
+page's aggregates are DuckDB queries; a video page reads only that video's frames file (load_video), binned in
+DuckDB to at most MAX_BINS points per track, so memory and time per page stay bounded by one video however large
+the archive is. Pages are made
 for the ``max_videos`` most recently finished labelled videos (what a report after a nightly run wants to see).
 """
 
@@ -20,10 +21,13 @@ from urllib.parse import quote
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from flows.terminal import shown
 from workers.contract import CLASSES
-from workers.schema import PROB_COLUMNS, video_key
+from workers.schema import PROB_COLUMNS, frames_path, video_key
 
 DEFAULT_MAX_VIDEOS = 200
 MAX_TRACK_PANELS = 4  # timelines per video page: the longest tracks; the rest are counted in a note
@@ -106,42 +110,54 @@ def selected_videos(con: duckdb.DuckDBPyConnection, max_videos: int) -> list[Vid
     return [VideoInfo(*r) for r in rows]
 
 
-def _where(v: VideoInfo) -> tuple[str, list]:
-    return "video_id = ? AND model_version = ?", [v.video_id, v.model_version]
+VIDEO_FRAME_COLUMNS = ("frame_index", "timestamp_s", "track_id", "face_present", "audio_present", "label",
+                       "label_id", *PROB_COLUMNS)
 
 
-def track_lengths(con: duckdb.DuckDBPyConnection, v: VideoInfo) -> list[tuple[int, int]]:
-    """(track_id, frames with that face present), longest first."""
-    where, params = _where(v)
-    return con.execute(f"SELECT track_id, count(*) FILTER (WHERE face_present) AS n FROM frames WHERE {where} "
-                       "AND track_id IS NOT NULL GROUP BY track_id ORDER BY n DESC, track_id", params).fetchall()
+def load_video(con: duckdb.DuckDBPyConnection, fs: pafs.FileSystem, base: str, v: VideoInfo) -> None:
+    """Make view ``vf`` hold this video's frames rows. The writers put a video's rows in one file whose path
+    follows from its source URI (workers.schema.frames_path), so that file is read alone: filtering the
+    frames view would open every file's footer, once per video. Output of another layout (or an older schema)
+    is read through the view."""
+    try:
+        with fs.open_input_file(frames_path(base, v.model_version, v.source_uri)) as f:
+            table = pq.read_table(f, columns=list(VIDEO_FRAME_COLUMNS))
+    except (OSError, pa.ArrowException):  # no such file, or one without a column of today's schema
+        table = con.execute(f"SELECT {', '.join(VIDEO_FRAME_COLUMNS)} FROM frames WHERE video_id = ? AND "
+                            "model_version = ?", [v.video_id, v.model_version]).to_arrow_table()
+    con.register("vf", table)
 
 
-def class_frames(con: duckdb.DuckDBPyConnection, v: VideoInfo) -> dict[int | None, dict[str, int]]:
-    """Labelled rows per track (None: frames without a face, labelled from the audio) and class."""
-    where, params = _where(v)
+def track_lengths(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int]]:
+    """(track_id, frames with that face present) of the loaded video, longest first."""
+    return con.execute("SELECT track_id, count(*) FILTER (WHERE face_present) AS n FROM vf "
+                       "WHERE track_id IS NOT NULL GROUP BY track_id ORDER BY n DESC, track_id").fetchall()
+
+
+def class_frames(con: duckdb.DuckDBPyConnection) -> dict[int | None, dict[str, int]]:
+    """Labelled rows of the loaded video per track (None: frames without a face, labelled from the audio) and
+    class."""
     out: dict[int | None, dict[str, int]] = {}
-    for track, label, n in con.execute(f"SELECT track_id, label, count(*) FROM frames WHERE {where} "
-                                       "AND label IS NOT NULL GROUP BY ALL", params).fetchall():
+    for track, label, n in con.execute("SELECT track_id, label, count(*) FROM vf WHERE label IS NOT NULL "
+                                       "GROUP BY ALL").fetchall():
         out.setdefault(track, {})[label] = n
     return out
 
 
-def _bin_frames(con: duckdb.DuckDBPyConnection, v: VideoInfo) -> int:
-    where, params = _where(v)
-    last = con.execute(f"SELECT max(frame_index) FROM frames WHERE {where}", params).fetchone()[0]
+def _bin_frames(con: duckdb.DuckDBPyConnection) -> int:
+    last = con.execute("SELECT max(frame_index) FROM vf").fetchone()[0]
     return max(1, -(-((last or 0) + 1) // MAX_BINS))
 
 
 def timelines(con: duckdb.DuckDBPyConnection, v: VideoInfo, tracks: list[int], faceless: bool):
-    """One binned Timeline per track in ``tracks`` (and one for the face-less frames when ``faceless``)."""
+    """One binned Timeline per track in ``tracks`` of the loaded video (and one for the face-less frames when
+    ``faceless``)."""
     from flows.report_figures import Timeline
 
-    where, params = _where(v)
-    k = _bin_frames(con, v)
+    k = _bin_frames(con)
     # The video's time base: every frame has at least one row (a face's or its face-less row).
     base = con.execute(f"SELECT frame_index // {k} AS b, min(timestamp_s), count(DISTINCT frame_index), "
-                       f"avg(audio_present::INT) FROM frames WHERE {where} GROUP BY b ORDER BY b", params).fetchall()
+                       "avg(audio_present::INT) FROM vf GROUP BY b ORDER BY b").fetchall()
     if not base:
         return []
     bins = np.array([r[0] for r in base])
@@ -155,8 +171,7 @@ def timelines(con: duckdb.DuckDBPyConnection, v: VideoInfo, tracks: list[int], f
     for track in [*tracks, *([None] if faceless else [])]:
         cond = "track_id = ?" if track is not None else "track_id IS NULL"
         rows = con.execute(f"SELECT frame_index // {k} AS b, count(*) FILTER (WHERE face_present), mode(label_id), "
-                           f"{probs} FROM frames WHERE {where} AND {cond} GROUP BY b",
-                           params + ([track] if track is not None else [])).fetchall()
+                           f"{probs} FROM vf WHERE {cond} GROUP BY b", [track] if track is not None else []).fetchall()
         p = np.full((len(bins), len(CLASSES)), np.nan)
         label = np.full(len(bins), -1)
         face = np.zeros(len(bins))
@@ -369,13 +384,15 @@ def index_page(out: str, s: ArchiveStats, pages: list[VideoSummary], mix_image: 
 # --------------------------------------------------------------------------------------------------- writing
 
 
-def _write_video(con: duckdb.DuckDBPyConnection, v: VideoInfo, build: Path) -> VideoSummary:
+def _write_video(con: duckdb.DuckDBPyConnection, fs: pafs.FileSystem, base: str, v: VideoInfo,
+                 build: Path) -> VideoSummary:
     from flows.report_figures import timeline_png
 
     page = build / v.page
     page.parent.mkdir(parents=True, exist_ok=True)
-    tracks = track_lengths(con, v)
-    counts = class_frames(con, v)
+    load_video(con, fs, base, v)
+    tracks = track_lengths(con)
+    counts = class_frames(con)
     shown_tracks = [t for t, _ in tracks[:MAX_TRACK_PANELS]]
     images = []
     for tl, name in zip(timelines(con, v, shown_tracks, faceless=bool(counts.get(None))),
@@ -416,6 +433,7 @@ def write_report(out: str, dest: str | None = None, max_videos: int = DEFAULT_MA
     (default ``out``/report for a local ``out``): index.html and a page for each of the ``max_videos`` most
     recently labelled videos. Returns the path of index.html. Raises ReportError for what the user fixes."""
     from flows.query import connect
+    from workers.storage import filesystem_for
 
     started = time.monotonic()
     if max_videos < 0:
@@ -446,7 +464,8 @@ def write_report(out: str, dest: str | None = None, max_videos: int = DEFAULT_MA
             if stats.mix:
                 mix_image = f"{PAGES}/class_mix.png"
                 class_mix_png(stats.mix, build / mix_image)
-            pages = [_write_video(con, v, build) for v in selected_videos(con, max_videos)]
+            fs, base = filesystem_for(out)
+            pages = [_write_video(con, fs, base, v, build) for v in selected_videos(con, max_videos)]
         (build / "index.html").write_text(index_page(out, stats, pages, mix_image, time.monotonic() - started),
                                           encoding="utf-8")
         _publish(build, root)

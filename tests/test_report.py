@@ -218,11 +218,11 @@ def test_many_tracks_are_capped_with_a_note(report):
 
 def test_the_timeline_shows_the_face_less_stretch(out):
     """What the figure draws: face band and probabilities empty where the face is gone, sound until 9 s."""
-    from flows.query import connect
-    from flows.report import selected_videos, timelines
+    from flows.report import load_video, selected_videos, timelines
 
     with connect(str(out)) as con:
         v = next(v for v in selected_videos(con, 10) if v.source_uri == TWO_FACES)
+        load_video(con, pafs.LocalFileSystem(), str(out), v)
         t0, t1 = timelines(con, v, [0, 1], faceless=False)
     assert len(t0.t) == 100 and t0.end_s == 10.0
     assert (t0.face[:80] == 1).all() and (t0.face[80:] == 0).all() and np.isnan(t0.probs[80:]).all()
