@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from flows.query import connect
+from tests.seaweed import s3_server  # noqa: F401  -- the fixture; the server starts only for the bucket test
 from workers.contract import CLASSES, NUM_CLASSES
 from workers.labeling import Predictions
 from workers.schema import frames_path, videos_path
@@ -303,3 +304,26 @@ def test_pages_render_in_a_real_browser_with_every_image(report, tmp_path, which
     n = len(_page(page).images)
     assert n and f'data-images="{n}/{n}"' in res.stdout, res.stdout[:500] + res.stderr[-2000:]
     assert "<h1>" in res.stdout and ("emoframe report" in res.stdout if which == "index" else which in res.stdout)
+
+
+@pytest.mark.integration
+def test_a_report_of_output_in_a_bucket_matches_the_local_one(out, report, request, tmp_path, monkeypatch):
+    """The same output uploaded to a real S3 server (SeaweedFS): the same pages, the same seconds per class,
+    each page reading its video's own frames file from the bucket."""
+    import flows.report
+    from flows.report import write_report
+
+    read = []
+    real_read = flows.report.pq.read_table
+    monkeypatch.setattr(flows.report.pq, "read_table", lambda f, **kw: read.append(f) or real_read(f, **kw))
+
+    server = request.getfixturevalue("s3_server")
+    pafs.copy_files(str(out), f"{server.bucket}/labels", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=server.filesystem())
+    index = write_report(server.uri("labels"), str(tmp_path / "r"))
+    local, remote = _video_pages(report), _video_pages(index)
+    assert set(remote) == set(local)
+    for name in local:
+        assert _page(remote[name]).tables["classes"] == _page(local[name]).tables["classes"]
+    assert _page(index).tables["problems"] == _page(report).tables["problems"]
+    assert len(read) == len(local)
