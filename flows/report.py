@@ -449,14 +449,14 @@ def write_report(out: str, dest: str | None = None, max_videos: int = DEFAULT_MA
     con.execute("SET parquet_metadata_cache = true")
     con.execute("SET TimeZone = 'UTC'")  # the same times whoever writes the report
     root = Path(dest)
+    build = root / f".report-tmp-{uuid.uuid4().hex[:8]}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        (build / PAGES).mkdir(parents=True)
     except OSError as exc:
-        raise ReportError(f"--to {dest}: cannot create the folder ({exc.strerror})") from None
+        con.close()
+        raise ReportError(f"--to {dest}: cannot write there ({exc.strerror})") from None
     from flows.report_figures import class_mix_png  # matplotlib: only once there is something to draw
 
-    build = root / f".report-tmp-{uuid.uuid4().hex[:8]}"
-    (build / PAGES).mkdir(parents=True)
     try:
         with con:
             stats = archive_stats(con)

@@ -258,7 +258,8 @@ def test_cli_writes_beside_the_output_and_mistakes_are_one_line(out, tmp_path):
     for args, why in (((str(tmp_path / "nowhere"),), "no emoframe output"),
                       (("s3://bucket/labels",), "give --to DIR"),
                       ((str(local), "--max-videos", "-1"), "--max-videos -1"),
-                      ((str(local), "--to", "s3://bucket/r"), "local folder")):
+                      ((str(local), "--to", "s3://bucket/r"), "local folder"),
+                      ((str(local), "--to", str(next(local.glob("videos/*/*.parquet")) / "r")), "cannot write there")):
         res = _cli(*args)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and why in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
