@@ -529,8 +529,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a static HTML report of the output: status, failures, class mix, "
                                       "throughput, and a timeline page per labelled video")
     p.add_argument("out", help="output folder or s3://bucket/prefix written by label")
-    p.add_argument("--to", help="local folder for the report (default: OUT/report; required for a bucket)")
+    p.add_argument("--to", metavar="DIR", help="local folder for the report (default: OUT/report; required for a "
+                                               "bucket)")
     p.add_argument("--max-videos", type=int, metavar="N",
+                   # 200: flows.report.DEFAULT_MAX_VIDEOS, written out so that --help does not import the report
                    help="pages for the N most recently labelled videos (default 200; 0: the archive page only)")
     p.set_defaults(fn=cmd_report)
 

@@ -266,12 +266,17 @@ def test_cli_writes_beside_the_output_and_mistakes_are_one_line(out, tmp_path):
 
 
 def test_help_imports_neither_matplotlib_nor_duckdb():
-    code = ("import sys, contextlib, io\nfrom flows.cli import main\nwith contextlib.suppress(SystemExit), "
-            "contextlib.redirect_stdout(io.StringIO()):\n    main(['report', '--help'])\n"
-            "print(sorted(m for m in ('matplotlib', 'duckdb', 'flows.report') if m in sys.modules))")
+    from flows.report import DEFAULT_MAX_VIDEOS
+
+    code = ("import sys, contextlib, io\nfrom flows.cli import main\nhelp = io.StringIO()\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(help):\n    main(['report', '--help'])\n"
+            "print(sorted(m for m in ('matplotlib', 'duckdb', 'flows.report') if m in sys.modules))\n"
+            "print(' '.join(help.getvalue().split()))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert res.stdout.strip() == "[]", res.stdout + res.stderr
+    loaded, help_text = res.stdout.splitlines()
+    assert loaded == "[]", res.stdout + res.stderr
+    assert f"(default {DEFAULT_MAX_VIDEOS};" in help_text and "--to DIR" in help_text
 
 
 # Appended to a copy of a page: marks <html> once the page has loaded and says how many images decoded.
