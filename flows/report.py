@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import duckdb
@@ -28,6 +29,9 @@ import pyarrow.parquet as pq
 from flows.terminal import shown
 from workers.contract import CLASSES
 from workers.schema import PROB_COLUMNS, frames_path, video_key
+
+if TYPE_CHECKING:  # matplotlib is imported only when a report is written
+    from flows.report_figures import Timeline
 
 DEFAULT_MAX_VIDEOS = 200
 MAX_TRACK_PANELS = 4  # timelines per video page: the longest tracks; the rest are counted in a note
@@ -149,10 +153,10 @@ def _bin_frames(con: duckdb.DuckDBPyConnection) -> int:
     return max(1, -(-((last or 0) + 1) // MAX_BINS))
 
 
-def timelines(con: duckdb.DuckDBPyConnection, v: VideoInfo, tracks: list[int], faceless: bool):
+def timelines(con: duckdb.DuckDBPyConnection, v: VideoInfo, tracks: list[int], faceless: bool) -> list[Timeline]:
     """One binned Timeline per track in ``tracks`` of the loaded video (and one for the face-less frames when
     ``faceless``)."""
-    from flows.report_figures import Timeline
+    from flows.report_figures import Timeline  # noqa: F811  -- the runtime import of the TYPE_CHECKING name
 
     k = _bin_frames(con)
     # The video's time base: every frame has at least one row (a face's or its face-less row).
