@@ -367,6 +367,18 @@ def cmd_query(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from flows.report import ReportError, write_report
+
+    try:
+        # None: write_report's own default (flows.report is not imported before the command runs).
+        index = write_report(a.out, a.to, **({} if a.max_videos is None else {"max_videos": a.max_videos}))
+    except ReportError as exc:
+        usage_error("report", str(exc))
+    print(f"wrote {index} (open it in a browser; no server needed)")
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -513,6 +525,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=200, help="rows of a table (0 = all)")
     p.add_argument("--output", help="write csv/json/parquet to this file instead of stdout")
     p.set_defaults(fn=cmd_query)
+
+    p = sub.add_parser("report", help="write a static HTML report of the output: status, failures, class mix, "
+                                      "throughput, and a timeline page per labelled video")
+    p.add_argument("out", help="output folder or s3://bucket/prefix written by label")
+    p.add_argument("--to", metavar="DIR", help="local folder for the report (default: OUT/report; required for a "
+                                               "bucket)")
+    p.add_argument("--max-videos", type=int, metavar="N",
+                   # 200: flows.report.DEFAULT_MAX_VIDEOS, written out so that --help does not import the report
+                   help="pages for the N most recently labelled videos (default 200; 0: the archive page only)")
+    p.set_defaults(fn=cmd_report)
 
     for name, fn, helptext in (("build-model", cmd_build_model, "synth data, train and evaluate the deployed model's "
                                                                 "recipe; compare with the committed model, or "
