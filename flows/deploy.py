@@ -92,7 +92,7 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
           ray_address: str | None = None, face_mode: str = "detect", include: list[str] | None = None,
           exclude: list[str] | None = None, model_repo: str | None = None, timezone: str | None = None,
           stride: int = POLICY.stride, vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
-          min_fps: float = Limits.min_fps, video_timeout_s: float | None = None) -> None:
+          min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True) -> None:
     """Register deployment ``label_archive/<name>`` on ``cron`` (in ``timezone``, default UTC) and run its flow
     runs in this process until interrupted. Each run labels ``sources`` into ``out`` on Ray, under the
     labelling policy ``stride``, ``vote_seconds``, ``audio``.
@@ -119,7 +119,7 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     parameters = {"sources": [_absolute(s) for s in sources], "out": _absolute(out), "triton_url": triton_url,
                   "face_mode": face_mode, "include": include or None, "exclude": exclude or None,
                   "model_repo": _absolute(model_repo) if model_repo else None, "stride": stride,
-                  "vote_seconds": vote_seconds, "audio": audio, "min_fps": min_fps,
+                  "vote_seconds": vote_seconds, "audio": audio, "min_fps": min_fps, "report": report,
                   "video_timeout_s": video_timeout_s}
     # The task runner is not a flow parameter, so it lives on the served flow object itself. Prefect's serve
     # runs this very object (cloudpickled into a subprocess per run), not a fresh import of the entrypoint.

@@ -44,7 +44,7 @@ TASK_RETRIES = 3
 finished_in_this_process = 0
 
 
-@task(retries=TASK_RETRIES, retry_delay_seconds=[2, 5, 10], persist_result=False,
+@task(retries=TASK_RETRIES, retry_delay_seconds=[2, 5, 10], persist_result=False, log_prints=False,
       task_run_name="label {source.uri}")
 def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
     """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried."""
@@ -107,10 +107,11 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                   model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
                   decoder: str = "workers.decode:VideoDecoder", stride: int = POLICY.stride,
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
-                  min_fps: float = Limits.min_fps, video_timeout_s: float | None = None) -> dict:
+                  min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True) -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
     ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py); ``min_fps`` and
-    ``video_timeout_s`` the overall limit per video (workers/isolation.py, Limits)."""
+    ``video_timeout_s`` the overall limit per video (workers/isolation.py, Limits); ``report`` writes the HTML
+    report (flows/report.py) beside a local output."""
     # Scheduled runs get here without the CLI's preflight. Prefect has stored the parameters by now; the
     # check keeps a secret out of the output and the logs, and `emoframe serve` refuses it before registering.
     check_uris(sources, out)
@@ -161,8 +162,27 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             raise
     text = summary.format()
     print(text)
+    if report:
+        _write_report(out, summary.labelled)
     return {"run_id": run_id, "out": summary.out, "model_version": version, **summary.counts(),
             "missing": listing.missing, "text": text}
+
+
+def _write_report(out: str, labelled: int) -> None:
+    """The HTML report beside local output: the archive page and a page per video this run labelled (the most
+    recent ones; `emoframe report` makes more). A report that cannot be written is said, not fatal: the
+    labels are on disk."""
+    from flows.report import DEFAULT_MAX_VIDEOS, ReportError, write_report
+
+    if "://" in out:
+        print(f"report: not written for output in a bucket; `emoframe report {shown(out)} --to DIR` writes one")
+        return
+    try:
+        index = write_report(out, max_videos=min(labelled, DEFAULT_MAX_VIDEOS))
+    except (ReportError, OSError) as exc:
+        print(f"report: not written ({shown(str(exc))})")
+        return
+    print(f"report: {index}")
 
 
 def _plan(sources: list[Source], cfg: LabelConfig, force: bool, summary: RunSummary) -> list[Source]:

@@ -151,3 +151,21 @@ def test_the_childs_progress_reaches_the_caller_and_drives_the_bar():
     assert seen[0] == (0, 96) and [n for n, _ in seen[1:]] == list(range(16, 97, 16))
     assert (bar.total, bar.n, bar.closed) == (96, 96, True)
     assert shares[0] == 0.0 and shares[-1] == 100.0 and len(shares) < len(seen)  # throttled, and ends at 100 %
+
+
+def test_a_ray_worker_reports_progress_as_lines_with_rate_and_time_left():
+    from workers.progress import LineProgress
+
+    now, lines = [0.0], []
+    bar = LineProgress("interview.mp4", every_s=15, clock=lambda: now[0], write=lines.append)
+    bar.total = 4320
+    for _ in range(16):  # 256 frames every 8 s: 32 frames/s
+        now[0] += 8
+        bar.update(256)
+    assert len(lines) == 8  # a line per 15 s at most, not one per chunk
+    assert lines[0] == "interview.mp4: 512/4,320 frames, 32.0 frames/s, 1 min 59 s left"
+    assert lines[-1] == "interview.mp4: 4,096/4,320 frames, 32.0 frames/s, 7 s left"
+    bar.update(300)
+    now[0] += 16
+    bar.update(0)
+    assert lines[-1] == "interview.mp4: 4,396/4,320 frames, 30.5 frames/s"  # past the declared count: no time left

@@ -312,3 +312,14 @@ def test_every_sql_query_in_the_readme_runs_on_real_output(run):
     for uri, _, pct in share:
         per_video[uri] = per_video.get(uri, 0) + pct
     assert all(abs(v - 100) < 1 for v in per_video.values())
+
+
+def test_the_run_writes_its_report_with_a_page_per_video_it_labelled(run, corpus):
+    out, result = run
+    index = out / "report" / "index.html"
+    assert index.exists(), result["text"]
+    html = index.read_text()
+    pages = sorted((out / "report" / "pages").glob("*.html"))
+    assert len(pages) == result["labelled"] == 6
+    assert all(p.name in html for p in pages)  # linked from the archive page
+    assert "broken.mp4" in html and "truncated" in html  # what failed, and why

@@ -1,9 +1,10 @@
 """Progress of one video while it is labelled: frames done, frames/s and time left, where the user looks.
 
-In a Ray worker the bar is Ray's tqdm (ray.experimental.tqdm_ray), which the driver draws in its terminal
-beside the other workers' bars; outside Ray it is a plain tqdm bar on stderr. Under a Prefect task run it is
-also a Prefect progress artifact (the task's page in the UI shows the percentage). The isolated child's
-progress reports (the watchdog's heartbeat, one per chunk) drive it.
+In a Ray worker it is a line every ``LINE_EVERY_S`` (``clip.mp4: 512/4,320 frames, 23.1 frames/s, 2 min 45 s
+left``), which Ray forwards to the driver's terminal and log with the worker's prefix: plain lines survive a
+log file and a `ray job` log, where Ray's own tqdm bars were not drawn under Prefect's flow. Outside Ray it is
+a tqdm bar on stderr. Under a Prefect task run it is also a Prefect progress artifact (the task's page in the
+UI shows the percentage). The isolated child's progress reports (one per chunk of frames) drive it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,41 @@ from collections.abc import Callable
 from typing import Any
 
 ARTIFACT_EVERY_S = 5.0  # a Prefect API call per update: a few per minute is plenty
+LINE_EVERY_S = 15.0  # a line in the driver's terminal per video in flight: often enough to see it move
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+class LineProgress:
+    """A progress line now and then, on stdout: what a bar is where no terminal draws bars."""
+
+    def __init__(self, desc: str, every_s: float = LINE_EVERY_S, clock: Callable[[], float] = time.monotonic,
+                 write: Callable[[str], None] = lambda line: print(line, flush=True)):
+        self.desc, self.every_s, self.clock, self.write = desc, every_s, clock, write
+        self.total: int | None = None
+        self.n = 0
+        self.started = clock()
+        self.last = self.started
+
+    def line(self) -> str:
+        took = max(self.clock() - self.started, 1e-9)
+        rate = self.n / took
+        of = f"/{self.total:,}" if self.total else ""
+        left = f", {_duration((self.total - self.n) / rate)} left" if self.total and self.n < self.total and rate > 0 \
+            else ""
+        return f"{self.desc}: {self.n:,}{of} frames, {rate:.1f} frames/s{left}"
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.clock() - self.last >= self.every_s:
+            self.last = self.clock()
+            self.write(self.line())
+
+    def close(self) -> None:
+        pass  # the finished video's own line follows in the driver
 
 
 def _bar(desc: str) -> Any:
@@ -23,9 +59,7 @@ def _bar(desc: str) -> Any:
     except Exception:  # no Ray, or not set up in this process
         in_worker = False
     if in_worker:
-        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
-
-        return ray_tqdm(desc=desc, total=None, unit="frame")
+        return LineProgress(desc)
     from tqdm import tqdm
 
     return tqdm(desc=desc, total=None, unit="frame", leave=False, mininterval=1.0)
