@@ -287,6 +287,12 @@ def cmd_label(a: argparse.Namespace) -> int:
         faces = a.faces or "centred"  # the synthetic set's frames are the face (drawn, not for a detector)
     from flows.preflight import PreflightError, preflight
 
+    if a.model_repo:
+        from workers.contract import MODEL_NAME
+
+        if not (Path(a.model_repo) / MODEL_NAME / "config.pbtxt").is_file():
+            usage_error("label", f"--model-repo {a.model_repo}: no {MODEL_NAME}/config.pbtxt there (a Triton model "
+                                 "repository holds a folder per model; this checkout's is model_repo/)")
     try:  # before the heavy imports below (Prefect, Ray, torch): a typo answers in about a second
         preflight(sources, a.out, a.triton_url)
     except PreflightError as exc:
@@ -302,7 +308,7 @@ def cmd_label(a: argparse.Namespace) -> int:
             result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
                                                      triton_url=a.triton_url, face_mode=faces, include=a.include,
                                                      exclude=a.exclude, force=a.force, report=not a.no_report,
-                                                     **policy)
+                                                     model_repo=a.model_repo, **policy)
     except (MissingWeightsError, PreflightError) as exc:
         usage_error("label", str(exc))
     except Interrupted as stop:
@@ -490,6 +496,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="relabel videos already labelled by this model version and unchanged since")
     p.add_argument("--no-report", action="store_true",
                    help="do not write the HTML report (OUT/report/index.html) at the end of the run")
+    p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: this "
+                                        "checkout's model_repo/); ignored with --triton-url")
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)

@@ -3,6 +3,7 @@ file has an attempt budget, and no process is left behind."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import psutil
@@ -169,3 +170,15 @@ def test_a_ray_worker_reports_progress_as_lines_with_rate_and_time_left():
     now[0] += 16
     bar.update(0)
     assert lines[-1] == "interview.mp4: 4,396/4,320 frames, 30.5 frames/s"  # past the declared count: no time left
+
+
+def test_a_labelled_file_that_fails_now_loses_its_old_frames(tmp_path, clip):
+    """The failed row must not stand beside labels of the file's earlier content."""
+    from workers.schema import frames_path
+
+    c = cfg(tmp_path, "CrashingDecoder")
+    stale = frames_path(c.out, c.model_version, str(clip))
+    os.makedirs(os.path.dirname(stale))
+    open(stale, "wb").close()  # what an earlier run wrote
+    out = label_video(Source(str(clip), clip.stat().st_size, "m"), c)
+    assert out.row["status"] == "failed" and not os.path.exists(stale)

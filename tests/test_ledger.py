@@ -197,3 +197,4 @@ def test_labels_whose_output_vanished_meanwhile_are_not_reused(tmp_path, video):
     same = ledger.same_content(new.content_hash, KEY, new.uri)
     assert adopt_labels(str(out), VERSION, same, new, "r") is None  # labelled afresh instead
     assert not os.path.exists(videos_path(str(out), VERSION, new.uri))
+

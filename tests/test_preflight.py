@@ -92,6 +92,8 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
                                                  "--triton-url", "127.0.0.1:9"),
         "emoframe talks gRPC": ("label", str(clip), "--out", str(tmp_path / "o"),
                                 "--triton-url", "http://127.0.0.1:8001"),
+        "no expression_fusion/config.pbtxt": ("label", str(clip), "--out", str(tmp_path / "o"),
+                                              "--model-repo", str(tmp_path)),
     }
 
     for why, args in cases.items():

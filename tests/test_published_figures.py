@@ -96,3 +96,12 @@ def test_readme_ports_table_is_rendered_from_its_json_and_our_services_are_loopb
     ours = [r for r in data["rows"] if r["process"].startswith(("Triton", "Prefect"))]
     assert {r["process"] for r in ours} == {"Triton (embedded)", "Prefect server (temporary)"}
     assert {r["bind"] for r in ours} == {"127.0.0.1"}
+
+
+def test_readme_reliability_table_is_rendered_from_a_test_run_with_nothing_lost():
+    rel = _load("reliability")
+    data = json.loads(rel.JSON_PATH.read_text())
+    assert _load("published").readme_block(rel.START, rel.END) == rel.render(data).strip()
+    assert len(data["inputs"]) >= 20 and len(data["faults"]) >= 6  # what issue 9 asks the table to show
+    for fault in data["faults"]:
+        assert (fault["lost"], fault["duplicated"], fault["healthy_failed"]) == (0, 0, 0), fault

@@ -42,6 +42,13 @@ def write_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
         raise
 
 
+def clean_seconds(t: np.ndarray) -> np.ndarray:
+    """Times rounded to the microsecond, without a negative zero: 0.3 reads as 0.3 (not 0.30000000000000004)
+    and a first frame at -0.0 as 0.0, so equality filters and group-bys on timestamp_s behave. A microsecond
+    is far below any frame interval (8,333 us at 120 fps)."""
+    return np.round(np.asarray(t, dtype=np.float64), 6) + 0.0
+
+
 def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str, run_id: str,
                  times: np.ndarray | None = None) -> pa.Table:
     """The frames rows of one video: one per face and frame, one per face-less frame. A row whose frame has
@@ -63,7 +70,7 @@ def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str
         "video_id": pa.array([video_id(source_uri)] * n, pa.string()),
         "source_uri": pa.array([source_uri] * n, pa.string()),
         "frame_index": pred.frame.astype(np.int32),
-        "timestamp_s": times[pred.frame] if times is not None else pred.frame / float(fps),
+        "timestamp_s": clean_seconds(times[pred.frame] if times is not None else pred.frame / float(fps)),
         "track_id": masked(pred.track, faced, pa.int32()),
         "face_present": pred.face_present,
         **{f"box_{k}": masked(pred.box[:, i], faced & np.isfinite(pred.box[:, i]), pa.float32())
