@@ -3,8 +3,9 @@
 A run's exit status is 0 only when every video it saw is labelled (now or by an earlier run, unchanged).
 It is 1 when a video failed (in this run, or in an earlier one and the file is unchanged), a named source is
 missing, a file with a video's name was skipped (not a video, a dangling link ...), or nothing to label
-was found at all. Files that are not videos by name (notes.txt, .DS_Store) are recorded as skipped and
-counted, but do not make the run fail: archives hold thumbnails and notes beside their videos.
+was found at all. Files that are not videos by name (notes.txt, .DS_Store), hidden files and second names
+of a labelled file are recorded as skipped and counted, but do not make the run fail: archives hold
+thumbnails, notes and macOS's "._clip.mp4" beside their videos.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from workers.schema import STATUS_FAILED, STATUS_LABELLED
 from workers.video_task import VideoOutcome
 
 SKIPS_LISTED = 10  # more skipped files than this are summarised by reason
+# Skips that leave a video unlabelled. Not a hidden file (macOS leaves "._clip.mp4" beside every copied
+# clip), nor a second name of a file labelled under its first.
+PROBLEM_SKIPS = frozenset({"not_a_video", "dangling_link", "special_file", "unreadable"})
 
 
 def skip_code(reason: str) -> str:
@@ -66,7 +70,7 @@ class RunSummary:
     @property
     def skipped_videos(self) -> list[str]:
         """Skipped files named like videos: what the user meant as input, and did not get labelled."""
-        return [u for u in self.skipped if video_named(u)]
+        return [u for u, why in self.skipped.items() if video_named(u) and skip_code(why) in PROBLEM_SKIPS]
 
     @property
     def problems(self) -> int:
