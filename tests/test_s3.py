@@ -99,7 +99,8 @@ def test_query_reads_the_bucket_one_row_per_decoded_frame(labelled, s3_server, b
     assert con.sql("SELECT DISTINCT typeof(model_version) FROM frames").fetchall() == [("VARCHAR",)]
     videos = dict(con.sql("SELECT source_uri, coalesce(error_reason, status) FROM videos").fetchall())
     assert videos == {s3_server.uri("in/clip one.mp4"): "labelled", s3_server.uri("in/sub/é two.mp4"): "labelled",
-                      s3_server.uri("in/empty.mp4"): "empty_file"}
+                      s3_server.uri("in/empty.mp4"): "empty_file", s3_server.uri("in/.hidden.mp4"): "hidden",
+                      s3_server.uri("in/notes.txt"): "not_a_video", s3_server.uri("in/random.mp4"): "not_a_video"}
     assert con.execute("SELECT count(*) FROM frames f JOIN videos v USING (video_id, model_version)").fetchone()[0] == \
         sum(counts.values())
 
