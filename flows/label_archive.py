@@ -163,22 +163,27 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     text = summary.format()
     print(text)
     if report:
-        _write_report(out, summary.labelled)
+        _write_report(out, summary)
     return {"run_id": run_id, "out": summary.out, "model_version": version, **summary.counts(),
             "missing": listing.missing, "text": text}
 
 
-def _write_report(out: str, labelled: int) -> None:
-    """The HTML report beside local output: the archive page and a page per video this run labelled (the most
-    recent ones; `emoframe report` makes more). A report that cannot be written is said, not fatal: the
-    labels are on disk."""
-    from flows.report import DEFAULT_MAX_VIDEOS, ReportError, write_report
+def _write_report(out: str, summary: RunSummary) -> None:
+    """The HTML report beside local output: the archive page and pages for the videos this run labelled, and
+    for as many as the report had before (the most recent ones; `emoframe report --max-videos` makes more). A
+    run that changed nothing leaves the report as it is. A report that cannot be written is said, not fatal:
+    the labels are on disk."""
+    from flows.report import DEFAULT_MAX_VIDEOS, PAGES, ReportError, default_dest, write_report
 
     if "://" in out:
         print(f"report: not written for output in a bucket; `emoframe report {shown(out)} --to DIR` writes one")
         return
+    dest = Path(default_dest(out))
+    if not (summary.outcomes or summary.reused) and (dest / "index.html").exists():
+        return
+    had = sum(1 for _ in (dest / PAGES).rglob("*.html")) if (dest / PAGES).is_dir() else 0
     try:
-        index = write_report(out, max_videos=min(labelled, DEFAULT_MAX_VIDEOS))
+        index = write_report(out, max_videos=min(max(summary.labelled, had), DEFAULT_MAX_VIDEOS))
     except (ReportError, OSError) as exc:
         print(f"report: not written ({shown(str(exc))})")
         return

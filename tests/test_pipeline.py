@@ -84,6 +84,17 @@ def test_run_summary_counts(run):
     assert "broken.mp4" in result["text"] and "truncated" in result["text"]
 
 
+def test_the_run_writes_its_report_with_a_page_per_video_it_labelled(run, corpus):
+    out, result = run
+    index = out / "report" / "index.html"
+    assert index.exists(), result["text"]
+    html = index.read_text()
+    pages = sorted((out / "report" / "pages").rglob("*.html"))  # pages/v-<model_version>/<video>.html
+    assert len(pages) == result["labelled"] == 6
+    assert all(p.name in html for p in pages)  # linked from the archive page
+    assert "broken.mp4" in html and "truncated" in html  # what failed, and why
+
+
 def test_one_row_per_decoded_frame_for_every_video(run, corpus):
     out, _ = run
     src, _ = corpus
@@ -200,12 +211,14 @@ def test_rerun_of_a_finished_run_changes_nothing(run, corpus):
     out, first = run
     src, _ = corpus
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    report = {p: p.stat().st_mtime_ns for p in (out / "report").rglob("*.html")}
     again = run_label_archive([str(src)], str(out), **SETTINGS)
     assert again["already_done"] == 6 and again["labelled"] == again["failed"] == 0
     # broken.mp4 failed in the first run and is unchanged: shown again, and the run still counts it (exit 1)
     assert again["earlier_failed"] == 1 and again["problems"] == 1
     assert "FAILED broken.mp4 (in run " in again["text"] and "not_a_video" in again["text"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
+    assert {p: p.stat().st_mtime_ns for p in (out / "report").rglob("*.html")} == report  # nothing new to show
 
 
 def test_a_rerun_under_another_policy_or_face_mode_relabels(run, corpus, tmp_path):
@@ -313,13 +326,3 @@ def test_every_sql_query_in_the_readme_runs_on_real_output(run):
         per_video[uri] = per_video.get(uri, 0) + pct
     assert all(abs(v - 100) < 1 for v in per_video.values())
 
-
-def test_the_run_writes_its_report_with_a_page_per_video_it_labelled(run, corpus):
-    out, result = run
-    index = out / "report" / "index.html"
-    assert index.exists(), result["text"]
-    html = index.read_text()
-    pages = sorted((out / "report" / "pages").rglob("*.html"))  # pages/v-<model_version>/<video>.html
-    assert len(pages) == result["labelled"] == 6
-    assert all(p.name in html for p in pages)  # linked from the archive page
-    assert "broken.mp4" in html and "truncated" in html  # what failed, and why
