@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from flows.ledger import Ledger
-from flows.run_summary import skip_code
+from flows.sources import skip_code
 from workers.errors import ServiceUnavailableError, StorageUnavailableError
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, videos_path
 from workers.sink import remove_stale_frames, resolve, video_row, videos_table, write_atomic

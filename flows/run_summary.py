@@ -10,10 +10,10 @@ thumbnails, notes and macOS's "._clip.mp4" beside their videos.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from flows.sources import Skip, is_video_name, skip_code
 from flows.terminal import shown
 from workers.contract import CLASSES
 from workers.policy import POLICY, LabellingPolicy
@@ -23,18 +23,7 @@ from workers.video_task import VideoOutcome
 SKIPS_LISTED = 10  # more skipped files than this are summarised by reason
 # Skips that leave a video unlabelled. Not a hidden file (macOS leaves "._clip.mp4" beside every copied
 # clip), nor a second name of a file labelled under its first.
-PROBLEM_SKIPS = frozenset({"not_a_video", "dangling_link", "special_file", "unreadable"})
-
-
-def skip_code(reason: str) -> str:
-    """``"not_a_video: .txt extension"`` -> ``"not_a_video"``."""
-    return reason.split(":", 1)[0].strip()
-
-
-def video_named(uri: str) -> bool:
-    from flows.sources import VIDEO_EXTENSIONS
-
-    return os.path.splitext(uri)[1].lower() in VIDEO_EXTENSIONS
+PROBLEM_SKIPS = frozenset({Skip.NOT_A_VIDEO, Skip.DANGLING_LINK, Skip.SPECIAL_FILE, Skip.UNREADABLE})
 
 
 @dataclass(frozen=True)
@@ -70,7 +59,7 @@ class RunSummary:
     @property
     def skipped_videos(self) -> list[str]:
         """Skipped files named like videos: what the user meant as input, and did not get labelled."""
-        return [u for u, why in self.skipped.items() if video_named(u) and skip_code(why) in PROBLEM_SKIPS]
+        return [u for u, why in self.skipped.items() if is_video_name(u) and skip_code(why) in PROBLEM_SKIPS]
 
     @property
     def problems(self) -> int:

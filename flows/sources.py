@@ -79,16 +79,17 @@ class Listing:
     @property
     def skipped_not_video(self) -> list[str]:
         """The not_a_video URIs of ``skipped`` (the field before ``skipped``; read-only)."""
-        return [uri for uri, why in self.skipped.items() if _code(why) == Skip.NOT_A_VIDEO]
+        return [uri for uri, why in self.skipped.items() if skip_code(why) == Skip.NOT_A_VIDEO]
 
     @property
     def skip_reasons(self) -> dict[str, str]:
         """The not_a_video part of ``skipped`` (the field before ``skipped``; read-only)."""
-        return {uri: why for uri, why in self.skipped.items() if _code(why) == Skip.NOT_A_VIDEO}
+        return {uri: why for uri, why in self.skipped.items() if skip_code(why) == Skip.NOT_A_VIDEO}
 
 
-def _code(reason: str) -> str:
-    return reason.partition(":")[0]
+def skip_code(reason: str) -> str:
+    """``"not_a_video: .txt extension"`` -> ``"not_a_video"``."""
+    return reason.partition(":")[0].strip()
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _ts_sync(head: bytes, offset: int, packet: int) -> bool:
                                                              or head[offset + packet] == 0x47)
 
 
-def _is_video_name(name: str) -> bool:
+def is_video_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 
@@ -398,7 +399,7 @@ def _globbed(root: str, pattern: list[str], ours: _Ours, warnings: list[str]) ->
     """What a ** pattern matches below ``root``: files whose path, or a folder above them, matches (as glob
     would name the folder, which is then listed). Hidden names are not matched, as glob's * and ** do not."""
     for f in _LocalWalk(ours, warnings).folder(root, os.stat(root)):
-        if isinstance(f, _Skipped) and _code(f.reason) == Skip.HIDDEN:
+        if isinstance(f, _Skipped) and skip_code(f.reason) == Skip.HIDDEN:
             continue
         parts = f.rel.split("/")
         if any(_glob_match(parts[:i], pattern) for i in range(len(parts), 0, -1)):
@@ -470,7 +471,7 @@ def _skip_reason(f: _Found | _Skipped, include: tuple[str, ...], exclude: tuple[
                  first_name: dict[object, str]) -> str | None:
     """Why an entry is not a candidate (Skip.EXCLUDED alone for a filtered one), None for a candidate.
     Hidden entries and unreadable folders were never looked into, so no pattern applies to them."""
-    if isinstance(f, _Skipped) and _code(f.reason) in (Skip.HIDDEN, Skip.UNREADABLE):
+    if isinstance(f, _Skipped) and skip_code(f.reason) in (Skip.HIDDEN, Skip.UNREADABLE):
         return f.reason
     if not _included(f.rel, include, exclude):
         return Skip.EXCLUDED
@@ -479,7 +480,7 @@ def _skip_reason(f: _Found | _Skipped, include: tuple[str, ...], exclude: tuple[
     if f.identity in first_name:
         return _why(Skip.DUPLICATE, f"same file as {first_name[f.identity]}")
     first_name[f.identity] = f.uri
-    if not _is_video_name(f.uri):
+    if not is_video_name(f.uri):
         ext = os.path.splitext(f.uri)[1]
         return _why(Skip.NOT_A_VIDEO, f"{ext} extension" if ext else "no extension")
     return None

