@@ -58,8 +58,10 @@ class Decoder(Protocol):
 
     def probe(self, path: str) -> VideoInfo: ...
 
-    def iter_frames(self, path: str, width: int, height: int, chunk: int) -> Iterator[np.ndarray]:
-        """Yields uint8 [n, height, width, 3] RGB chunks covering every frame in order."""
+    def iter_frames(self, path: str, width: int, height: int, chunk: int, start: int = 0,
+                    stop: int | None = None) -> Iterator[np.ndarray]:
+        """Yields uint8 [n, height, width, 3] RGB chunks covering frames [start, stop) (default: every frame)
+        in order; a chunk starts at ``start`` + a multiple of ``chunk``."""
         ...
 
     def read_frames(self, path: str, indices: list[int], width: int, height: int) -> np.ndarray:
@@ -252,7 +254,8 @@ def _decord_times(vr: decord.VideoReader) -> np.ndarray:
     return times
 
 
-def _decord_chunks(path: str, width: int, height: int, chunk: int) -> Iterator[np.ndarray]:
+def _decord_chunks(path: str, width: int, height: int, chunk: int, start: int = 0,
+                   stop: int | None = None) -> Iterator[np.ndarray]:
     vr = _open_video(path, width=width, height=height)
     resize = None
     if not _decoder_resize_works(vr):
@@ -260,9 +263,9 @@ def _decord_chunks(path: str, width: int, height: int, chunk: int) -> Iterator[n
         # and resize here, which gives the same frames at a little more cost.
         vr = _open_video(path)
         resize = (width, height)
-    n = len(vr)
-    for start in range(0, n, chunk):
-        idx = list(range(start, min(n, start + chunk)))
+    n = len(vr) if stop is None else min(stop, len(vr))
+    for first in range(start, n, chunk):  # decord seeks to the keyframe before ``start``: the same pixels
+        idx = list(range(first, min(n, first + chunk)))
         try:
             frames = vr.get_batch(idx).asnumpy()
         except decord.DECORDLimitReachedError as exc:
@@ -337,10 +340,14 @@ def _pyav_count(path: str, fps: float) -> _Frames:
     return _Frames(np.asarray(times, np.float64), width, height)
 
 
-def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int) -> Iterator[np.ndarray]:
+def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int, start: int = 0) -> Iterator[np.ndarray]:
+    """Frames [start, n): decoded from the first frame (no seeking: MPEG-TS and the like have no index to seek
+    by), the ones before ``start`` skipped without conversion."""
     buf: list[np.ndarray] = []
-    done = 0
-    for frame in _pyav_frames(path):
+    done = start
+    for i, frame in enumerate(_pyav_frames(path)):
+        if i < start:
+            continue
         buf.append(frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA"))
         if len(buf) == chunk or done + len(buf) == n:
             yield np.stack(buf)
@@ -348,7 +355,7 @@ def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int) -> Iter
             buf = []
         if done == n:
             return
-    raise BadInputError("decode_error", f"{path} decoded to {done + len(buf)} frames this time, {n} at probe; "
+    raise BadInputError("decode_error", f"{path} ended after {done + len(buf)} frames this time, short of the {n} it had at probe; "
                         "the file may be changing or damaged: re-encode it")
 
 
@@ -421,11 +428,13 @@ class VideoDecoder:
             self.probe(path)
         return self._probed[path]
 
-    def iter_frames(self, path: str, width: int, height: int, chunk: int) -> Iterator[np.ndarray]:
+    def iter_frames(self, path: str, width: int, height: int, chunk: int, start: int = 0,
+                    stop: int | None = None) -> Iterator[np.ndarray]:
         p = self._get(path)
+        stop = p.info.n_frames if stop is None else min(stop, p.info.n_frames)
         if p.backend == "decord":
-            return _decord_chunks(path, width, height, chunk)
-        return _pyav_chunks(path, p.info.n_frames, width, height, chunk)
+            return _decord_chunks(path, width, height, chunk, start, stop)
+        return _pyav_chunks(path, stop, width, height, chunk, start)
 
     def read_frames(self, path: str, indices: list[int], width: int, height: int) -> np.ndarray:
         p = self._get(path)

@@ -7,7 +7,7 @@ no training/serving skew.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,7 +19,7 @@ from workers.contract import FACE_MODES, PREPROCESSING, FaceMode, Preprocessing
 from workers.decode import AudioStream, Decoder, VideoDecoder, VideoInfo
 from workers.errors import BadInputError
 from workers.faces.align import align_faces, model_face
-from workers.faces.detector import MTCNN
+from workers.faces.detector import MTCNN, Faces
 from workers.faces.tracker import FaceTracker, TrackerSettings
 
 DETECT_MAX_SIDE = 640  # raw footage is decoded at most this large: enough for 112 px aligned crops, 2.5x faster
@@ -84,40 +84,61 @@ def detect_size(info: VideoInfo) -> tuple[int, int]:
     return max(2, int(round(info.width * scale))), max(2, int(round(info.height * scale)))
 
 
+def source_scale(info: VideoInfo) -> np.ndarray:
+    """Decoded (detection-size) pixels -> source pixels, per axis."""
+    w, h = detect_size(info)
+    return np.array([info.width / w, info.height / h], np.float32)
+
+
+def tracker_settings(info: VideoInfo, tracker: TrackerSettings = TrackerSettings()) -> TrackerSettings:
+    # A face smaller than MIN_FACE_SOURCE_PX in the source carries no expression to speak of (a tiny video
+    # is decoded scaled up, so the limit is set in source pixels).
+    min_face = max(tracker.min_face, MIN_FACE_SOURCE_PX / float(source_scale(info).min()))
+    return dataclasses.replace(tracker, min_face=min_face)
+
+
+TrackedFaces = list[tuple[np.ndarray, Faces]]  # per frame: track ids int32 [k] and their faces
+
+
+def face_rows(frames: np.ndarray, per_frame: TrackedFaces, to_source: np.ndarray,
+              p: Preprocessing = PREPROCESSING) -> FaceRows:
+    """The tracker's faces of a chunk of frames, aligned and turned into the model's face tensor."""
+    idx, tracks, boxes, scores, crops = [], [], [], [], []
+    for i, (ids, faces) in enumerate(per_frame):
+        if not len(ids):
+            continue
+        idx.append(np.full(len(ids), i, np.int32))
+        tracks.append(ids)
+        xy = faces.boxes[:, :2] * to_source
+        wh = (faces.boxes[:, 2:] - faces.boxes[:, :2]) * to_source
+        boxes.append(np.concatenate([xy, wh], 1))
+        scores.append(faces.scores)
+        crops.append(model_face(align_faces(frames[i], faces.landmarks), p))
+    if not idx:
+        c = p.crop_size
+        return FaceRows(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, bool),
+                        np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, c, c, 3), np.uint8))
+    frame = np.concatenate(idx)
+    return FaceRows(frame, np.concatenate(tracks), np.ones(len(frame), bool),
+                    np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32),
+                    np.concatenate(crops))
+
+
 class FaceFrontEnd:
     """Raw footage: every face of every frame, tracked, aligned and turned into the model's face tensor."""
 
     def __init__(self, info: VideoInfo, p: Preprocessing = PREPROCESSING,
                  tracker: TrackerSettings = TrackerSettings()) -> None:
         self.p = p
-        w, h = detect_size(info)
-        self.to_source = np.array([info.width / w, info.height / h], np.float32)  # decoded -> source pixels
-        # A face smaller than MIN_FACE_SOURCE_PX in the source carries no expression to speak of (a tiny video
-        # is decoded scaled up, so the limit is set in source pixels).
-        min_face = max(tracker.min_face, MIN_FACE_SOURCE_PX / float(self.to_source.min()))
-        self.tracker = FaceTracker(MTCNN(), dataclasses.replace(tracker, min_face=min_face))
+        self.to_source = source_scale(info)
+        self.tracker = FaceTracker(MTCNN(), tracker_settings(info, tracker))
 
-    def __call__(self, frames: np.ndarray) -> FaceRows:
-        per_frame = self.tracker.track_chunk(frames)
-        idx, tracks, boxes, scores, crops = [], [], [], [], []
-        for i, (ids, faces) in enumerate(per_frame):
-            if not len(ids):
-                continue
-            idx.append(np.full(len(ids), i, np.int32))
-            tracks.append(ids)
-            xy = faces.boxes[:, :2] * self.to_source
-            wh = (faces.boxes[:, 2:] - faces.boxes[:, :2]) * self.to_source
-            boxes.append(np.concatenate([xy, wh], 1))
-            scores.append(faces.scores)
-            crops.append(model_face(align_faces(frames[i], faces.landmarks), self.p))
-        if not idx:
-            c = self.p.crop_size
-            return FaceRows(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, bool),
-                            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, c, c, 3), np.uint8))
-        frame = np.concatenate(idx)
-        return FaceRows(frame, np.concatenate(tracks), np.ones(len(frame), bool),
-                        np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32),
-                        np.concatenate(crops))
+    def __call__(self, start: int, frames: np.ndarray) -> FaceRows:
+        """The faces of ``frames`` (consecutive, the first at absolute index ``start``, fed in order)."""
+        return face_rows(frames, self.tracker.track_chunk(frames), self.to_source, self.p)
+
+
+FrontEnd = Callable[[int, np.ndarray], FaceRows]  # (absolute index of frames[0], frames) -> their faces
 
 
 CENTRED_SAMPLE = 5  # frames checked per video in face-centred mode
@@ -216,9 +237,20 @@ def iter_video_inputs(
     chunk: int = 256,
     decoder: Decoder | None = None,
     p: Preprocessing = PREPROCESSING,
+    start: int = 0,
+    stop: int | None = None,
+    front: FrontEnd | None = None,
 ) -> Iterator[InputChunk]:
-    """Stream one video's model inputs in chunks of at most ``chunk`` frames, covering every frame."""
+    """Stream one video's model inputs in chunks of at most ``chunk`` frames, covering every frame.
+
+    ``start``/``stop``: only frames [start, stop), in the chunks the whole video's pass has (``start`` a
+    multiple of ``chunk``), so every chunk's inputs are computed exactly as in that pass. ``front``: where the
+    faces of raw footage come from (default: a tracker fed from ``start``; workers/segments.py passes faces
+    tracked beforehand)."""
     decoder = decoder or VideoDecoder()
+    stop = info.n_frames if stop is None else stop
+    if start % chunk or not 0 <= start <= stop <= info.n_frames:
+        raise ValueError(f"frames [{start}, {stop}) of {info.n_frames}: start must be a multiple of {chunk}")
     samples = decoder.read_audio(path, p.sample_rate) if info.has_audio else None
     times = decoder.frame_times(path)
     if len(times) != info.n_frames:
@@ -228,17 +260,17 @@ def iter_video_inputs(
         size = (p.crop_size, p.crop_size)
     elif face_mode == "detect":
         size = detect_size(info)
-        front = FaceFrontEnd(info, p)
+        front = front or FaceFrontEnd(info, p)
     else:
         raise ValueError(f"face_mode must be one of {FACE_MODES}, not {face_mode!r}")
-    start = 0
-    for frames in decoder.iter_frames(path, size[0], size[1], chunk):
+    frame_range = {} if (start, stop) == (0, info.n_frames) else {"start": start, "stop": stop}
+    for frames in decoder.iter_frames(path, size[0], size[1], chunk, **frame_range):
         n = len(frames)
         if face_mode == "centred":
             face = np.ascontiguousarray(frames)
             rows = centred_rows(face, blank_mask(face, p), info.width, info.height)
         else:
-            rows = front(frames)
+            rows = front(start, frames)
         mel, audio_mask = audio_features(samples, info.fps, start, n, p, mids[start : start + n])
         if isinstance(samples, AudioStream) and start + n < len(mids):  # later frames need nothing earlier
             samples.release(int(round(mids[start + n] * p.sample_rate)) - p.audio_context)

