@@ -36,6 +36,7 @@ Entry points for the flow: ``probe_video`` (in the isolated child), ``segment_co
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -533,22 +534,37 @@ def ray_map(fn: Callable, args: list[tuple], num_cpus: float = 1) -> list:
     return ray.get([remote.remote(*a) for a in args])
 
 
-def label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], pmap: ParallelMap = serial_map):
+def label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], pmap: ParallelMap = serial_map,
+                      timings: dict[str, float] | None = None):
     """Label one video as ``segments`` (``plan_segments``) with ``pmap``; the same frames file and videos row
-    as ``label_video``. Bad input in any segment fails the video with a row, and no frames file is written."""
+    as ``label_video``. Bad input in any segment fails the video with a row, and no frames file is written.
+    ``timings``, if given, gets each step's wall seconds."""
     from workers.video_task import record_failed, row_base
 
     started = datetime.now(timezone.utc)
+    timings = {} if timings is None else timings
+    clock = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        timings[name] = time.monotonic() - clock
+        clock = time.monotonic()
+
     try:
         tracks = None
         if cfg.face_mode == "detect":
             parts = [_unwrap(r) for r in pmap(track_segment, [(source, cfg, s) for s in segments])]
+            step("track")
             tracks = join_tracks(parts, lambda seg, seed: track_segment(source, cfg, seg, seed))
+            step("join")
         work = plan_work(probe, cfg, segments, tracks)
+        step("plan")
         results = [_unwrap(r) for r in pmap(label_segment, [(source, cfg, w) for w in work])]
+        step("label")
     except BadInputError as exc:
         return record_failed(source, cfg, row_base(source, cfg, started), exc)
     outcome = stitch(source, cfg, probe, work, results, started)
+    step("stitch")
     outcome.segments = len(segments)
     outcome.retracked = tracks.retracked if tracks is not None else []
     return outcome

