@@ -180,7 +180,9 @@ def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, progress) 
     def keep(index: int) -> None:
         if index < seg.start:
             head[index] = tracker.state()
-        if seg.tail_from is not None and index >= seg.tail_from:
+        # Only from its own first frame: before it, this tracker has not yet been shown to agree with the
+        # one-task run (its warm-up), so the next segment must not take its state for the one-task state.
+        if seg.tail_from is not None and index >= max(seg.tail_from, seg.start):
             tail[index] = tracker.state()
 
     with local_copy(source.uri) as path:
