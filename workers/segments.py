@@ -434,6 +434,8 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
                       "audio_mask": np.stack([sound[x][1] for x in fr])}
             return pad_window(arrays, p.window)
 
+        decoded = [work.lo]  # frames decoded so far (read by the heartbeat below)
+
         def batches() -> Iterator[dict[str, np.ndarray]]:
             nxt, done = 0, work.lo
             for c in chunks:
@@ -450,7 +452,7 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
                 a, b = max(c.start, seg.start), min(c.start + len(c), seg.stop)
                 if b > a:
                     audio[a - seg.start:b - seg.start] = c.audio_mask[a - c.start:b - c.start]
-                done = c.start + len(c)
+                done = decoded[0] = c.start + len(c)
                 progress(done - work.lo)
                 while nxt < len(ends) and ends[nxt] <= done:
                     wins = [window(int(t), int(s), int(n)) for t, s, n in work.batches[nxt]]
@@ -466,7 +468,13 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
                 raise RuntimeError(f"{len(ends) - nxt} batches of segment {seg.index} were never complete")
 
         with TritonClient(cfg.triton_url, max_in_flight=cfg.max_in_flight) as client:
-            probs = [np.asarray(q, np.float32) for q in client.infer_many(batches())]
+            probs = []
+            for q in client.infer_many(batches()):
+                probs.append(np.asarray(q, np.float32))
+                # A heartbeat per answer, not only per chunk: with several segments' requests queued at one
+                # Triton on busy cores, a chunk's batches can take longer than the stall limit (measured: a
+                # 3-minute video's second wave killed as "decode_stalled" at load 8 on 2 cores).
+                progress(decoded[0] - work.lo)
     return SegmentResult(seg.index, probs,
                          np.asarray(mine["frame"], np.int32), np.asarray(mine["track"], np.int32),
                          np.asarray(mine["present"], bool), np.asarray(mine["box"], np.float32).reshape(-1, 4),
