@@ -264,6 +264,16 @@ def _policy_kwargs(a: argparse.Namespace, command: str) -> dict:
     return kwargs
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give 1 or more")
+    return n
+
+
 def cmd_label(a: argparse.Namespace) -> int:
     policy = _policy_kwargs(a, "label")
     sources, faces = a.sources, a.faces or "detect"
@@ -308,7 +318,8 @@ def cmd_label(a: argparse.Namespace) -> int:
             result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
                                                      triton_url=a.triton_url, face_mode=faces, include=a.include,
                                                      exclude=a.exclude, force=a.force, report=not a.no_report,
-                                                     model_repo=a.model_repo, **policy)
+                                                     model_repo=a.model_repo, max_in_flight=a.max_in_flight,
+                                                     **policy)
     except (MissingWeightsError, PreflightError) as exc:
         usage_error("label", str(exc))
     except Interrupted as stop:
@@ -498,6 +509,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="do not write the HTML report (OUT/report/index.html) at the end of the run")
     p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: this "
                                         "checkout's model_repo/); ignored with --triton-url")
+    p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
+                   help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
+                        "cluster: its CPUs, and its memory at 1.5 GB a video)")
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
