@@ -2,9 +2,9 @@
 
 Ray schedules by declared resources: a task that declares the default (1 CPU, no memory) next to a child
 process that really takes most of a gigabyte lets Ray start more videos than a node can hold. The figures
-below are measured (benchmarks/pipeline_bench.py and the README's "Resources" note): the Ray worker and its
-isolated decoding child together peak at 0.83 GB on a 10-minute face-centred video and at TASK_MEMORY_MB
-less a margin in detect mode on 720p footage; the child caps itself at workers/isolation.Limits.memory_mb.
+below are measured by benchmarks/task_memory.py (docs/task_memory.json): a Ray worker and its isolated
+decoding child peak at 1,359 MB (PSS) labelling 720p footage in detect mode, 931 MB face-centred; the
+child caps itself at workers/isolation.Limits.memory_mb on top of that.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 # One core: the face networks, OpenCV and torch are held to one thread each (workers/video_task.py).
 TASK_CPUS = 1.0
-# Peak resident memory of the worker and its child, with a margin: see the module docstring.
+# The measured peak of the worker and its child (1,359 MB), with a margin: see the module docstring.
 TASK_MEMORY_MB = 1536
 QUEUED_PER_SLOT = 1  # videos waiting behind each running one: a slot never waits on the driver to submit
 
