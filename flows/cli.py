@@ -307,6 +307,14 @@ def cmd_label(a: argparse.Namespace) -> int:
         preflight(sources, a.out, a.triton_url)
     except PreflightError as exc:
         usage_error("label", str(exc))
+    settings = dict(triton_url=a.triton_url, face_mode=faces, include=a.include, exclude=a.exclude, force=a.force,
+                    report=not a.no_report, model_repo=a.model_repo, **policy)
+    # Also before the heavy imports: a rerun with nothing new answers from the output alone, in seconds.
+    from flows.planning import nothing_to_do
+
+    quick = nothing_to_do(sources, a.out, **settings)
+    if quick is not None:
+        return 1 if quick["problems"] else 0
     # Ray's native failure handler in this driver would take SIGTERM before Python does and abort the process
     # (no clean-up, exit 134). Read when ray is imported; a local Ray's raylet and workers inherit it too.
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
@@ -316,10 +324,8 @@ def cmd_label(a: argparse.Namespace) -> int:
     try:
         with stop_on_signals():
             result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
-                                                     triton_url=a.triton_url, face_mode=faces, include=a.include,
-                                                     exclude=a.exclude, force=a.force, report=not a.no_report,
-                                                     model_repo=a.model_repo, max_in_flight=a.max_in_flight,
-                                                     **policy)
+                                                     check_done_first=False, max_in_flight=a.max_in_flight,
+                                                     **settings)
     except (MissingWeightsError, PreflightError) as exc:
         usage_error("label", str(exc))
     except Interrupted as stop:

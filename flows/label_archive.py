@@ -9,37 +9,32 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
-import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, task
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
-from flows.ledger import DoneKey, Ledger, read_ledger
-from flows.moves import adopt_labels, fingerprinted
 from flows.preflight import PreflightError, check_uris, preflight
 from flows.prefect_api import prefect_api
 from flows.ray_runtime import tighten_token_file, worker_env
-from flows.records import failed_outcome, record_skipped
-from flows.run_summary import RunSummary, Reused
+from flows.planning import DEFAULT_MODEL_REPO, Planner, new_run_id, nothing_to_do, write_run_report
+from flows.records import failed_outcome
+from flows.run_summary import RunSummary
 from flows.resources import video_task_resources
 from flows.sources import Listing, iter_sources
 from flows.terminal import shown
-from workers.contract import MODEL_NAME, PREPROCESSING, fingerprint
+from workers.contract import PREPROCESSING
 from workers.faces.weights import MTCNN_WEIGHTS, require
 from workers.isolation import Limits
 from workers.lifeline import sweep
-from workers.model_versions import latest_version
 from workers.policy import POLICY, LabellingPolicy
 from workers.sink import resolve
 from workers.triton_client import TritonClient
-from workers.video_task import LabelConfig, Source, VideoOutcome, label_video
+from workers.video_job import LabelConfig, Source, VideoOutcome
+from workers.video_task import label_video
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
 TASK_RETRIES = 3
 
 
@@ -125,7 +120,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
     policy.check_window(PREPROCESSING.window)
     limits = Limits(min_fps=min_fps, timeout_s=video_timeout_s)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     listing = Listing()
     batches = iter_sources(sources, listing, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,))
     first = next(batches, [])
@@ -168,7 +163,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     text = summary.format()
     print(text)
     if report:
-        _write_report(out, summary)
+        write_run_report(out, summary)
     return {"run_id": run_id, "out": summary.out, "model_version": version, **summary.counts(),
             "missing": listing.missing, "text": text, "services_started": True}
 
@@ -213,86 +208,18 @@ class InFlight:
         print(f"[{self.done}/{self.done + len(self.pending)}] {outcome.row['status']}: {shown(src.uri)}")
 
 
-def _write_report(out: str, summary: RunSummary) -> None:
-    """The HTML report beside local output: the archive page and pages for the videos this run labelled, and
-    for as many as the report had before (the most recent ones; `emoframe report --max-videos` makes more). A
-    run that changed nothing leaves the report as it is. A report that cannot be written is said, not fatal:
-    the labels are on disk."""
-    from flows.report import DEFAULT_MAX_VIDEOS, PAGES, ReportError, default_dest, write_report
-
-    if "://" in out:
-        print(f"report: not written for output in a bucket; `emoframe report {shown(out)} --to DIR` writes one")
-        return
-    dest = Path(default_dest(out))
-    if not summary.changed and (dest / "index.html").exists():
-        return
-    had = sum(1 for _ in (dest / PAGES).rglob("*.html")) if (dest / PAGES).is_dir() else 0
-    try:
-        index = write_report(out, max_videos=min(max(summary.labelled, had), DEFAULT_MAX_VIDEOS))
-    except (ReportError, OSError) as exc:
-        print(f"report: not written ({shown(str(exc))})")
-        return
-    print(f"report: {index}")
-
-
-class Planner:
-    """What a run must label, batch by batch, after the ledger (read once): done and earlier failures are
-    counted in the summary, files seen and not labelled get their "skipped" rows, and a file whose content
-    matches a labelled one under another name gets its labels copied."""
-
-    def __init__(self, cfg: LabelConfig, force: bool, summary: RunSummary):
-        self.cfg = cfg
-        self.force = force
-        self.summary = summary
-        self.key = DoneKey(cfg.face_mode, cfg.policy, fingerprint(PREPROCESSING))
-        self.ledger = Ledger() if force else read_ledger(cfg.out, cfg.model_version)
-        self._said_done = False
-
-    def plan(self, sources: list[Source]) -> list[Source]:
-        """The sources of this batch to label (with content fingerprints)."""
-        todo = []
-        for s in sources:
-            if self.ledger.is_done(s, self.key):
-                failure = self.ledger.earlier_failure(s, self.key)
-                if failure:
-                    self.summary.earlier_failures.add(failure)
-                else:
-                    self.summary.already_done += 1
-            else:
-                todo.append(s)
-        if self.summary.already_done and not self._said_done:
-            self._said_done = True
-            print(f"videos already labelled by model version {self.cfg.model_version} with these settings (face "
-                  "mode, labelling policy) and unchanged are skipped (--force relabels them)")
-        left = []
-        for s in fingerprinted(todo):
-            same = None if self.force else self.ledger.same_content(s.content_hash, self.key, s.uri)
-            moved = None if same is None else adopt_labels(self.cfg.out, self.cfg.model_version, same, s,
-                                                           self.cfg.run_id)
-            if moved is None:
-                left.append(s)
-            else:
-                self.summary.reused.add(Reused(s.uri, same["source_uri"], moved))
-        return left
-
-    def record_skipped(self, listing: Listing) -> None:
-        """Rows for the files the listing skipped since the last call, then forgotten. Called after the batch
-        is planned: a name skipped now (a duplicate of a new first name) may be what labels came from."""
-        skipped, listing.skipped = listing.skipped, {}
-        for uri, why in skipped.items():
-            self.summary.add_skipped(uri, why)
-        cfg = self.cfg
-        record_skipped(skipped, self.ledger, cfg.out, cfg.model_version, cfg.model_name, cfg.run_id)
-
-
-def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
+def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None,
+                      check_done_first: bool = True, **kwargs) -> dict:
     """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there. The preflight
     (flows/preflight.py) runs first: a bad source, output or Triton URL raises PreflightError before any
-    service starts, and nothing of a refused URI reaches Prefect."""
+    service starts, and nothing of a refused URI reaches Prefect. Then, unless ``check_done_first`` is False
+    (the caller did it), a run with nothing to label ends without starting any service
+    (flows/planning.nothing_to_do)."""
     preflight(sources, out, kwargs.get("triton_url"))
-    quick = nothing_to_do(sources, out, **kwargs)
-    if quick is not None:
-        return quick
+    if check_done_first:
+        quick = nothing_to_do(sources, out, **kwargs)
+        if quick is not None:
+            return quick
     swept = sweep()
     if swept:
         print(f"removed {len(swept)} leftovers of killed emoframe runs (Triton shared memory and work folders)")
@@ -304,47 +231,3 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
         runner = RayTaskRunner(address=ray_address, init_kwargs=init) if ray_address else RayTaskRunner(init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)
 
-
-def nothing_to_do(sources: list[str], out: str, *, triton_url: str | None = None, face_mode: str = "detect",
-                  include: list[str] | None = None, exclude: list[str] | None = None, model_repo: str | None = None,
-                  force: bool = False, stride: int = POLICY.stride, vote_seconds: float = POLICY.vote_seconds,
-                  audio: bool = POLICY.audio, report: bool = True, **_: object) -> dict | None:
-    """The run's summary when every video found is already done (labelled or failed for good, unchanged,
-    same settings), worked out without starting Prefect, Ray or Triton: a rerun with nothing new answers in
-    seconds. None as soon as one video needs labelling (then the flow runs). The model version is the one
-    the embedded server would serve (workers/model_versions.py), or what ``triton_url`` serves."""
-    if force:
-        return None
-    if triton_url:
-        with TritonClient(triton_url) as client:
-            version = client.served_version()
-    else:
-        vdir = latest_version((Path(model_repo) if model_repo else DEFAULT_MODEL_REPO) / MODEL_NAME)
-        if vdir is None:
-            return None  # the server will say what is wrong with the repository
-        version = vdir.name
-    policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    cfg = LabelConfig(out=out, run_id=run_id, triton_url=triton_url or "", model_version=version,
-                      face_mode=face_mode, policy=policy)
-    _, out_base = resolve(out)
-    summary = RunSummary(run_id, out if "://" in out else out_base, version, policy)
-    planner = Planner(cfg, False, summary)
-    listing = Listing()
-    batches = []
-    for batch in iter_sources(sources, listing, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,)):
-        if not all(planner.ledger.is_done(s, planner.key) for s in batch):
-            return None
-        batches.append(batch)
-    if not batches or listing.missing:
-        return None  # the flow reports an empty or missing source the same way as ever
-    for batch in batches:
-        planner.plan(batch)
-    planner.record_skipped(listing)
-    summary.excluded, summary.warnings = listing.excluded, listing.warnings
-    text = summary.format()
-    print(f"nothing to label (no service started):\n{text}")
-    if report:
-        _write_report(out, summary)
-    return {"run_id": run_id, "out": summary.out, "model_version": version, **summary.counts(),
-            "missing": [], "text": text, "services_started": False}

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from workers.schema import FRAMES_SCHEMA, PARTITION_KEY, VIDEOS_SCHEMA, frames_path, partition, video_id, videos_path
 from workers.sink import remove_video_output, resolve, videos_table, write_atomic
 from workers.storage import content_fingerprint, source_exists
-from workers.video_task import Source
+from workers.video_job import Source
 
 FINGERPRINT_THREADS = 16  # two ranged reads per object: round trips, not work
 

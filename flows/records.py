@@ -10,7 +10,7 @@ from flows.sources import skip_code
 from workers.errors import ServiceUnavailableError, StorageUnavailableError
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, videos_path
 from workers.sink import remove_stale_frames, resolve, video_row, videos_table, write_atomic
-from workers.video_task import LabelConfig, Source, VideoOutcome
+from workers.video_job import LabelConfig, Source, VideoOutcome
 
 WRITE_THREADS = 16  # small files; on an object store each write is a round trip
 

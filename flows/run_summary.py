@@ -18,7 +18,7 @@ from flows.terminal import shown
 from workers.contract import CLASSES, NUM_CLASSES
 from workers.policy import POLICY, LabellingPolicy
 from workers.schema import STATUS_LABELLED
-from workers.video_task import VideoOutcome
+from workers.video_job import VideoOutcome
 
 SKIPS_LISTED = 10  # more skipped files than this are summarised by reason
 LISTED = 100  # lines kept per kind (labelled, failed, reused ...): the rest are counted, and are in the tables

@@ -27,8 +27,8 @@ import pyarrow.fs as pafs
 
 from workers.storage import filesystem_for
 
-if TYPE_CHECKING:  # imported where used: workers.video_task pulls in torch, and `emoframe query` needs none of it
-    from workers.video_task import Source
+if TYPE_CHECKING:
+    from workers.video_job import Source
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
 
@@ -476,7 +476,7 @@ def iter_sources(specs: list[str], listing: Listing, include: tuple[str, ...] = 
 
 def _probed(candidates: list[_Found], pool: ThreadPoolExecutor, listing: Listing) -> list[Source]:
     """The candidates that are videos by their first bytes (the rest go to ``listing.skipped``)."""
-    from workers.video_task import Source
+    from workers.video_job import Source
 
     to_probe = [f for f in candidates if f.info.size]
     probes = dict(zip((f.uri for f in to_probe), pool.map(_probe, to_probe)))

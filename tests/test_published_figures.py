@@ -105,3 +105,14 @@ def test_readme_reliability_table_is_rendered_from_a_test_run_with_nothing_lost(
     assert len(data["inputs"]) >= 20 and len(data["faults"]) >= 6  # what issue 9 asks the table to show
     for fault in data["faults"]:
         assert (fault["lost"], fault["duplicated"], fault["healthy_failed"]) == (0, 0, 0), fault
+
+
+def test_what_a_video_task_declares_to_ray_covers_its_measured_memory():
+    from flows.resources import TASK_MEMORY_MB
+
+    data = json.loads((ROOT / "docs" / "task_memory.json").read_text())
+    assert not data["dirty"] and data["declared_mb"] == TASK_MEMORY_MB
+    readme = (ROOT / "README.md").read_text()
+    for mode, m in data["modes"].items():
+        assert m["status"] == "labelled" and m["peak_mb"] <= TASK_MEMORY_MB, mode
+        assert f"{m['peak_mb']:,} MB" in readme, mode  # the README quotes the measured figures

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from flows.run_summary import RunSummary
 from flows.terminal import shown
 from workers.sink import video_row
-from workers.video_task import VideoOutcome
+from workers.video_job import VideoOutcome
 
 
 def summary(outcomes=(), skipped=None, missing=(), earlier_failures=()) -> RunSummary:

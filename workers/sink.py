@@ -5,6 +5,7 @@ atomic and the rename is copy + delete of a name no reader globs)."""
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 from datetime import datetime, timezone
 
 import numpy as np
@@ -12,13 +13,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workers.storage import filesystem_for
-
 from workers.contract import CLASSES, NUM_CLASSES
-from workers.labeling import Predictions
 from workers.policy import LabellingPolicy
 from workers.schema import (FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, frames_path, video_id,
                             videos_path)
+from workers.storage import filesystem_for
+
+if TYPE_CHECKING:  # workers.labeling pulls in torch; the driver writes rows without it
+    from workers.labeling import Predictions
 
 
 def resolve(dest: str) -> tuple[pafs.FileSystem, str]:
