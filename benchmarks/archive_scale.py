@@ -77,13 +77,14 @@ def baseline_task_s(clips: list[Path], tmp: Path) -> float:
     return statistics.median(times[len(clips):])  # the first pass warms the caches
 
 
-def run_cli(args: list[str]) -> tuple[float, int, str]:
+def run_cli(args: list[str], env: dict | None = None) -> tuple[float, int, str]:
     """Wall time, peak RSS (MB) of the CLI process itself (not Ray's or Triton's), and its output."""
     import psutil
 
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     peak = [0]
     ps = psutil.Process(proc.pid)
 
@@ -104,12 +105,78 @@ def run_cli(args: list[str]) -> tuple[float, int, str]:
     return time.perf_counter() - t, round(peak[0] / 2**20), out
 
 
-def labelled_run(n: int, clips: list[Path], tmp: Path) -> dict:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrefectServer:
+    """A Prefect server of our own for one run (what `serve` and PREFECT_API_URL users have), so that what
+    the run wrote into Prefect can be counted after it ends: task runs, their states, logs, artifacts."""
+
+    def __init__(self, home: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_API_URL": ""}
+        self.proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        import urllib.request
+
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("the Prefect server did not start") from None
+                time.sleep(1)
+
+    def counts(self) -> dict:
+        """Objects the run created in Prefect (each is at least one API call)."""
+        import asyncio
+
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        async def count() -> dict:
+            async with get_client() as c:
+                runs, offset = [], 0
+                while batch := await c.read_task_runs(limit=200, offset=offset):
+                    runs += batch
+                    offset += len(batch)
+                states = 0
+                for r in runs:
+                    states += len(await c.read_task_run_states(r.id))
+                logs, offset = 0, 0
+                while batch := await c.read_logs(limit=200, offset=offset):
+                    logs += len(batch)
+                    offset += len(batch)
+                artifacts = len(await c.read_artifacts(limit=10_000))
+                return {"task_runs": len(runs), "task_run_states": states, "logs": logs, "artifacts": artifacts}
+
+        with temporary_settings({PREFECT_API_URL: self.url}):
+            return asyncio.run(count())
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def labelled_run(n: int, clips: list[Path], tmp: Path, prefect: PrefectServer | None = None) -> dict:
     import duckdb
 
     src, out = tmp / f"archive-{n}", tmp / f"out-{n}"
     make_archive(src, n, clips)
-    wall, rss, text = run_cli(["label", str(src), "--out", str(out), "--faces", "centred", "--no-report"])
+    env = {"PREFECT_API_URL": prefect.url} if prefect else {}
+    wall, rss, text = run_cli(["label", str(src), "--out", str(out), "--faces", "centred", "--no-report"], env)
     con = duckdb.connect()
     rows = con.sql(f"SELECT status, epoch(finished_at) AS t FROM read_parquet('{out}/videos/*/*.parquet')").fetchall()
     labelled = sum(r[0] == "labelled" for r in rows)
@@ -173,7 +240,16 @@ def main() -> None:
         base = baseline_task_s(clips, tmp)
         print(f"baseline: one video task alone {base:.3f} s ({FRAMES / FPS:.1f} s clips); {slots} slots -> "
               f"ideal {base / slots:.3f} s of wall time per video", flush=True)
-        runs = [labelled_run(n, clips, tmp) for n in (a.small, a.large)]
+        # The small run reports to a Prefect server of our own, to count what a video costs Prefect's API.
+        prefect = PrefectServer(tmp / "prefect-home")
+        try:
+            runs = [labelled_run(a.small, clips, tmp, prefect)]
+            api = prefect.counts()
+        finally:
+            prefect.stop()
+        per_video = {k: round(v / a.small, 2) for k, v in api.items()}
+        print(f"Prefect objects per video (a run reporting to a Prefect server): {per_video}", flush=True)
+        runs.append(labelled_run(a.large, clips, tmp))
         for r in runs:
             r["overhead_s_per_video"] = round(r["steady_s_per_video"] - base / slots, 3)
             print(f"{r['videos']:>6} videos: {r['labelled']} labelled in {r['wall_s']} s; steady state "
@@ -188,6 +264,7 @@ def main() -> None:
     record = {"commit": state["head"], "dirty": state["dirty"], "measured_at": time.strftime("%Y-%m-%d"),
               "machine": f"{os.cpu_count()} cores", "clip": f"{FRAMES} frames at {FPS} fps, 96x96 H.264 + AAC",
               "baseline_task_s": round(base, 3), "slots": slots, "runs": runs, "rss_growth": round(growth, 2),
+              "prefect_objects_per_video": per_video,
               "noop": noop}
     if a.publish:
         OUT_JSON.write_text(json.dumps(record, indent=2) + "\n")

@@ -98,7 +98,7 @@ def main() -> None:
         video = clip(Path(tmp))
         with TritonClient(srv.grpc_url) as c:
             version = c.served_version()
-        ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        ray.init("local", num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         try:
             task = ray.remote(num_cpus=1)(label_measured)
             for mode in ("detect", "centred"):

@@ -228,6 +228,8 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
     with prefect_api() as api_url:
         env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}
-        runner = RayTaskRunner(address=ray_address, init_kwargs=init) if ray_address else RayTaskRunner(init_kwargs=init)
+        # "local": a Ray of the run's own. Without an address, ray.init() joins whatever cluster `ray start` left
+        # running on this machine (/tmp/ray/ray_current_cluster), with that cluster's resources and settings.
+        runner = RayTaskRunner(address=ray_address or "local", init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)
 
