@@ -413,14 +413,30 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs as written, and every flag's default in its help (where it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS, []) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser. The training flags (their defaults come from TrainConfig, which imports torch) are
     added only when ``command`` is a training command, so every other command and `--help` start fast."""
     train_flags = _add_train_flags if command in TRAINING_COMMANDS else (lambda p, reader="fer": None)
-    ap = argparse.ArgumentParser(prog="emoframe", description="A facial-expression label for every frame of every "
+    ap = _Parser(prog="emoframe", description="A facial-expression label for every frame of every "
                                  "video in an archive, written as Parquet.")
     ap.add_argument("--version", action="version", version=f"emoframe {_version()}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("synth", help="write the synthetic audio-visual expression set (MP4 + ABAW annotations)")
     p.add_argument("out", type=Path)
@@ -494,7 +510,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("label", parents=[policy_flags, limit_flags], epilog=LABEL_EXIT_CODES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       formatter_class=HelpFormatter,
                        help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label: files, folders, globs, s3://, gs://")
     p.add_argument("--demo", action="store_true",
@@ -593,10 +609,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((x for x in argv if not x.startswith("-")), None)
     ap = build_parser(command)
+    _check_command(ap, command)
     args, unknown = ap.parse_known_args(argv)
     if unknown:  # argparse would print the top-level usage; name the subcommand's and suggest a flag
         _unknown_flags(ap, args.command, unknown)
     return args.fn(args)
+
+
+def _check_command(ap: argparse.ArgumentParser, command: str | None) -> None:
+    """A mistyped command gets the closest one suggested, not the list of all of them."""
+    import difflib
+
+    commands = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if command is None or command in commands:
+        return
+    close = difflib.get_close_matches(command, list(commands), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f"; the commands are: {', '.join(commands)}"
+    ap.error(f"unknown command {command!r}{hint}")
 
 
 def _unknown_flags(ap: argparse.ArgumentParser, command: str, unknown: list[str]) -> NoReturn:

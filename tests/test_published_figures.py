@@ -116,3 +116,12 @@ def test_what_a_video_task_declares_to_ray_covers_its_measured_memory():
     for mode, m in data["modes"].items():
         assert m["status"] == "labelled" and m["peak_mb"] <= TASK_MEMORY_MB, mode
         assert f"{m['peak_mb']:,} MB" in readme, mode  # the README quotes the measured figures
+
+
+def test_readme_user_errors_table_is_rendered_from_its_json_and_every_mistake_is_a_clean_exit_2():
+    ue = _load("user_errors")
+    data = json.loads(ue.JSON_PATH.read_text())
+    assert _load("published").readme_block(ue.START, ue.END) == ue.render(data).strip()
+    assert not data["dirty"] and len(data["rows"]) >= 12
+    for row in data["rows"]:
+        assert row["exit"] == 2 and not row["traceback"] and row["stderr_lines"] <= 2, row
