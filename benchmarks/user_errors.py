@@ -76,7 +76,8 @@ def measure(tmp: Path) -> list[dict]:
         rows.append({"what": what, "command": "emoframe " + " ".join(a.replace(str(tmp), "<tmp>")
                                                                     .replace(str(ROOT), "<repo>") for a in args),
                      "exit": res.returncode, "seconds": round(wall, 1), "message": message,
-                     "traceback": "Traceback" in res.stdout + res.stderr, "stderr_lines": len(lines)})
+                     "traceback": "Traceback" in res.stdout + res.stderr, "stderr_lines": len(lines),
+                     "usage_first": bool(lines) and lines[0].startswith("usage:")})
     return rows
 
 
@@ -87,8 +88,8 @@ def _cell(message: str) -> str:
 
 def render(data: dict) -> str:
     head = (f"Measured at {data['commit'][:7]} on {data['machine']} (`benchmarks/user_errors.py`): every mistake "
-            "is answered before any service starts, with one line (two for argparse's own errors, which print "
-            "the usage first) and no traceback.\n\n"
+            "is answered before any service starts, with one line on stderr (after the command's usage for a "
+            "mistyped flag or command) and no traceback.\n\n"
             "| mistake | exit | answered in | message |\n|---|---|---|---|")
     body = [f"| {r['what']} | {r['exit']} | {r['seconds']:.1f} s | `{_cell(r['message'])}` |" for r in data["rows"]]
     return "\n".join([head, *body])
