@@ -127,17 +127,12 @@ def nothing_to_do(sources: list[str], out: str, *, triton_url: str | None = None
     summary = RunSummary(run_id, out if "://" in out else out_base, version, policy)
     planner = Planner(cfg, False, summary)
     listing = Listing()
-    batches = []
     for batch in iter_sources(sources, listing, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,)):
         if not all(planner.ledger.is_done(s, planner.key) for s in batch):
             return None
-        batches.append(batch)
-    if not batches or listing.missing:
-        return None  # the flow reports an empty or missing source the same way as ever
-    for batch in batches:
-        planner.plan(batch)
+        planner.plan(batch)  # only counts: every source in it is done
     planner.record_skipped(listing)
-    summary.excluded, summary.warnings = listing.excluded, listing.warnings
+    summary.missing, summary.excluded, summary.warnings = listing.missing, listing.excluded, listing.warnings
     text = summary.format()
     print(f"nothing to label (no service started):\n{text}")
     if report:
