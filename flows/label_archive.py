@@ -17,7 +17,8 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 
 from flows.ledger import DoneKey, Ledger, read_ledger
-from flows.moves import adopt_labels, fingerprinted
+from flows.compact import compact_if_needed
+from flows.moves import adopt_labels, fingerprinted, remove_moved
 from flows.preflight import PreflightError, check_uris, preflight
 from flows.prefect_api import prefect_api
 from flows.ray_runtime import tighten_token_file, worker_env
@@ -30,7 +31,9 @@ from workers.faces.weights import MTCNN_WEIGHTS, require
 from workers.isolation import Limits
 from workers.lifeline import sweep
 from workers.policy import POLICY, LabellingPolicy
+from workers.rows import evict
 from workers.sink import resolve
+from workers.state import STATE_DIR, run_lease
 from workers.triton_client import TritonClient
 from workers.video_task import LabelConfig, Source, VideoOutcome, label_video
 
@@ -131,8 +134,9 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     print(f"{len(listing.sources)} videos found, {len(listing.skipped)} files skipped")
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = resolve(out)
-    log_dir = None if "://" in out else Path(out_base)  # the embedded server's log goes beside local output
-    with triton_endpoint(triton_url, repo, log_dir) as url:
+    log_dir = None if "://" in out else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
+    # [compaction] The run lease: compaction refuses while it is live, and it waits for one already running.
+    with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir) as url:
         with TritonClient(url) as client:
             client.check_ready()
             version = client.served_version()
@@ -160,6 +164,12 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             # next run labels them.
             _cancel_in_flight(futures)
             raise
+    # [compaction] After the lease is released: a partition with many per-video files is compacted (skipped,
+    # never failed, while another run writes). The lead wires this as a flow step.
+    if summary.outcomes or summary.reused:
+        compacted = compact_if_needed(out, version)
+        if compacted is not None:
+            print(compacted.format())
     text = summary.format()
     print(text)
     if report:
@@ -207,14 +217,18 @@ def _plan(sources: list[Source], cfg: LabelConfig, force: bool, summary: RunSumm
         print(f"{len(summary.already_done)} videos already labelled by model version {cfg.model_version} with "
               "these settings (face mode, labelling policy) and unchanged: skipped (--force relabels them)")
     todo = fingerprinted(todo)
-    left = []
+    # [compaction] Rows of videos to (re)label leave the compacted files before any new row lands (workers/rows.py).
+    fs, base = resolve(cfg.out)
+    evict(fs, base, cfg.model_version, [s.uri for s in todo], on_wait=print)
+    left, moved_away = [], []
     for s in todo:
         same = None if force else ledger.same_content(s.content_hash, key, s.uri)
-        moved = None if same is None else adopt_labels(cfg.out, cfg.model_version, same, s, cfg.run_id)
+        moved = None if same is None else adopt_labels(cfg.out, cfg.model_version, same, s, cfg.run_id, moved_away)
         if moved is None:
             left.append(s)
         else:
             summary.reused.append(Reused(s.uri, same["source_uri"], moved))
+    remove_moved(cfg.out, cfg.model_version, moved_away)  # [compaction] one rewrite of a compacted file, not one per move
     # After the reuse: a name skipped now (say a duplicate of a new first name) may be what labels came from.
     record_skipped(summary.skipped, ledger, cfg.out, cfg.model_version, cfg.model_name, cfg.run_id)
     return left

@@ -86,10 +86,10 @@ def test_run_summary_counts(run):
 
 def test_the_run_writes_its_report_with_a_page_per_video_it_labelled(run, corpus):
     out, result = run
-    index = out / "report" / "index.html"
+    index = out / "_report" / "index.html"
     assert index.exists(), result["text"]
     html = index.read_text()
-    pages = sorted((out / "report" / "pages").rglob("*.html"))  # pages/v-<model_version>/<video>.html
+    pages = sorted((out / "_report" / "pages").rglob("*.html"))  # pages/v-<model_version>/<video>.html
     assert len(pages) == result["labelled"] == 6
     assert all(p.name in html for p in pages)  # linked from the archive page
     assert "broken.mp4" in html and "truncated" in html  # what failed, and why
@@ -211,14 +211,14 @@ def test_rerun_of_a_finished_run_changes_nothing(run, corpus):
     out, first = run
     src, _ = corpus
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    report = {p: p.stat().st_mtime_ns for p in (out / "report").rglob("*.html")}
+    report = {p: p.stat().st_mtime_ns for p in (out / "_report").rglob("*.html")}
     again = run_label_archive([str(src)], str(out), **SETTINGS)
     assert again["already_done"] == 6 and again["labelled"] == again["failed"] == 0
     # broken.mp4 failed in the first run and is unchanged: shown again, and the run still counts it (exit 1)
     assert again["earlier_failed"] == 1 and again["problems"] == 1
     assert "FAILED broken.mp4 (in run " in again["text"] and "not_a_video" in again["text"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
-    assert {p: p.stat().st_mtime_ns for p in (out / "report").rglob("*.html")} == report  # nothing new to show
+    assert {p: p.stat().st_mtime_ns for p in (out / "_report").rglob("*.html")} == report  # nothing new to show
 
 
 def test_a_rerun_under_another_policy_or_face_mode_relabels(run, corpus, tmp_path):

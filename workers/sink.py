@@ -112,20 +112,3 @@ def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, sta
 
 def videos_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
-
-
-def remove_video_output(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
-    """Delete one video's frames file, then its videos row (the record goes last, as it was written last)."""
-    for path in (frames_path(base, model_version, source_uri), videos_path(base, model_version, source_uri)):
-        try:
-            fs.delete_file(path)
-        except (FileNotFoundError, OSError):
-            pass  # never written (a failed or skipped file has no frames)
-
-
-def remove_stale_frames(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
-    """A file labelled once and failed or skipped now: its old frames must not stand beside the new row."""
-    try:
-        fs.delete_file(frames_path(base, model_version, source_uri))
-    except (FileNotFoundError, OSError):
-        pass  # none was written
