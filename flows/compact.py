@@ -101,18 +101,38 @@ def _dataset(fs: pafs.FileSystem, paths: list[str], table: str) -> ds.Dataset:
     return ds.dataset(paths, filesystem=fs, format="parquet", schema=SCHEMAS[table])
 
 
+def _connect(workdir: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"temp_directory": workdir, "memory_limit": os.environ.get(
+        "EMOFRAME_COMPACT_MEMORY", "2GB"), "preserve_insertion_order": True})
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _source(con: duckdb.DuckDBPyConnection, name: str, fs: pafs.FileSystem, paths: list[str], table: str) -> str:
+    """A FROM clause over ``paths``: DuckDB's own reader for local files (parallel, fast over thousands of
+    files), a pyarrow dataset on the writers' filesystem for a bucket (DuckDB's httpfs is not installed)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        # union_by_name: files of an older schema version read their missing columns as NULL.
+        return f"read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
+    con.register(name, _dataset(fs, paths, table))
+    return name
+
+
 class _Plan:
     """What one partition's compaction reads, keeps and deletes."""
 
-    def __init__(self, fs: pafs.FileSystem, base: str, mv: str):
+    def __init__(self, fs: pafs.FileSystem, base: str, mv: str, workdir: str):
         self.own_v, comp_v = partition_files(fs, base, "videos", mv)
         own_f, comp_f = partition_files(fs, base, "frames", mv)
         small = {t: MAX_FILE_ROWS[t] // 2 for t in SCHEMAS}
         # Videos: own rows win over compacted ones.
-        own_rows = _dataset(fs, self.own_v, "videos").to_table(columns=["source_uri", "status"]) if self.own_v \
-            else pa.table({"source_uri": pa.array([], pa.string()), "status": pa.array([], pa.string())})
-        status = dict(zip(own_rows["source_uri"].to_pylist(), own_rows["status"].to_pylist()))
-        own_uris = set(status)
+        status: dict[str, str] = {}
+        if self.own_v:
+            with _connect(workdir) as con:
+                status = dict(con.sql(f"SELECT source_uri, status FROM {_source(con, 'v', fs, self.own_v, 'videos')}"
+                                      ).fetchall())
+        own_uris = self.own_v_uris = set(status)
         self.comp_v = []
         for path in comp_v:
             t = _uris_of(fs, path)
@@ -144,30 +164,34 @@ class _Plan:
         return self.own_f + self.comp_f + self.own_v + self.comp_v
 
 
-def _sorted_batches(fs: pafs.FileSystem, plan: _Plan, table: str, workdir: str) -> tuple[pa.RecordBatchReader, duckdb.DuckDBPyConnection]:
-    """The rows to write, sorted, as a stream (DuckDB sorts out of core, spilling to ``workdir``)."""
-    con = duckdb.connect(config={"temp_directory": workdir, "memory_limit": os.environ.get(
-        "EMOFRAME_COMPACT_MEMORY", "2GB"), "preserve_insertion_order": True})
-    con.execute("SET TimeZone = 'UTC'")
+def _sorted_batches(con: duckdb.DuckDBPyConnection, fs: pafs.FileSystem, plan: _Plan, table: str
+                    ) -> tuple[pa.RecordBatchReader, int]:
+    """The rows to write, sorted, as a stream (DuckDB sorts out of core, spilling to its temp_directory), and
+    the frames rows of compacted inputs dropped (videos not labelled, or with an own file that wins)."""
     own, comp = (plan.own_f, plan.comp_f) if table == "frames" else (plan.own_v, plan.comp_v)
-    parts = []
+    parts, dropped = [], 0
     if own:
-        con.register("own_rows", _dataset(fs, own, table))
-        parts.append("SELECT * FROM own_rows")
+        parts.append(f"SELECT * FROM {_source(con, 'own_rows', fs, own, table)}")
     if comp:
-        con.register("comp_rows", _dataset(fs, comp, table))
+        rows = _source(con, "comp_rows", fs, comp, table)
         if table == "frames":
             con.register("keep_uris", pa.table({"u": pa.array(plan.labelled, pa.string())}))
             con.register("own_uris", pa.table({"u": pa.array(plan.own_f_uris, pa.string())}))
-            parts.append("SELECT * FROM comp_rows WHERE source_uri IN (SELECT u FROM keep_uris) "
-                         "AND source_uri NOT IN (SELECT u FROM own_uris)")
+            where = "source_uri IN (SELECT u FROM keep_uris) AND source_uri NOT IN (SELECT u FROM own_uris)"
+            dropped = con.sql(f"SELECT count(*) FILTER (WHERE NOT ({where})) FROM {rows}").fetchall()[0][0]
         else:
-            con.register("own_uris", pa.table({"u": pa.array(sorted({*plan.labelled}), pa.string())}))
-            parts.append("SELECT * FROM comp_rows WHERE source_uri NOT IN (SELECT source_uri FROM own_rows)"
-                         if own else "SELECT * FROM comp_rows")
+            con.register("own_uris", pa.table({"u": pa.array(sorted(plan.own_v_uris), pa.string())}))
+            where = "source_uri NOT IN (SELECT u FROM own_uris)"
+        parts.append(f"SELECT * FROM {rows} WHERE {where}")
     sql = " UNION ALL BY NAME ".join(parts)
-    reader = con.sql(f"SELECT * FROM ({sql}) ORDER BY {SORT_KEYS[table]}").to_arrow_reader(ROW_GROUP_ROWS)
-    return reader, con
+    return con.sql(f"SELECT * FROM ({sql}) ORDER BY {SORT_KEYS[table]}").to_arrow_reader(ROW_GROUP_ROWS), dropped
+
+
+def _conform(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """The writers' schema exactly: its column order, NULL for a column no input had, its types and metadata."""
+    t = pa.Table.from_batches(batches)
+    cols = [t[f.name] if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, names=schema.names).cast(schema)
 
 
 def _write_outputs(fs: pafs.FileSystem, reader: pa.RecordBatchReader, table: str, stage_dir: str, gen: str,
@@ -182,7 +206,7 @@ def _write_outputs(fs: pafs.FileSystem, reader: pa.RecordBatchReader, table: str
     def flush() -> None:
         nonlocal pending, pending_rows
         if pending:
-            writer.write_table(pa.Table.from_batches(pending).cast(schema), row_group_size=ROW_GROUP_ROWS)
+            writer.write_table(_conform(pending, schema), row_group_size=ROW_GROUP_ROWS)
         pending, pending_rows = [], 0
 
     try:
@@ -221,31 +245,27 @@ def _write_outputs(fs: pafs.FileSystem, reader: pa.RecordBatchReader, table: str
 
 def _compact_partition(fs: pafs.FileSystem, base: str, mv: str, min_files: int,
                        step: Callable[[str], None]) -> PartitionResult | None:
-    plan = _Plan(fs, base, mv)
-    if max(len(plan.own_v), len(plan.own_f)) < min_files or not (plan.own_files or len(plan.comp_f) > 1
-                                                                  or len(plan.comp_v) > 1):
-        return None
-    gen = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    staging = state_path(base, STAGING, gen)
-    journal = {"gen": gen, "phase": PHASE_STAGING, "model_version": mv, "staging": staging, "moves": [],
-               "deletes": []}
-    journal_path = write_journal(fs, base, journal)
-    result = PartitionResult(mv, own_files=plan.own_files, compacted_inputs=len(plan.comp_f) + len(plan.comp_v))
     with tempfile.TemporaryDirectory(prefix="emoframe-compact-") as workdir:
+        plan = _Plan(fs, base, mv, workdir)
+        if max(len(plan.own_v), len(plan.own_f)) < min_files or not (plan.own_files or len(plan.comp_f) > 1
+                                                                      or len(plan.comp_v) > 1):
+            return None
+        gen = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+        staging = state_path(base, STAGING, gen)
+        journal = {"gen": gen, "phase": PHASE_STAGING, "model_version": mv, "staging": staging, "moves": [],
+                   "deletes": []}
+        journal_path = write_journal(fs, base, journal)
+        result = PartitionResult(mv, own_files=plan.own_files, compacted_inputs=len(plan.comp_f) + len(plan.comp_v))
         for table in ("frames", "videos"):
-            own, comp = (plan.own_f, plan.comp_f) if table == "frames" else (plan.own_v, plan.comp_v)
-            if not (own or comp):
+            if not ((plan.own_f or plan.comp_f) if table == "frames" else (plan.own_v or plan.comp_v)):
                 continue
-            reader, con = _sorted_batches(fs, plan, table, workdir)
-            with con:
-                stage_dir = f"{staging}/{table}"
-                paths, rows = _write_outputs(fs, reader, table, stage_dir, gen, 0)
+            with _connect(workdir) as con:
+                reader, dropped = _sorted_batches(con, fs, plan, table)
+                paths, rows = _write_outputs(fs, reader, table, f"{staging}/{table}", gen, 0)
             result.rows[table] = rows
+            result.dropped_frames += dropped
             journal["moves"] += [[p, f"{folder(base, table, mv)}/{p.rsplit('/', 1)[1]}"] for p in paths]
             step(f"staged {table}")
-    if "frames" in result.rows:  # footers only
-        read = sum(_dataset(fs, paths, "frames").count_rows() for paths in (plan.own_f, plan.comp_f) if paths)
-        result.dropped_frames = read - result.rows["frames"]
     journal["deletes"] = plan.inputs()
     journal["phase"] = PHASE_PUBLISH
     write_journal(fs, base, journal)  # from here on, a killed compaction is rolled forward

@@ -173,6 +173,22 @@ def test_a_relabel_after_compaction_leaves_exactly_one_copy(out, local):
     assert copies(out) == got and own_files(out) == []
 
 
+def test_an_eviction_killed_between_its_two_tables_leaves_the_video_not_done_and_is_cleaned_up(out, local):
+    """Eviction takes the videos row out first: killed before the frames, the video reads as not done (the next
+    run relabels it and its eviction takes the frames), and compaction drops the orphaned frames rows."""
+    uris = archive(local, out, 6)
+    compact(out)
+    evict(local, out, MV, [uris[0], uris[1]], tables=("videos",))  # as if killed after the first table
+    assert read_ledger(out, MV).get(uris[0]) is None and copies(out)[uris[0]] == (0, 20 + 10)
+    assert evict(local, out, MV, [uris[0]]) == 20 + 10  # the next run's eviction of what it relabels
+    write_labelled(local, out, "/archive/new.mp4", 8, run_id="run-2")  # something new, so there is work to do
+    result = compact(out)
+    assert result.partitions[0].dropped_frames == 23 + 11  # uris[1]'s orphaned rows
+    got = copies(out)
+    assert uris[0] not in got and uris[1] not in got and got["/archive/new.mp4"] == (1, 8 + 4)
+    assert all(got[u] == (1, 20 + 3 * i + (20 + 3 * i) // 2) for i, u in enumerate(uris[2:], 2) if i != 7)
+
+
 def test_the_run_plan_evicts_what_it_relabels_and_skips(tmp_path, out, local):
     """label_archive._plan with --force on a compacted output, no services: every source leaves the compacted
     files before its task is submitted; a file turned into a non-video gets its skipped row and loses frames."""

@@ -220,9 +220,14 @@ def publish(fs: pafs.FileSystem, journal: dict, step: Callable[[str], None] = la
         if fs.get_file_info(staged).type == pafs.FileType.File:
             fs.move(staged, final)
         step("moved one")
+    if isinstance(fs, pafs.LocalFileSystem):
+        for path in journal["deletes"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=16) as pool:  # on a store each delete is a round trip
+    with ThreadPoolExecutor(max_workers=32) as pool:  # on a store each delete is a round trip
         list(pool.map(lambda p: delete_quietly(fs, p), journal["deletes"]))
 
 
