@@ -309,10 +309,15 @@ def compact(out: str, *, model_versions: list[str] | None = None, min_files: int
 
 
 def compact_if_needed(out: str, model_version: str, min_files: int = DEFAULT_MIN_FILES) -> CompactResult | None:
-    """The end of a run: compact ``model_version`` when it holds ``min_files`` per-video files or more. A run
-    still writing (another one) makes it wait for a later time; never raises for that."""
+    """The end of a run: compact ``model_version`` when it holds ``min_files`` per-video files or more. Another
+    run still writing, or a storage error, leaves it for a later time (said in ``refused``); never raises."""
     fs, base = resolve(out)
-    own_v, _ = partition_files(fs, base, "videos", model_version)
-    if len(own_v) < min_files:
-        return None
-    return compact(out, model_versions=[model_version], min_files=min_files, wait_s=5.0)
+    try:
+        own_v, _ = partition_files(fs, base, "videos", model_version)
+        if len(own_v) < min_files:
+            return None
+        return compact(out, model_versions=[model_version], min_files=min_files, wait_s=5.0)
+    except (OSError, duckdb.Error, pa.ArrowException) as exc:
+        # The run's labels are on disk either way; a compaction cut short is finished or undone by the next one.
+        return CompactResult(refused=f"compaction failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+                                     f"the output is intact: `emoframe compact {out}` tries again")

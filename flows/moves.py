@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from workers.rows import read_rows, remove_videos
 from workers.schema import PARTITION_KEY, VIDEOS_SCHEMA, frames_path, partition, video_id, videos_path

@@ -298,6 +298,9 @@ def test_compaction_refuses_while_a_run_holds_a_lease_and_a_run_waits_for_a_comp
     with run_lease(out, "test run") as lease:
         result = compact(out)
         assert result.refused and "label run" in result.refused and own_files(out)
+        cli = subprocess.run([sys.executable, "-m", "flows.cli", "compact", out], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        assert cli.returncode == 75 and "compaction waits for them" in cli.stderr and own_files(out)
         assert compact(out, ignore_leases=frozenset({lease.record["id"]})).refused is None  # the run's own call
     write_labelled(local, out, "/archive/after.mp4", 10)
     # A lease of a dead process on this host does not block; one of another host blocks until its TTL.

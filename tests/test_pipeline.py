@@ -326,3 +326,38 @@ def test_every_sql_query_in_the_readme_runs_on_real_output(run):
         per_video[uri] = per_video.get(uri, 0) + pct
     assert all(abs(v - 100) < 1 for v in per_video.values())
 
+
+
+def test_compacted_output_relabels_one_copy_and_reads_with_plain_readers(run, corpus, tmp_path):
+    """The run's output compacted, then a forced relabel of one video through the real pipeline: the video's
+    rows leave the compacted files and land once; every other row, and what the ledger says, is unchanged."""
+    import pyarrow.dataset as ds
+
+    from flows.compact import compact
+
+    out, _ = run
+    src, _ = corpus
+    assert (out / "_state" / "tritonserver.log").is_file()  # the state area, not the output root
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    con = connect(str(copy))
+    before = sorted(con.sql("SELECT * EXCLUDE (model_version) FROM frames").fetchall(), key=repr)
+    result = compact(str(copy))
+    assert result.refused is None and result.partitions[0].own_files == 14  # 8 videos rows, 6 frames files
+    assert sorted(p.name.startswith("compacted.") for p in copy.rglob("*.parquet")) == [True, True]
+    con = connect(str(copy))
+    assert sorted(con.sql("SELECT * EXCLUDE (model_version) FROM frames").fetchall(), key=repr) == before
+    # Plain readers of the folder: the state area and the report are not in their way.
+    assert ds.dataset(str(copy / "frames"), partitioning="hive").count_rows() == len(before)
+    assert pq.read_table(str(copy / "videos")).num_rows == 8  # what pandas.read_parquet does
+    target = str(src / "face gap.mp4")
+    n_target = sum(1 for r in before if r[1] == target)
+    second = run_label_archive([target], str(copy), force=True, **SETTINGS)
+    assert second["labelled"] == 1
+    con = connect(str(copy))
+    assert con.sql(f"SELECT count(*), count(DISTINCT run_id) FROM frames WHERE source_uri = '{target}'"
+                   ).fetchall() == [(n_target, 1)]
+    assert con.sql("SELECT count(*) FROM frames").fetchall()[0][0] == len(before)
+    assert con.sql(f"SELECT run_id FROM videos WHERE source_uri = '{target}'").fetchall() == [(second["run_id"],)]
+    again = run_label_archive([str(src)], str(copy), **SETTINGS)
+    assert again["already_done"] == 6 and again["labelled"] == 0

@@ -17,8 +17,7 @@ from workers.storage import filesystem_for
 from workers.contract import CLASSES, NUM_CLASSES
 from workers.labeling import Predictions
 from workers.policy import LabellingPolicy
-from workers.schema import (FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, frames_path, video_id,
-                            videos_path)
+from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
 
 
 def resolve(dest: str) -> tuple[pafs.FileSystem, str]:
