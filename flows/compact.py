@@ -270,9 +270,7 @@ def _compact_partition(fs: pafs.FileSystem, base: str, mv: str, min_files: int,
     journal["phase"] = PHASE_PUBLISH
     write_journal(fs, base, journal)  # from here on, a killed compaction is rolled forward
     step("journal publish")
-    started = time.monotonic()
-    publish(fs, journal, step)
-    result.publish_s = time.monotonic() - started
+    result.publish_s = publish(fs, journal, step)
     result.outputs = [final for _, final in journal["moves"]]
     if fs.get_file_info(staging).type == pafs.FileType.Directory:
         fs.delete_dir(staging)

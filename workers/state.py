@@ -214,21 +214,28 @@ def write_journal(fs: pafs.FileSystem, base: str, journal: dict) -> str:
     return path
 
 
-def publish(fs: pafs.FileSystem, journal: dict, step: Callable[[str], None] = lambda name: None) -> None:
-    """Outputs into place, then inputs away: a reader may see a row twice in between, never miss one."""
+def publish(fs: pafs.FileSystem, journal: dict, step: Callable[[str], None] = lambda name: None) -> float:
+    """Outputs into place, then inputs out of the folders readers glob: a reader may see a row twice in
+    between, never miss one. Returns how long that lasted. Locally the inputs are renamed into the journal's
+    ``staging`` folder (a rename costs a directory entry; an unlink frees the file's blocks, 20x slower on a
+    busy disk) and deleted with it afterwards; on a store each is deleted (32 at a time: round trips)."""
+    started = time.monotonic()
     for staged, final in journal["moves"]:
         if fs.get_file_info(staged).type == pafs.FileType.File:
             fs.move(staged, final)
         step("moved one")
     if isinstance(fs, pafs.LocalFileSystem):
-        for path in journal["deletes"]:
+        trash = os.path.join(journal["staging"], "inputs")
+        os.makedirs(trash, exist_ok=True)
+        for i, path in enumerate(journal["deletes"]):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+                os.rename(path, os.path.join(trash, f"{i}.parquet"))
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=32) as pool:  # on a store each delete is a round trip
-        list(pool.map(lambda p: delete_quietly(fs, p), journal["deletes"]))
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(pool.map(lambda p: delete_quietly(fs, p), journal["deletes"]))
+    return time.monotonic() - started
 
 
 def recover_journals(fs: pafs.FileSystem, base: str) -> list[str]:
