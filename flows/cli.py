@@ -380,6 +380,27 @@ def cmd_prune(a: argparse.Namespace) -> int:
     return 0
 
 
+BUSY = 75  # EX_TEMPFAIL: a label run is writing; try again later
+
+
+def cmd_compact(a: argparse.Namespace) -> int:
+    from flows.compact import compact
+    from flows.preflight import PreflightError, check_uris
+
+    if a.min_files < 1:
+        usage_error("compact", f"--min-files {a.min_files}: give 1 or more")
+    try:
+        check_uris([], a.out)
+        result = compact(a.out, model_versions=a.model_version or None, min_files=a.min_files)
+    except (PreflightError, ValueError) as exc:
+        usage_error("compact", str(exc))
+    if result.refused:
+        print(f"emoframe compact: {result.refused}", file=sys.stderr)
+        return BUSY
+    print(result.format())
+    return 0
+
+
 def cmd_query(a: argparse.Namespace) -> int:
     from flows.query import QueryError, run_query
 
@@ -528,7 +549,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="relabel videos already labelled by this model version and unchanged since")
     p.add_argument("--no-report", action="store_true",
-                   help="do not write the HTML report (OUT/report/index.html) at the end of the run")
+                   help="do not write the HTML report (OUT/_report/index.html) at the end of the run")
     p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: this "
                                         "checkout's model_repo/); ignored with --triton-url")
     p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
@@ -565,6 +586,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="remove what is listed (default: only list it)")
     p.set_defaults(fn=cmd_prune)
 
+    p = sub.add_parser("compact", help="merge the per-video Parquet files of the output into a few large sorted "
+                                       "files per model version (refused, exit 75, while a label run writes)")
+    p.add_argument("out", help="output folder or s3://bucket/prefix written by label")
+    p.add_argument("--model-version", action="append", default=[], metavar="V",
+                   help="only this model version's partition (repeatable; default: all)")
+    p.add_argument("--min-files", type=int, default=1, metavar="N",
+                   help="only partitions holding at least N per-video files (default 1)")
+    p.set_defaults(fn=cmd_compact)
+
     p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
     p.add_argument("sql")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix written by label")
@@ -578,7 +608,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a static HTML report of the output: status, failures, class mix, "
                                       "throughput, and a timeline page per labelled video")
     p.add_argument("out", help="output folder or s3://bucket/prefix written by label")
-    p.add_argument("--to", metavar="DIR", help="local folder for the report (default: OUT/report; required for a "
+    p.add_argument("--to", metavar="DIR", help="local folder for the report (default: OUT/_report; required for a "
                                                "bucket)")
     p.add_argument("--max-videos", type=int, metavar="N",
                    # 200: flows.report.DEFAULT_MAX_VIDEOS, written out so that --help does not import the report

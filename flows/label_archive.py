@@ -16,6 +16,7 @@ from prefect import flow, task
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from flows.compact import compact_if_needed
 from flows.preflight import PreflightError, check_uris, preflight
 from flows.prefect_api import prefect_api
 from flows.ray_runtime import tighten_token_file, worker_env
@@ -31,6 +32,7 @@ from workers.isolation import Limits
 from workers.lifeline import sweep
 from workers.policy import POLICY, LabellingPolicy
 from workers.sink import resolve
+from workers.state import STATE_DIR, run_lease
 from workers.triton_client import TritonClient
 from workers.video_job import LabelConfig, Source, VideoOutcome
 from workers.video_task import label_video
@@ -133,8 +135,9 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                              "travel with the run")
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = resolve(out)
-    log_dir = None if "://" in out else Path(out_base)  # the embedded server's log goes beside local output
-    with triton_endpoint(triton_url, repo, log_dir) as url:
+    log_dir = None if "://" in out else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
+    # [compaction] The run lease: compaction refuses while it is live, and it waits for one already running.
+    with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir) as url:
         with TritonClient(url) as client:
             client.check_ready()
             version = client.served_version()
@@ -160,6 +163,12 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             _cancel_in_flight(window.pending)
             raise
     summary.excluded = listing.excluded
+    # After the lease is released: a partition with many per-video files is compacted (skipped, never
+    # failed, while another run writes: flows/compact.py).
+    if summary.changed:
+        compacted = compact_if_needed(out, version)
+        if compacted is not None:
+            print(compacted.format())
     text = summary.format()
     print(text)
     if report:

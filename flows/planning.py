@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from flows.ledger import DoneKey, Ledger, read_ledger
-from flows.moves import adopt_labels, fingerprinted
+from flows.moves import adopt_labels, fingerprinted, remove_moved
 from flows.records import record_skipped
 from flows.run_summary import Reused, RunSummary
 from flows.sources import Listing, iter_sources
@@ -17,7 +17,9 @@ from flows.terminal import shown
 from workers.contract import MODEL_NAME, PREPROCESSING, fingerprint
 from workers.model_versions import latest_version
 from workers.policy import POLICY, LabellingPolicy
+from workers.rows import evict
 from workers.sink import resolve
+from workers.state import run_lease
 from workers.video_job import LabelConfig, Source
 
 DEFAULT_MODEL_REPO = Path(__file__).resolve().parent.parent / "model_repo"
@@ -56,15 +58,21 @@ class Planner:
             self._said_done = True
             print(f"videos already labelled by model version {self.cfg.model_version} with these settings (face "
                   "mode, labelling policy) and unchanged are skipped (--force relabels them)")
-        left = []
-        for s in fingerprinted(todo):
+        todo = fingerprinted(todo)
+        # Rows of videos to (re)label leave the compacted files before any new row of theirs lands, so no
+        # reader sees a video twice (workers/rows.py).
+        fs, base = resolve(self.cfg.out)
+        evict(fs, base, self.cfg.model_version, [s.uri for s in todo], on_wait=print)
+        left, moved_away = [], []
+        for s in todo:
             same = None if self.force else self.ledger.same_content(s.content_hash, self.key, s.uri)
             moved = None if same is None else adopt_labels(self.cfg.out, self.cfg.model_version, same, s,
-                                                           self.cfg.run_id)
+                                                           self.cfg.run_id, moved_away)
             if moved is None:
                 left.append(s)
             else:
                 self.summary.reused.add(Reused(s.uri, same["source_uri"], moved))
+        remove_moved(self.cfg.out, self.cfg.model_version, moved_away)  # one rewrite of a compacted file
         return left
 
     def record_skipped(self, listing: Listing) -> None:
@@ -131,7 +139,9 @@ def nothing_to_do(sources: list[str], out: str, *, triton_url: str | None = None
         if not all(planner.ledger.is_done(s, planner.key) for s in batch):
             return None
         planner.plan(batch)  # only counts: every source in it is done
-    planner.record_skipped(listing)
+    if listing.skipped:  # rows to write: under a run lease, as a run's writes are (workers/state.py)
+        with run_lease(out, f"label run {run_id} (nothing to label)"):
+            planner.record_skipped(listing)
     summary.missing, summary.excluded, summary.warnings = listing.missing, listing.excluded, listing.warnings
     text = summary.format()
     print(f"nothing to label (no service started):\n{text}")

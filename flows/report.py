@@ -24,11 +24,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from flows.terminal import shown
 from workers.contract import CLASSES
-from workers.schema import PROB_COLUMNS, frames_path, video_key
+from workers.rows import read_rows
+from workers.schema import PROB_COLUMNS, video_key
 
 if TYPE_CHECKING:  # matplotlib is imported only when a report is written
     from flows.report_figures import Timeline
@@ -119,14 +119,15 @@ VIDEO_FRAME_COLUMNS = ("frame_index", "timestamp_s", "track_id", "face_present",
 
 
 def load_video(con: duckdb.DuckDBPyConnection, fs: pafs.FileSystem, base: str, v: VideoInfo) -> None:
-    """Make view ``vf`` hold this video's frames rows. The writers put a video's rows in one file whose path
-    follows from its source URI (workers.schema.frames_path), so that file is read alone: filtering the
-    frames view would open every file's footer, once per video. Output of another layout (or an older schema)
-    is read through the view."""
+    """Make view ``vf`` hold this video's frames rows, read where they are (workers/rows.py: the video's own
+    file, or the row groups of a compacted file that hold it): filtering the frames view would open every
+    file's footer, once per video. Output of another layout (or an older schema) is read through the view."""
     try:
-        with fs.open_input_file(frames_path(base, v.model_version, v.source_uri)) as f:
-            table = pq.read_table(f, columns=list(VIDEO_FRAME_COLUMNS))
-    except (OSError, pa.ArrowException):  # no such file, or one without a column of today's schema
+        table = read_rows(fs, base, v.model_version, v.source_uri, "frames")
+        if table is None:
+            raise FileNotFoundError(v.source_uri)
+        table = table.select(list(VIDEO_FRAME_COLUMNS))
+    except (OSError, pa.ArrowException, KeyError):  # none there, or a file without a column of today's schema
         table = con.execute(f"SELECT {', '.join(VIDEO_FRAME_COLUMNS)} FROM frames WHERE video_id = ? AND "
                             "model_version = ?", [v.video_id, v.model_version]).to_arrow_table()
     con.register("vf", table)
@@ -426,15 +427,18 @@ def _publish(build: Path, dest: Path) -> None:
     shutil.rmtree(build, ignore_errors=True)
 
 
+REPORT_DIR = "_report"  # "_": readers of the output folder (pyarrow datasets) skip it
+
+
 def default_dest(out: str) -> str:
     if "://" in out and not out.startswith("file://"):
         raise ReportError(f"{out} is in a bucket: give --to DIR, a local folder for the report")
-    return os.path.join(out.removeprefix("file://"), "report")
+    return os.path.join(out.removeprefix("file://"), REPORT_DIR)
 
 
 def write_report(out: str, dest: str | None = None, max_videos: int = DEFAULT_MAX_VIDEOS) -> Path:
     """Write the report of the output in ``out`` (a folder or s3:// / gs:// URI) into the local folder ``dest``
-    (default ``out``/report for a local ``out``): index.html and a page for each of the ``max_videos`` most
+    (default ``out``/_report for a local ``out``): index.html and a page for each of the ``max_videos`` most
     recently labelled videos. Returns the path of index.html. Raises ReportError for what the user fixes."""
     from flows.query import connect
     from workers.storage import filesystem_for

@@ -254,7 +254,7 @@ def test_cli_writes_beside_the_output_and_mistakes_are_one_line(out, tmp_path):
     local = tmp_path / "labels"
     shutil.copytree(out, local)
     res = _cli(str(local), "--max-videos", "0")
-    assert res.returncode == 0 and (local / "report" / "index.html").is_file(), res.stderr
+    assert res.returncode == 0 and (local / "_report" / "index.html").is_file(), res.stderr
     for args, why in (((str(tmp_path / "nowhere"),), "no emoframe output"),
                       (("s3://bucket/labels",), "give --to DIR"),
                       ((str(local), "--max-videos", "-1"), "--max-videos -1"),

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 
 from workers.contract import CLASSES, NUM_CLASSES
 from workers.policy import LabellingPolicy
-from workers.schema import (FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, frames_path, video_id,
-                            videos_path)
+from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
 from workers.storage import filesystem_for
 
 if TYPE_CHECKING:  # workers.labeling pulls in torch; the driver writes rows without it
@@ -114,20 +113,3 @@ def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, sta
 
 def videos_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
-
-
-def remove_video_output(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
-    """Delete one video's frames file, then its videos row (the record goes last, as it was written last)."""
-    for path in (frames_path(base, model_version, source_uri), videos_path(base, model_version, source_uri)):
-        try:
-            fs.delete_file(path)
-        except (FileNotFoundError, OSError):
-            pass  # never written (a failed or skipped file has no frames)
-
-
-def remove_stale_frames(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
-    """A file labelled once and failed or skipped now: its old frames must not stand beside the new row."""
-    try:
-        fs.delete_file(frames_path(base, model_version, source_uri))
-    except (FileNotFoundError, OSError):
-        pass  # none was written

@@ -29,7 +29,8 @@ from workers.labeling import predict_video
 from workers.progress import VideoProgress
 from workers.preprocess import InputChunk, check_face_centred, iter_video_inputs
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, frames_path, videos_path
-from workers.sink import frames_table, remove_stale_frames, resolve, video_row, videos_table, write_atomic
+from workers.rows import remove_frames
+from workers.sink import frames_table, resolve, video_row, videos_table, write_atomic
 from workers.triton_client import TritonClient
 from workers.windows import FrameCountError
 from workers.video_job import LabelConfig, Source, VideoOutcome
@@ -170,5 +171,5 @@ def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: 
         return done.outcome
     row = video_row(source.uri, status=STATUS_FAILED, error_reason=error.reason, error_message=error.message, **base)
     write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-    remove_stale_frames(out_fs, out_base, cfg.model_version, source.uri)
+    remove_frames(out_fs, out_base, cfg.model_version, [source.uri])  # labelled once, failed now: no stale labels
     return VideoOutcome(row)
