@@ -520,7 +520,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true",
                    help="do not write the HTML report (OUT/report/index.html) at the end of the run")
     p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: this "
-                                        "checkout's model_repo/); ignored with --triton-url")
+                                        "checkout's model_repo/; with --triton per-node, its served version is "
+                                        "sent to each node's server); ignored with --triton-url")
     p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
                    help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
                         "cluster: its CPUs, and its memory at 1.5 GB a video)")

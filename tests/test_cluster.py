@@ -92,9 +92,7 @@ def cluster() -> Iterator[tuple[object, str]]:
 
 
 def _node_ids(cluster) -> list[str]:
-    import ray
-
-    return [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    return [n.node_id for n in cluster.list_all_nodes()]
 
 
 @pytest.mark.timeout(420)
@@ -190,3 +188,88 @@ def test_the_flow_labels_on_both_nodes_each_with_its_nodes_triton(cluster, tmp_p
     windows = sum(len(window_starts(n, PREPROCESSING.window, POLICY.stride)) for n in (40, 44, 48, 52))
     assert sum(s["inferences"] for s in servers) == windows, servers
     assert not wait_gone(tag), "tritonserver processes left after the run"
+
+
+@pytest.mark.timeout(420)
+def test_sigterm_stops_every_nodes_server(cluster, tmp_path):
+    """`emoframe label --triton per-node` stopped by SIGTERM while a video is in flight (what a scheduler's
+    stop or `kill` sends; Ctrl-C's SIGINT takes the same path): it exits 143, each node's server is stopped
+    by the unwinding flow, and none is left."""
+    import subprocess
+    import sys
+
+    c, tag = cluster
+    write_video(tmp_path / "in" / "short.mp4", 40, 15)
+    write_video(tmp_path / "in" / "long.mp4", 900, 15)
+    log = tmp_path / "cli.log"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    with log.open("wb") as f:
+        cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "label", str(tmp_path / "in"), "--out",
+                                str(tmp_path / "out"), "--faces", "centred", "--no-report", "--ray-address",
+                                c.address, "--triton", "per-node"], stdout=f, stderr=subprocess.STDOUT, env=env,
+                               cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + 300
+        # Once the short video is done: every video submitted, the long one in flight. (A signal while the flow
+        # submits can land inside Prefect's serialisation of the task, which turns it into an exit 1.)
+        while "[1/2]" not in log.read_text(errors="replace"):
+            assert cli.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.5)
+        assert len(servers_left(tag)) >= 4
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(120) == 128 + signal.SIGTERM, log.read_text(errors="replace")
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    text = log.read_text(errors="replace")
+    assert text.count("stopped; it ran") == 2, text  # each stopped cleanly by the unwinding flow
+    assert not wait_gone(tag), "tritonserver processes left after SIGTERM"
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="a per-node Triton on a GPU node: needs a CUDA GPU, which these machines "
+                                            "and CI do not have (benchmarks/triton_gpu_check.sh runs it on one)")
+@pytest.mark.timeout(600)
+def test_a_gpu_nodes_server_holds_its_gpu_and_labels(tmp_path):
+    """A Ray node with a GPU and a KIND_GPU config: the node's server declares the GPU to Ray, Ray gives it the
+    device (CUDA_VISIBLE_DEVICES), the model instance runs on it, and the flow labels real videos through it."""
+    import shutil
+
+    from ray.cluster_utils import Cluster
+
+    from flows.label_archive import run_label_archive
+    from tests.test_deploy import assert_labelled
+    from workers import triton_nodes
+    from workers.contract import MODEL_NAME
+    from workers.triton_config import set_instance_kind
+
+    repo = tmp_path / "repo"
+    shutil.copytree(DEFAULT_MODEL_REPO / MODEL_NAME, repo / MODEL_NAME)
+    set_instance_kind(repo / MODEL_NAME, "KIND_GPU")
+    videos = [write_video(tmp_path / "in" / f"clip{i}.mp4", n, 15) for i, n in enumerate((40, 44))]
+    tag = secrets.token_hex(8)
+    os.environ[TAG_VAR] = tag
+    with tempfile.TemporaryDirectory(prefix="efgpu", dir="/tmp") as tmp:
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 1, "memory": 8 * 2**30,
+                                                          "include_dashboard": False, "temp_dir": tmp})
+        try:
+            result = run_label_archive([str(tmp_path / "in")], str(tmp_path / "out"), ray_address=c.address,
+                                       triton="per-node", face_mode="centred", report=False,
+                                       model_repo=str(repo))
+        finally:
+            c.shutdown()
+            os.environ.pop(TAG_VAR, None)
+    assert result["labelled"] == 2, result["text"]
+    assert_labelled(tmp_path / "out", videos)
+    [server] = triton_nodes.last_servers
+    assert server["inferences"] > 0
+    log = Path(server["log"]).read_text(errors="replace")
+    assert "GPU device" in log, log[-3000:]  # Triton names where each instance runs: "(GPU device 0)"
+    assert not wait_gone(tag)

@@ -321,6 +321,9 @@ def _stop_all(actors: dict) -> None:
                 counts[refs[r]] = ray.get(r)
     for info in last_servers:
         info["inferences"] = counts.get(info["node_id"])
+        n = info["inferences"]
+        print(f"Triton on node {info['node_id'][:8]} ({info['host']}) stopped; "
+              f"{'its count is unknown' if n is None else f'it ran {n} windows'}")
     for actor in actors.values():
         with contextlib.suppress(Exception):
             ray.kill(actor)  # its process goes, and the guarded server group with it if stop() did not finish
