@@ -297,6 +297,9 @@ def cmd_label(a: argparse.Namespace) -> int:
         faces = a.faces or "centred"  # the synthetic set's frames are the face (drawn, not for a detector)
     from flows.preflight import PreflightError, preflight
 
+    if a.triton == "per-node" and a.triton_url:
+        usage_error("label", "--triton per-node starts a Triton on each Ray node; --triton-url names one to use "
+                             "instead: give one of them")
     if a.model_repo:
         from workers.contract import MODEL_NAME
 
@@ -308,7 +311,7 @@ def cmd_label(a: argparse.Namespace) -> int:
     except PreflightError as exc:
         usage_error("label", str(exc))
     settings = dict(triton_url=a.triton_url, face_mode=faces, include=a.include, exclude=a.exclude, force=a.force,
-                    report=not a.no_report, model_repo=a.model_repo, **policy)
+                    report=not a.no_report, model_repo=a.model_repo, triton=a.triton, **policy)
     # Also before the heavy imports: a rerun with nothing new answers from the output alone, in seconds.
     from flows.planning import nothing_to_do
 
@@ -539,6 +542,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "the pipeline, not at the model's quality)")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
+    p.add_argument("--triton", choices=("embedded", "per-node"), default="embedded",
+                   help="embedded (default): one Triton beside this process, on 127.0.0.1; per-node: one on each "
+                        "Ray node (for --ray-address on several machines), each video using its own node's")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")
     p.add_argument("--faces", choices=FACE_MODES, default=None,
                    help="detect (default): raw footage; every face is found (MTCNN), tracked, aligned and labelled; "
@@ -551,7 +557,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true",
                    help="do not write the HTML report (OUT/_report/index.html) at the end of the run")
     p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: this "
-                                        "checkout's model_repo/); ignored with --triton-url")
+                                        "checkout's model_repo/; with --triton per-node, its served version is "
+                                        "sent to each node's server); ignored with --triton-url")
     p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
                    help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
                         "cluster: its CPUs, and its memory at 1.5 GB a video)")

@@ -1,6 +1,7 @@
 """The `label_archive` Prefect flow: list sources, fan out one Ray task per video, record the run.
 
-Triton is either the embedded server (started here, on 127.0.0.1, for the flow's lifetime) or a URL.
+Triton is either the embedded server (started here, on 127.0.0.1, for the flow's lifetime), a URL, or one
+embedded server per Ray node (``triton="per-node"``, workers/triton_nodes.py), each task using its node's.
 Ray is either a local `ray.init()` or the cluster at `ray_address`.
 """
 
@@ -34,6 +35,7 @@ from workers.policy import POLICY, LabellingPolicy
 from workers.sink import resolve
 from workers.state import STATE_DIR, run_lease
 from workers.triton_client import TritonClient
+from workers.triton_nodes import Served, for_this_node, per_node_tritons
 from workers.video_job import LabelConfig, Source, VideoOutcome
 from workers.video_task import label_video
 
@@ -49,7 +51,7 @@ finished_in_this_process = 0
       task_run_name="label {source.uri}")
 def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
     """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried."""
-    return label_video(source, cfg)
+    return label_video(source, for_this_node(cfg))
 
 
 @task(persist_result=False, task_run_name="check storage from a worker")
@@ -71,21 +73,36 @@ def worker_access(out: str, source: str | None) -> str | None:
     return None
 
 
+TRITON_MODES = ("embedded", "per-node")
+
+
 @contextlib.contextmanager
-def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | None) -> Iterator[str]:
-    """The gRPC URL to use: the given one after a health check, or an embedded server's."""
+def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | None, triton: str = "embedded",
+                    run_id: str = "") -> Iterator[Served]:
+    """What the tasks talk to, checked ready, and the version it serves: the given URL, an embedded server's,
+    or (``triton="per-node"``) a server on each Ray node. Servers started here stop on the way out, after the
+    flow's Ray tasks (below): the flow unwinds on a signal."""
+    if triton not in TRITON_MODES:
+        raise ValueError(f"triton must be one of {TRITON_MODES}, not {triton!r}")
+    if triton == "per-node":
+        if triton_url:
+            raise ValueError("give either a Triton URL or triton='per-node', not both")
+        with per_node_tritons(model_repo, run_id) as served:  # each checked ready and equal in version
+            yield served
+        return
     if triton_url:
         with TritonClient(triton_url) as c:
             c.check_ready()
-        yield triton_url
+            yield Served(c.served_version(), url=triton_url)
         return
     from workers.triton_server import EmbeddedTriton
 
     log = (log_dir / "tritonserver.log") if log_dir else None
-    # The flow unwinds on a signal and stops the server on the way out, after its Ray tasks (below).
     with EmbeddedTriton(model_repo, log_path=log, stop_on_signals=False) as server:
         print(f"embedded Triton ready at {server.grpc_url} (log: {server.log_path})")
-        yield server.grpc_url
+        with TritonClient(server.grpc_url) as client:
+            client.check_ready()
+            yield Served(client.served_version(), url=server.grpc_url)
 
 
 def _cancel_in_flight(futures) -> None:
@@ -109,12 +126,13 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                   decoder: str = "workers.decode:VideoDecoder", stride: int = POLICY.stride,
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
                   min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True,
-                  max_in_flight: int | None = None) -> dict:
+                  max_in_flight: int | None = None, triton: str = "embedded") -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
     ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py); ``min_fps`` and
     ``video_timeout_s`` the overall limit per video (workers/isolation.py, Limits); ``report`` writes the HTML
     report (flows/report.py) beside a local output; ``max_in_flight`` bounds the videos submitted and not
-    finished (default: two per video slot of the Ray cluster, flows/resources.py)."""
+    finished (default: two per video slot of the Ray cluster, flows/resources.py); ``triton="per-node"``
+    starts a Triton on each Ray node instead of one beside the flow (workers/triton_nodes.py)."""
     # Scheduled runs get here without the CLI's preflight. Prefect has stored the parameters by now; the
     # check keeps a secret out of the output and the logs, and `emoframe serve` refuses it before registering.
     check_uris(sources, out)
@@ -136,13 +154,12 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = resolve(out)
     log_dir = None if "://" in out else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
-    # [compaction] The run lease: compaction refuses while it is live, and it waits for one already running.
-    with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir) as url:
-        with TritonClient(url) as client:
-            client.check_ready()
-            version = client.served_version()
-        cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
-                          policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder)
+    # The run lease: compaction refuses while it is live, and it waits for one already running (workers/state.py).
+    with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir, triton, run_id) as served:
+        version = served.version
+        cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version, face_mode=face_mode,
+                          policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder,
+                          triton_nodes=served.nodes)
         summary = RunSummary(run_id, out if "://" in out else out_base, version, policy, missing=listing.missing,
                              warnings=listing.warnings)
         planner = Planner(cfg, force, summary)
@@ -150,7 +167,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight())
         print(f"up to {window.limit} videos in flight, each declared to Ray as {resources.describe()}")
         try:
-            with remote_options(**resources.ray_options()):
+            with remote_options(**resources.ray_options(), **served.task_options()):
                 for batch in itertools.chain([first], batches):
                     for source in planner.plan(batch):
                         window.submit(source)

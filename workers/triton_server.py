@@ -133,6 +133,7 @@ class EmbeddedTriton:
         log_verbose: int = 0,
         ports: tuple[int, int] | None = None,
         stop_on_signals: bool = True,
+        server_id: str | None = None,
     ):
         self.model_repo = Path(model_repo).resolve()
         self.ready_timeout_s = ready_timeout_s
@@ -151,6 +152,9 @@ class EmbeddedTriton:
         # False where the caller owns SIGINT/SIGTERM and unwinds to stop() itself (the flow: its Ray tasks must
         # stop before the model they call goes away). SIGKILL is covered either way (die_with_parent).
         self._stop_on_signals = stop_on_signals
+        # What the server answers as its name (server metadata): lets a client tell this server from another
+        # one that took its port (workers/triton_nodes.py checks a video task talks to its own node's).
+        self.server_id = server_id
         self._lock = threading.RLock()  # re-entrant: a signal may arrive while stop() runs on the main thread
         self._prev_handlers: dict[int, object] = {}
 
@@ -232,6 +236,7 @@ class EmbeddedTriton:
             f"--backend-directory={backends}",
             "--model-control-mode=explicit",
             *(f"--load-model={m}" for m in self.model_names),
+            *([f"--id={self.server_id}"] if self.server_id else []),
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--http-address={HOST}",

@@ -16,7 +16,7 @@ class LabelConfig:
 
     out: str  # output folder or URI
     run_id: str
-    triton_url: str  # gRPC host:port
+    triton_url: str  # gRPC host:port ("" with a server per node: the task takes its node's from triton_nodes)
     model_version: str
     model_name: str = MODEL_NAME
     face_mode: FaceMode = "detect"
@@ -27,6 +27,8 @@ class LabelConfig:
     isolate: bool = True  # run each video in a child process under `limits` (see workers/isolation.py)
     limits: Limits = Limits()
     show_progress: bool = True  # a bar per video (Ray's tqdm in a worker) and a Prefect progress artifact
+    # With a Triton per Ray node (workers/triton_nodes.py): (node id, gRPC URL on that node's loopback) pairs.
+    triton_nodes: tuple[tuple[str, str], ...] = ()
     max_attempts: int = 3  # tries of one file whose decoding child crashes or hangs; then it is recorded as failed
 
 
