@@ -126,3 +126,12 @@ def test_readme_user_errors_table_is_rendered_from_its_json_and_every_mistake_is
     for row in data["rows"]:
         assert row["exit"] == 2 and not row["traceback"], row
         assert row["stderr_lines"] == 1 or row["usage_first"], row  # one line, or argparse's usage and one line
+
+
+def test_scale_page_and_readme_table_are_rendered_from_the_measured_files():
+    sp = _load("scale_projection")
+    m = sp.load()
+    assert (ROOT / "docs" / "scale.md").read_text() == sp.render(m)
+    assert _load("published").readme_block(sp.START, sp.END) == sp.readme_table(m).strip()
+    for name, data in m.items():
+        assert not (data.get("dirty") or data.get("git", {}).get("dirty")), name
