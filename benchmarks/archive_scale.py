@@ -157,7 +157,10 @@ class PrefectServer:
                 while batch := await c.read_logs(limit=200, offset=offset):
                     logs += len(batch)
                     offset += len(batch)
-                artifacts = len(await c.read_artifacts(limit=10_000))
+                artifacts, offset = 0, 0
+                while batch := await c.read_artifacts(limit=200, offset=offset):
+                    artifacts += len(batch)
+                    offset += len(batch)
                 return {"task_runs": len(runs), "task_run_states": states, "logs": logs, "artifacts": artifacts}
 
         with temporary_settings({PREFECT_API_URL: self.url}):
