@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,8 +255,10 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
     with prefect_api() as api_url:
         env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}
-        # "local": a Ray of the run's own. Without an address, ray.init() joins whatever cluster `ray start` left
-        # running on this machine (/tmp/ray/ray_current_cluster), with that cluster's resources and settings.
-        runner = RayTaskRunner(address=ray_address or "local", init_kwargs=init)
+        # Without an address, ray.init() would join whatever cluster `ray start` left running on this machine
+        # (/tmp/ray/ray_current_cluster). So: the address given, else RAY_ADDRESS (set for a `ray job submit`
+        # entrypoint), else "local", a Ray of the run's own.
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        runner = RayTaskRunner(address=address, init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)
 
