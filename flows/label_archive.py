@@ -26,7 +26,7 @@ from flows.planning import DEFAULT_MODEL_REPO, Planner, new_run_id, nothing_to_d
 from flows.records import failed_outcome
 from flows.run_summary import RunSummary
 from flows.resources import video_task_resources
-from flows.sources import Listing, iter_sources
+from flows.sources import PROBE_BATCH, Listing, iter_sources
 from flows.terminal import shown
 from workers.contract import PREPROCESSING
 from workers.faces.weights import MTCNN_WEIGHTS, require
@@ -152,6 +152,8 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         raise PreflightError(f"{problem}. Each Ray node needs its own access to the storage (an instance role, "
                              "AWS_* in the environment of its `ray start`, or ~/.aws); endpoint and region "
                              "travel with the run")
+    more = " so far (the rest is listed batch by batch as the run goes)" if len(first) >= PROBE_BATCH else ""
+    print(f"{len(first)} videos found{more}, {len(listing.skipped)} files skipped")
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = resolve(out)
     log_dir = None if "://" in out else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
