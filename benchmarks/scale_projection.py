@@ -107,8 +107,9 @@ def render(m: dict, a: dict = ASSUMED) -> str:
         "they are the first to meet that limit, at about "
         f"{3500 / max(1e-9, (s3['first_run_per_video'].get('PUT', 0) + s3['first_run_per_video'].get('COPY', 0) + s3['first_run_per_video'].get('PUT (multipart)', 0))):,.0f} "
         "videos/s.",
-        "4. **Triton** is not a bottleneck on CPU: the model is 1-4% of a video's CPU time here; per node "
-        "it serves that node's videos only.",
+        "4. **Triton** on GPU nodes (one per node, `--triton per-node`) serves that node's videos only; on CPU "
+        "instances model version 3 costs about 29 ms of CPU per labelled frame (docs/triton_bench.json), as much as the face front end, "
+        "so CPU-only nodes give Triton half their cores.",
         "",
     ]
     return "\n".join(lines)
