@@ -94,13 +94,13 @@ def render(m: dict, a: dict = ASSUMED) -> str:
         "## Where the first bottleneck is",
         "",
         f"1. **The driver's memory and the run's start**, before anything else: the ledger is read whole into "
-        f"the flow process (a dict of about 1 KB per video: about 1 GB at {n:,}), and an S3 prefix is listed in "
+        f"the flow process (a dict of 13 fields per video; estimated, not measured: about 1 KB each, 1 GB at {n:,}), and an S3 prefix is listed in "
         "one pyarrow call (every entry in memory at once). Uncompacted, the ledger read alone is the figure "
         "above; compacted, it is seconds. Next step: read the ledger per listing batch (the compacted videos "
         "table is sorted by source_uri, so a batch's rows are a range read) and list prefixes page by page.",
         f"2. **Prefect's API**: {prefect_per_video * rate:,.0f} writes/s while running. A Prefect server on "
-        "PostgreSQL takes that; the temporary SQLite server a local run starts would not, so cluster runs "
-        "report to a real server (`serve`, or PREFECT_API_URL). Beyond that, short videos would be labelled "
+        "PostgreSQL is built for that; the temporary SQLite server a local run starts was not measured at that "
+        "rate, so cluster runs should report to a real server (`serve`, or PREFECT_API_URL). Beyond that, short videos would be labelled "
         "several to a task.",
         f"3. **The object store**: {first * rate:,.0f} requests/s is far under S3's per-prefix limits (3,500 "
         "writes/s, 5,500 reads/s); the writes of a run are spread over one prefix per model version, so "
