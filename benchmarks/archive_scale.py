@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.published import git_state  # noqa: E402
+from benchmarks.published import publish_state  # noqa: E402
 
 OUT_JSON = ROOT / "docs" / "archive_scale.json"
 FPS = 15
@@ -240,9 +240,7 @@ def main() -> None:
     ap.add_argument("--noop", type=int, default=10_000, help="videos in the nothing-to-do rerun")
     ap.add_argument("--publish", action="store_true", help="write docs/archive_scale.json (clean tree only)")
     a = ap.parse_args()
-    state = git_state()
-    if a.publish and state["dirty"]:
-        sys.exit(f"refusing to publish from a tree with uncommitted changes: {state['changed']}")
+    state = publish_state(a.publish)
     from flows.resources import VideoTaskResources
 
     slots = VideoTaskResources().slots({"CPU": float(os.cpu_count() or 1), "memory": 1e15})

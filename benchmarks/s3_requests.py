@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.published import git_state  # noqa: E402
+from benchmarks.published import publish_state  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "s3_requests.json"
 
@@ -125,9 +125,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--publish", action="store_true", help="write docs/s3_requests.json (clean tree only)")
     a = ap.parse_args()
-    state = git_state()
-    if a.publish and state["dirty"]:
-        sys.exit(f"refusing to publish from a tree with uncommitted changes: {state['changed']}")
+    state = publish_state(a.publish)
     from tests.media import write_video
     from tests.seaweed import s3_server
 

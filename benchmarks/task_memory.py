@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.published import git_state  # noqa: E402
+from benchmarks.published import publish_state  # noqa: E402
 
 OUT_JSON = ROOT / "docs" / "task_memory.json"
 
@@ -82,9 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--publish", action="store_true", help="write docs/task_memory.json (refused on a dirty tree)")
     a = ap.parse_args()
-    state = git_state()
-    if a.publish and state["dirty"]:
-        sys.exit(f"refusing to publish from a tree with uncommitted changes: {state['changed']}")
+    state = publish_state(a.publish)
     import ray
 
     from flows.label_archive import DEFAULT_MODEL_REPO

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.published import git_state, write_readme_block  # noqa: E402
+from benchmarks.published import publish_state, write_readme_block  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "user_errors.json"
 START, END = "<!-- user-errors:start -->", "<!-- user-errors:end -->"
@@ -99,9 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--publish", action="store_true", help="write docs/user_errors.json and the README table")
     a = ap.parse_args()
-    state = git_state()
-    if a.publish and state["dirty"]:
-        sys.exit(f"refusing to publish from a tree with uncommitted changes: {state['changed']}")
+    state = publish_state(a.publish)
     with tempfile.TemporaryDirectory(prefix="emoframe-errors-") as tmp_name:
         tmp = Path(tmp_name)
         setup(tmp)
