@@ -306,9 +306,13 @@ def cmd_label(a: argparse.Namespace) -> int:
         if not (Path(a.model_repo) / MODEL_NAME / "config.pbtxt").is_file():
             usage_error("label", f"--model-repo {a.model_repo}: no {MODEL_NAME}/config.pbtxt there (a Triton model "
                                  "repository holds a folder per model; this checkout's is model_repo/)")
+    from workers.faces.weights import MTCNN_WEIGHTS, MissingWeightsError, require
+
     try:  # before the heavy imports below (Prefect, Ray, torch): a typo answers in about a second
         preflight(sources, a.out, a.triton_url)
-    except PreflightError as exc:
+        if faces == "detect":
+            require(MTCNN_WEIGHTS)  # a missing set-up is one clear error, even when nothing is left to label
+    except (PreflightError, MissingWeightsError) as exc:
         usage_error("label", str(exc))
     settings = dict(triton_url=a.triton_url, face_mode=faces, include=a.include, exclude=a.exclude, force=a.force,
                     report=not a.no_report, model_repo=a.model_repo, triton=a.triton, **policy)
@@ -322,7 +326,6 @@ def cmd_label(a: argparse.Namespace) -> int:
     # (no clean-up, exit 134). Read when ray is imported; a local Ray's raylet and workers inherit it too.
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     from flows import label_archive
-    from workers.faces.weights import MissingWeightsError
 
     try:
         with stop_on_signals():

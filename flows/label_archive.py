@@ -245,6 +245,9 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
     (the caller did it), a run with nothing to label ends without starting any service
     (flows/planning.nothing_to_do)."""
     preflight(sources, out, kwargs.get("triton_url"))
+    if kwargs.get("face_mode", "detect") == "detect":
+        # Before anything else, even "nothing to label": a machine whose set-up never ran hears it at once.
+        require(MTCNN_WEIGHTS)
     if check_done_first:
         quick = nothing_to_do(sources, out, **kwargs)
         if quick is not None:
@@ -252,8 +255,6 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
     swept = sweep()
     if swept:
         print(f"removed {len(swept)} leftovers of killed emoframe runs (Triton shared memory and work folders)")
-    if kwargs.get("face_mode", "detect") == "detect":
-        require(MTCNN_WEIGHTS)  # before anything starts: a missing set-up is one clear error, not one per video
     with prefect_api() as api_url:
         env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}

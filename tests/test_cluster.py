@@ -70,11 +70,16 @@ def wait_gone(tag: str, timeout: float = 20) -> dict[int, str]:
 def cluster() -> Iterator[tuple[object, str]]:
     """Two Ray nodes on this host, both able to hold a Triton and one video; every process they start carries
     a tag in its environment, so the test finds its own servers and nobody else's."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
     from ray.cluster_utils import Cluster
 
     tag = secrets.token_hex(8)
     old = {k: os.environ.get(k) for k in (TAG_VAR, "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE")}
     os.environ.update({TAG_VAR: tag, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+    # Ray caches the auth mode in this process (a local ray.init() earlier in the session set it to "token"):
+    # refresh it on the way in and again on the way out, or the next local Ray's GCS wants a token that this
+    # process no longer sends ("InvalidAuthToken" for every later test: CI at 4556626).
+    reset_auth_token_state()
     node = {"num_cpus": NODE_CPUS, "memory": NODE_MEMORY, "object_store_memory": OBJECT_STORE}
     with tempfile.TemporaryDirectory(prefix="efcl", dir="/tmp") as tmp:  # short: Ray's socket paths
         c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False, "temp_dir": tmp})
@@ -89,6 +94,7 @@ def cluster() -> Iterator[tuple[object, str]]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            reset_auth_token_state()
 
 
 def _node_ids(cluster) -> list[str]:
