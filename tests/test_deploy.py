@@ -7,6 +7,7 @@ The process helpers here (ServiceProcesses, free_port, wait_for) are shared with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -134,6 +135,23 @@ class ServiceProcesses:
                     pass
             if pids:
                 self.wait_gone(wait)
+
+
+@contextlib.contextmanager
+def standalone_triton(procs: ServiceProcesses, folder: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`emoframe triton` as a user runs it (its own process, Ctrl-C or SIGTERM stops it): yields the process
+    and the --triton-url it prints once the model is ready; stopped with SIGTERM at the end."""
+    import re
+
+    out = folder / "emoframe-triton.out"
+    p = procs.start([str(VENV_BIN / "emoframe"), "triton", "--grpc-port", str(free_port()), "--http-port",
+                     str(free_port()), "--log", str(folder / "tritonserver.log"), *extra], out)
+    try:
+        url = wait_for("emoframe triton ready", lambda: re.search(r"--triton-url (\S+)", out.read_text()), 180,
+                       0.5, alive=p, log=out)
+        yield p, url[1]
+    finally:
+        procs.stop(p, 20)
 
 
 @pytest.fixture
