@@ -652,7 +652,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="only partitions holding at least N per-video files (default 1)")
     p.set_defaults(fn=cmd_compact)
 
-    p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
+    p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos, and summary: "
+                                     "one row per labelled video)")
     p.add_argument("sql")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix written by label")
     p.add_argument("--format", default="table", choices=("table", "csv", "json", "parquet"),

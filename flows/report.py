@@ -375,6 +375,15 @@ def _videos_section(pages: list[VideoSummary], labelled: int) -> str:
                      table_id="videos", numeric_from=99))
 
 
+def _numbers_section(labelled: int) -> str:
+    links = " and ".join(f'<a href="{name}">{name}</a>' for name in SUMMARY_FILES)
+    return ("<h2>Numbers</h2>"
+            f"<p>{links}: one row for each of the {labelled} labelled videos (every one, not only those with a "
+            "page): seconds and share of each class (face-seconds: two faces count twice), the most frequent "
+            "label, the share of frames with a face and with sound, frames without any signal. The same as "
+            '<code>emoframe query "SELECT * FROM summary"</code>.</p>')
+
+
 def index_page(out: str, s: ArchiveStats, pages: list[VideoSummary], mix_image: str | None, seconds: float) -> str:
     versions = ", ".join(esc(mv) for mv in sorted({r[0] for r in s.status})) or "-"
     body = "\n".join([
@@ -382,7 +391,7 @@ def index_page(out: str, s: ArchiveStats, pages: list[VideoSummary], mix_image: 
         f"<p>Output <code>{esc(out)}</code>; model_version(s): {versions}. Written "
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} in {seconds:.1f} s.</p>",
         _status_section(s), _problems_section(s), _mix_section(s, mix_image), _throughput_section(s),
-        _videos_section(pages, s.labelled)])
+        _videos_section(pages, s.labelled), _numbers_section(s.labelled)])
     return _doc("emoframe report", body)
 
 
@@ -422,12 +431,28 @@ def _publish(build: Path, dest: Path) -> None:
         os.rename(dest / PAGES, old)
     if (build / PAGES).exists():
         os.rename(build / PAGES, dest / PAGES)
+    for name in SUMMARY_FILES:
+        os.replace(build / name, dest / name)
     os.replace(build / "index.html", dest / "index.html")
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(build, ignore_errors=True)
 
 
 REPORT_DIR = "_report"  # "_": readers of the output folder (pyarrow datasets) skip it
+# The `summary` view (flows/query.py) kept beside the pages: one row per labelled video, for numbers.
+SUMMARY_FILES = ("summary.parquet", "summary.csv")
+
+
+def write_summary(con: duckdb.DuckDBPyConnection, folder: Path) -> int:
+    """Writes SUMMARY_FILES into ``folder``; returns the number of videos in them."""
+    rel = con.sql("SELECT * FROM summary ORDER BY source_uri, model_version")
+    table = rel.to_arrow_table()
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, folder / SUMMARY_FILES[0])
+    pa_csv.write_csv(table, folder / SUMMARY_FILES[1])
+    return table.num_rows
 
 
 def default_dest(out: str) -> str:
@@ -474,6 +499,7 @@ def write_report(out: str, dest: str | None = None, max_videos: int = DEFAULT_MA
                 class_mix_png(stats.mix, build / mix_image)
             fs, base = filesystem_for(out)
             pages = [_write_video(con, fs, base, v, build) for v in selected_videos(con, max_videos)]
+            write_summary(con, build)
         (build / "index.html").write_text(index_page(out, stats, pages, mix_image, time.monotonic() - started),
                                           encoding="utf-8")
         _publish(build, root)
