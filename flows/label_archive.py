@@ -191,10 +191,28 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
             print(compacted.format())
     text = summary.format()
     print(text)
+    publish_artifacts(summary, text)
     if report:
         write_run_report(out, summary)
     return {"run_id": run_id, "out": summary.out, "model_version": version, **summary.counts(),
             "missing": listing.missing, "text": text, "services_started": True}
+
+
+SUMMARY_ARTIFACT = "emoframe-run-summary"
+
+
+def publish_artifacts(summary: RunSummary, text: str) -> None:
+    """The summary on the flow run's page of the Prefect UI: a table (counts, class mix) and the text. A
+    Prefect API that refuses them costs the run nothing: everything is in the output and the report."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    try:
+        create_table_artifact(summary.table_rows(), key=SUMMARY_ARTIFACT,
+                              description=f"run {summary.run_id}: videos by outcome, labelled rows by class")
+        create_markdown_artifact(f"```\n{text}\n```", key=f"{SUMMARY_ARTIFACT}-text",
+                                 description=f"run {summary.run_id}: the summary as printed")
+    except Exception as exc:  # noqa: BLE001 -- an artifact is a view of what is already written
+        print(f"warning: the run summary was not stored as a Prefect artifact ({type(exc).__name__}: {exc})")
 
 
 class InFlight:

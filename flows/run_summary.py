@@ -115,6 +115,14 @@ class RunSummary:
                 "earlier_failed": self.earlier_failures.n, "reused": self.reused.n,
                 "skipped": self.skipped, "missing": len(self.missing), "problems": self.problems}
 
+    def table_rows(self) -> list[dict[str, object]]:
+        """The counts and the class mix as rows of one table (a Prefect table artifact on the run's page)."""
+        rows: list[dict[str, object]] = [{"what": k, "count": v, "share": None} for k, v in self.counts().items()]
+        total = sum(self.class_counts)
+        rows += [{"what": f"rows labelled {c}", "count": n, "share": round(n / total, 4) if total else None}
+                 for c, n in zip(CLASSES, self.class_counts)]
+        return rows
+
     def format(self) -> str:
         c = self.counts()
         lines = [f"run {self.run_id}: {c['labelled']} labelled, {c['failed']} failed, {c['already_done']} already "

@@ -285,6 +285,12 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
         tasks = http.post("/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [run_id]}}}).json()
         assert sorted((t["name"], t["state_type"]) for t in tasks) == \
             sorted([("check storage from a worker", "COMPLETED")] + [(f"label {v}", "COMPLETED") for v in videos])
+        # The run's summary on its page in the Prefect UI: a table artifact with the counts.
+        artifacts = http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+        [table] = [a for a in artifacts if a["key"] == "emoframe-run-summary"]
+        assert table["type"] == "table"
+        counts = {r["what"]: r["count"] for r in json.loads(table["data"])}
+        assert counts["labelled"] == len(videos) and counts["failed"] == 0
 
         # Stopped right after a run (the case where Prefect's own pause on shutdown is lost), the deployment is
         # paused; serving it again resumes it.
