@@ -20,7 +20,7 @@ from prefect_ray.context import remote_options
 
 from flows.compact import compact_if_needed
 from flows.preflight import PreflightError, check_uris, preflight
-from flows.prefect_api import prefect_api
+from flows.prefect_api import outlives_the_run, prefect_api
 from flows.ray_runtime import tighten_token_file, worker_env
 from flows.planning import DEFAULT_MODEL_REPO, Planner, new_run_id, nothing_to_do, write_run_report
 from flows.records import failed_outcome
@@ -202,10 +202,14 @@ SUMMARY_ARTIFACT = "emoframe-run-summary"
 
 
 def publish_artifacts(summary: RunSummary, text: str) -> None:
-    """The summary on the flow run's page of the Prefect UI: a table (counts, class mix) and the text. A
-    Prefect API that refuses them costs the run nothing: everything is in the output and the report."""
+    """The summary on the flow run's page of the Prefect UI: a table (counts, class mix) and the text. Only
+    for a Prefect server that outlives the run (the temporary one is gone with it, and its events client
+    would log an error for each artifact it could no longer send). A Prefect API that refuses them costs the
+    run nothing: everything is in the output and the report."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    if not outlives_the_run():
+        return
     try:
         create_table_artifact(summary.table_rows(), key=SUMMARY_ARTIFACT,
                               description=f"run {summary.run_id}: videos by outcome, labelled rows by class")

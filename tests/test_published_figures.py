@@ -135,3 +135,13 @@ def test_scale_page_and_readme_table_are_rendered_from_the_measured_files():
     assert _load("published").readme_block(sp.START, sp.END) == sp.readme_table(m).strip()
     for name, data in m.items():
         assert not (data.get("dirty") or data.get("git", {}).get("dirty")), name
+
+
+def test_report_screenshots_and_what_they_show_are_rendered_from_their_json():
+    rs = _load("report_screenshots")
+    data = json.loads(rs.JSON_PATH.read_text())
+    assert _load("published").readme_block(rs.START, rs.END) == rs.render(data).strip()
+    assert not data["dirty"] and set(data["runs"]) == {"real", "synthetic"}
+    for name in data["runs"]:
+        png = ROOT / "docs" / f"report_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
