@@ -67,11 +67,13 @@ def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str
     def masked(a: np.ndarray, keep: np.ndarray, typ: pa.DataType) -> pa.Array:
         return pa.array(a, typ, mask=~keep)
 
+    seconds = clean_seconds(times[pred.frame] if times is not None else pred.frame / float(fps))
     cols = {
         "video_id": pa.array([video_id(source_uri)] * n, pa.string()),
         "source_uri": pa.array([source_uri] * n, pa.string()),
         "frame_index": pred.frame.astype(np.int32),
-        "timestamp_s": clean_seconds(times[pred.frame] if times is not None else pred.frame / float(fps)),
+        "timestamp_s": seconds,
+        "timestamp_us": np.round(seconds * 1e6).astype(np.int64),
         "track_id": masked(pred.track, faced, pa.int32()),
         "face_present": pred.face_present,
         **{f"box_{k}": masked(pred.box[:, i], faced & np.isfinite(pred.box[:, i]), pa.float32())
