@@ -25,8 +25,9 @@ JSON_PATH = ROOT / "docs" / "user_errors.json"
 START, END = "<!-- user-errors:start -->", "<!-- user-errors:end -->"
 
 
-def cases(tmp: Path) -> list[tuple[str, list[str]]]:
-    """(what the user did, the command's arguments). ``tmp`` holds a clip, a file and an output folder."""
+def cases(tmp: Path, busy_port: int) -> list[tuple[str, list[str]]]:
+    """(what the user did, the command's arguments). ``tmp`` holds a clip, a file and an output folder;
+    something listens on ``busy_port``."""
     clip, out = str(tmp / "clip.mp4"), str(tmp / "out")
     return [
         ("no videos named (an empty $VAR in a cron line)", ["label", "--out", out]),
@@ -43,6 +44,7 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("query of a folder with no output", ["query", "SELECT 1", "--out", str(tmp)]),
         ("report of a folder with no output", ["report", str(tmp)]),
         ("prune of a folder with no output", ["prune", str(tmp)]),
+        ("a standalone Triton on a port in use", ["triton", "--grpc-port", str(busy_port)]),
     ]
 
 
@@ -64,17 +66,27 @@ def setup(tmp: Path) -> None:
 
 
 def measure(tmp: Path) -> list[dict]:
-    rows = []
+    import socket
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for what, args in cases(tmp):
+    busy = socket.create_server(("127.0.0.1", 0))  # a listener, as another Triton would be
+    with busy:
+        return _measure(tmp, env, busy.getsockname()[1])
+
+
+def _measure(tmp: Path, env: dict[str, str], busy_port: int) -> list[dict]:
+    rows = []
+    for what, args in cases(tmp, busy_port):
         t = time.perf_counter()
         res = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
                              cwd=tmp, timeout=300)
         wall = time.perf_counter() - t
         lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
         message = (lines[-1] if lines else res.stdout.strip().splitlines()[-1]).replace(str(tmp), "<tmp>")
+        message = message.replace(str(busy_port), "<port>")
         rows.append({"what": what, "command": "emoframe " + " ".join(a.replace(str(tmp), "<tmp>")
-                                                                    .replace(str(ROOT), "<repo>") for a in args),
+                                                                    .replace(str(ROOT), "<repo>")
+                                                                    .replace(str(busy_port), "<port>") for a in args),
                      "exit": res.returncode, "seconds": round(wall, 1), "message": message,
                      "traceback": "Traceback" in res.stdout + res.stderr, "stderr_lines": len(lines),
                      "usage_first": bool(lines) and lines[0].startswith("usage:")})
