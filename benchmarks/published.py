@@ -46,3 +46,13 @@ def write_readme_block(start: str, end: str, body: str, path: Path = README) -> 
     text = path.read_text()
     a, b = text.index(start) + len(start), text.index(end)
     path.write_text(text[:a] + "\n" + body.strip() + "\n" + text[b:])
+
+
+def publish_state(publish: bool) -> dict:
+    """git_state(), after refusing (exit) to publish from a tree with uncommitted changes to tracked files."""
+    state = git_state()
+    if publish and state["dirty"]:
+        import sys
+
+        sys.exit(f"refusing to publish from a tree with uncommitted changes: {state['changed']}")
+    return state

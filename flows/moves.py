@@ -10,12 +10,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from workers.schema import FRAMES_SCHEMA, PARTITION_KEY, VIDEOS_SCHEMA, frames_path, partition, video_id, videos_path
-from workers.sink import remove_video_output, resolve, videos_table, write_atomic
+from workers.rows import read_rows, remove_videos
+from workers.schema import PARTITION_KEY, VIDEOS_SCHEMA, frames_path, partition, video_id, videos_path
+from workers.sink import resolve, videos_table, write_atomic
+from workers.state import run_lease
 from workers.storage import content_fingerprint, source_exists
-from workers.video_task import Source
+from workers.video_job import Source
 
 FINGERPRINT_THREADS = 16  # two ranged reads per object: round trips, not work
 
@@ -41,20 +42,21 @@ def fingerprinted(sources: list[Source]) -> list[Source]:
         return list(pool.map(one, sources))
 
 
-def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id: str) -> bool | None:
+def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id: str,
+                 remove_later: list[str] | None = None) -> bool | None:
     """Give ``source`` the labels of ``old`` (a labelled videos row of the same content under another name):
     its frames copied under the new name, and a videos row of its own. When the old name no longer exists
-    the file moved: the old output is removed, after the new one is written. Returns whether it moved, or
-    None when the old output is gone meanwhile (a concurrent run, a prune): then the file is labelled."""
+    the file moved: the old output is removed, after the new one is written (or its URI appended to
+    ``remove_later``, for one ``remove_moved`` of them all: a compacted file is then rewritten once, not once
+    per move). Returns whether it moved, or None when the old output is gone meanwhile (a concurrent run, a
+    prune): then the file is labelled."""
     fs, base = resolve(out)
     old_uri = old["source_uri"]
-    try:
-        with fs.open_input_file(frames_path(base, model_version, old_uri)) as f:
-            frames = pq.read_table(f, schema=FRAMES_SCHEMA)
-        with fs.open_input_file(videos_path(base, model_version, old_uri)) as f:
-            old_row = pq.read_table(f, schema=VIDEOS_SCHEMA).to_pylist()[0]
-    except FileNotFoundError:
+    frames = read_rows(fs, base, model_version, old_uri, "frames")  # its own file or a compacted one
+    videos = read_rows(fs, base, model_version, old_uri, "videos")
+    if frames is None or videos is None or not videos.num_rows:
         return None
+    old_row = videos.to_pylist()[0]
     now = datetime.now(timezone.utc)
     row = {**old_row, "video_id": video_id(source.uri), "source_uri": source.uri, "size_bytes": source.size_bytes,
            "source_mtime": source.mtime, "content_hash": source.content_hash, "run_id": run_id,
@@ -63,9 +65,17 @@ def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id
     write_atomic(_with_source(frames, source.uri), fs, frames_path(base, model_version, source.uri))
     write_atomic(videos_table([row]), fs, videos_path(base, model_version, source.uri))
     moved = not source_exists(old_uri)
-    if moved:
-        remove_video_output(fs, base, model_version, old_uri)
+    if moved and remove_later is not None:
+        remove_later.append(old_uri)
+    elif moved:
+        remove_videos(fs, base, model_version, [old_uri])
     return moved
+
+
+def remove_moved(out: str, model_version: str, old_uris: list[str]) -> None:
+    """The output of files that moved (``adopt_labels(..., remove_later=...)``), removed in one go."""
+    fs, base = resolve(out)
+    remove_videos(fs, base, model_version, old_uris)
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,13 @@ def find_gone(out: str) -> list[Gone]:
 
 
 def prune(out: str, gone: list[Gone]) -> None:
-    """Remove the output (frames file, then videos row) of each source in ``gone``."""
+    """Remove the output (frames rows, then videos row) of each source in ``gone``. Holds a run lease: a
+    compaction must not merge files this is deleting."""
     fs, base = resolve(out)
+    by_version: dict[str, list[str]] = {}
     for g in gone:
         partition(g.model_version)  # refuses a value that is not a safe path segment
-        remove_video_output(fs, base, g.model_version, g.source_uri)
+        by_version.setdefault(g.model_version, []).append(g.source_uri)
+    with run_lease(out, "prune"):
+        for version, uris in sorted(by_version.items()):
+            remove_videos(fs, base, version, uris)

@@ -33,6 +33,17 @@ def _start_detached_server():
     return server
 
 
+_temporary_url: str | None = None  # the API of the temporary server while one runs in this process
+
+
+def outlives_the_run() -> bool:
+    """Whether what the run records in Prefect can be seen after it (a configured server), rather than
+    vanishing with the temporary one: artifacts are made only then."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value()) and PREFECT_API_URL.value() != _temporary_url
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[str]:
     """The Prefect API every process of the run talks to: PREFECT_API_URL when set, else one temporary
@@ -44,7 +55,9 @@ def prefect_api() -> Iterator[str]:
         yield url
         return
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from an offline box
+    global _temporary_url
     server = _start_detached_server()
+    _temporary_url = server.api_url
     # The temporary server dies with the run, so logs are not shipped to it (otherwise the process
     # retries sending them for a minute at exit); they still go to the terminal.
     env = {"PREFECT_API_URL": server.api_url, "PREFECT_LOGGING_TO_API_ENABLED": "false"}
@@ -59,4 +72,5 @@ def prefect_api() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _temporary_url = None
         server.stop()

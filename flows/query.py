@@ -1,4 +1,4 @@
-"""`emoframe query`: SQL over the output with DuckDB, with `frames` and `videos` views defined for you.
+"""`emoframe query`: SQL over the output with DuckDB, with `frames`, `videos` and `summary` views defined for you.
 
 Local output is read by DuckDB itself (read_parquet). Output in a bucket is read through pyarrow datasets on
 the filesystem the writers use (flows.sources.filesystem_for): DuckDB's httpfs extension is downloaded on
@@ -20,11 +20,63 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from flows.sources import filesystem_for
+from workers.contract import CLASSES
 from workers.schema import FRAMES_SCHEMA, PARTITION_KEY, VIDEOS_SCHEMA
 
 # model_version is a string everywhere: version "1" must not come back as an integer (nor "1.10" as 1.1).
 PARTITION_FIELD = pa.field(PARTITION_KEY, pa.string())
 TABLES = {"frames": FRAMES_SCHEMA.append(PARTITION_FIELD), "videos": VIDEOS_SCHEMA.append(PARTITION_FIELD)}
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def summary_column(kind: str, label: str) -> str:
+    """``seconds_happiness``, ``share_happiness``: the summary's per-class columns, named like prob_*."""
+    return f"{kind}_{label.lower()}"
+
+
+# One row per labelled video and model version: what an analyst asks first, from the frames rows.
+# A frame lasts until the next frame's presentation time (the last one 1/fps): exact for variable frame
+# rate. Class seconds add up each labelled row's frame: face-seconds, so a clip with two happy faces for
+# 10 s has 20 s of Happiness. A frame is "no signal" when none of its rows has a label (no face, and no
+# audio that the model heard).
+_SECONDS = [summary_column("seconds", c) for c in CLASSES]
+_SUM_SECONDS = ",\n".join(f"         sum(dur) FILTER (WHERE label = {_sql_text(c)}) AS {col}"
+                           for c, col in zip(CLASSES, _SECONDS))
+_PER_CLASS = ",\n".join([*(f"       coalesce(c.{col}, 0) AS {col}" for col in _SECONDS),
+                          *(f"       coalesce(c.{col}, 0) / nullif(c.labelled_seconds, 0) AS {summary_column('share', k)}"
+                            for k, col in zip(CLASSES, _SECONDS))])
+SUMMARY_SQL = f"""CREATE VIEW summary AS
+WITH per_frame AS (
+  SELECT video_id, model_version, frame_index, min(timestamp_s) AS t, bool_or(face_present) AS face,
+         bool_or(audio_present) AS audio, count(label) = 0 AS no_signal
+  FROM frames GROUP BY ALL),
+timed AS (
+  SELECT p.*, coalesce(lead(p.t) OVER (PARTITION BY p.video_id, p.model_version ORDER BY p.frame_index) - p.t,
+                       1.0 / nullif(v.fps, 0)) AS dur
+  FROM per_frame p JOIN videos v USING (video_id, model_version) WHERE v.status = 'labelled'),
+per_video AS (
+  SELECT video_id, model_version, count(*) AS frames, avg(face::INT) AS face_share, avg(audio::INT) AS audio_share,
+         count(*) FILTER (WHERE no_signal) AS no_signal_frames
+  FROM timed GROUP BY ALL),
+labelled_rows AS (
+  SELECT f.video_id, f.model_version, f.label, t.dur
+  FROM frames f JOIN timed t USING (video_id, model_version, frame_index) WHERE f.label IS NOT NULL),
+classes AS (
+  SELECT video_id, model_version, sum(dur) AS labelled_seconds,
+{_SUM_SECONDS}
+  FROM labelled_rows GROUP BY ALL),
+dominant AS (
+  SELECT video_id, model_version, arg_max(label, s) AS dominant
+  FROM (SELECT video_id, model_version, label, sum(dur) AS s FROM labelled_rows GROUP BY ALL) GROUP BY ALL)
+SELECT v.video_id, v.source_uri, v.model_version, v.duration_s, p.frames, v.tracks, p.face_share, p.audio_share,
+       p.no_signal_frames, coalesce(c.labelled_seconds, 0) AS labelled_seconds, d.dominant,
+{_PER_CLASS}
+FROM videos v JOIN per_video p USING (video_id, model_version)
+LEFT JOIN classes c USING (video_id, model_version) LEFT JOIN dominant d USING (video_id, model_version)
+WHERE v.status = 'labelled'"""
 
 
 def _local_has_parquet(folder: str) -> bool:
@@ -65,6 +117,7 @@ def connect(out: str) -> duckdb.DuckDBPyConnection:
         con.close()
         raise FileNotFoundError(f"no emoframe output in {out}: no Parquet under {out.rstrip('/')}/frames/ or "
                                 f"{out.rstrip('/')}/videos/ (write some with `emoframe label ... --out {out}`)")
+    con.execute(SUMMARY_SQL)
     return con
 
 

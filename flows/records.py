@@ -9,8 +9,9 @@ from flows.ledger import Ledger
 from flows.sources import skip_code
 from workers.errors import ServiceUnavailableError, StorageUnavailableError
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, videos_path
-from workers.sink import remove_stale_frames, resolve, video_row, videos_table, write_atomic
-from workers.video_task import LabelConfig, Source, VideoOutcome
+from workers.rows import evict, remove_frames
+from workers.sink import resolve, video_row, videos_table, write_atomic
+from workers.video_job import LabelConfig, Source, VideoOutcome
 
 WRITE_THREADS = 16  # small files; on an object store each write is a round trip
 
@@ -39,17 +40,21 @@ def record_skipped(skipped: dict[str, str], ledger: Ledger, out: str, model_vers
     fs, base = resolve(out)
     now = datetime.now(timezone.utc)
 
+    def unchanged(uri: str, why: str) -> bool:
+        old = ledger.get(uri)
+        return old is not None and old["status"] == STATUS_SKIPPED and old["error_reason"] == why.partition(":")[0].strip()
+
+    todo = {uri: why for uri, why in skipped.items() if not unchanged(uri, why)}
+    # An earlier row that lives in a compacted file leaves it before the new row lands (workers/rows.py).
+    evict(fs, base, model_version, todo)
+
     def write(item: tuple[str, str]) -> None:
         uri, why = item
-        old = ledger.get(uri)
-        code, _, detail = why.partition(":")
-        if old is not None and old["status"] == STATUS_SKIPPED and old["error_reason"] == code.strip():
-            return
         row = video_row(uri, status=STATUS_SKIPPED, model_name=model_name, run_id=run_id, started_at=now,
-                        error_reason=skip_code(why), error_message=detail.strip() or None)
+                        error_reason=skip_code(why), error_message=why.partition(":")[2].strip() or None)
         write_atomic(videos_table([row]), fs, videos_path(base, model_version, uri))
-        if old is not None and old["status"] == STATUS_LABELLED:
-            remove_stale_frames(fs, base, model_version, uri)
 
     with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
-        list(pool.map(write, skipped.items()))
+        list(pool.map(write, todo.items()))
+    was_labelled = [u for u in todo if (ledger.get(u) or {}).get("status") == STATUS_LABELLED]
+    remove_frames(fs, base, model_version, was_labelled)

@@ -24,11 +24,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from flows.terminal import shown
 from workers.contract import CLASSES
-from workers.schema import PROB_COLUMNS, frames_path, video_key
+from workers.rows import read_rows
+from workers.schema import PROB_COLUMNS, video_key
 
 if TYPE_CHECKING:  # matplotlib is imported only when a report is written
     from flows.report_figures import Timeline
@@ -119,14 +119,15 @@ VIDEO_FRAME_COLUMNS = ("frame_index", "timestamp_s", "track_id", "face_present",
 
 
 def load_video(con: duckdb.DuckDBPyConnection, fs: pafs.FileSystem, base: str, v: VideoInfo) -> None:
-    """Make view ``vf`` hold this video's frames rows. The writers put a video's rows in one file whose path
-    follows from its source URI (workers.schema.frames_path), so that file is read alone: filtering the
-    frames view would open every file's footer, once per video. Output of another layout (or an older schema)
-    is read through the view."""
+    """Make view ``vf`` hold this video's frames rows, read where they are (workers/rows.py: the video's own
+    file, or the row groups of a compacted file that hold it): filtering the frames view would open every
+    file's footer, once per video. Output of another layout (or an older schema) is read through the view."""
     try:
-        with fs.open_input_file(frames_path(base, v.model_version, v.source_uri)) as f:
-            table = pq.read_table(f, columns=list(VIDEO_FRAME_COLUMNS))
-    except (OSError, pa.ArrowException):  # no such file, or one without a column of today's schema
+        table = read_rows(fs, base, v.model_version, v.source_uri, "frames")
+        if table is None:
+            raise FileNotFoundError(v.source_uri)
+        table = table.select(list(VIDEO_FRAME_COLUMNS))
+    except (OSError, pa.ArrowException, KeyError):  # none there, or a file without a column of today's schema
         table = con.execute(f"SELECT {', '.join(VIDEO_FRAME_COLUMNS)} FROM frames WHERE video_id = ? AND "
                             "model_version = ?", [v.video_id, v.model_version]).to_arrow_table()
     con.register("vf", table)
@@ -374,6 +375,15 @@ def _videos_section(pages: list[VideoSummary], labelled: int) -> str:
                      table_id="videos", numeric_from=99))
 
 
+def _numbers_section(labelled: int) -> str:
+    links = " and ".join(f'<a href="{name}">{name}</a>' for name in SUMMARY_FILES)
+    return ("<h2>Numbers</h2>"
+            f"<p>{links}: one row for each of the {labelled} labelled videos (every one, not only those with a "
+            "page): seconds and share of each class (face-seconds: two faces count twice), the most frequent "
+            "label, the share of frames with a face and with sound, frames without any signal. The same as "
+            '<code>emoframe query "SELECT * FROM summary"</code>.</p>')
+
+
 def index_page(out: str, s: ArchiveStats, pages: list[VideoSummary], mix_image: str | None, seconds: float) -> str:
     versions = ", ".join(esc(mv) for mv in sorted({r[0] for r in s.status})) or "-"
     body = "\n".join([
@@ -381,7 +391,7 @@ def index_page(out: str, s: ArchiveStats, pages: list[VideoSummary], mix_image: 
         f"<p>Output <code>{esc(out)}</code>; model_version(s): {versions}. Written "
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} in {seconds:.1f} s.</p>",
         _status_section(s), _problems_section(s), _mix_section(s, mix_image), _throughput_section(s),
-        _videos_section(pages, s.labelled)])
+        _videos_section(pages, s.labelled), _numbers_section(s.labelled)])
     return _doc("emoframe report", body)
 
 
@@ -421,20 +431,39 @@ def _publish(build: Path, dest: Path) -> None:
         os.rename(dest / PAGES, old)
     if (build / PAGES).exists():
         os.rename(build / PAGES, dest / PAGES)
+    for name in SUMMARY_FILES:
+        os.replace(build / name, dest / name)
     os.replace(build / "index.html", dest / "index.html")
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(build, ignore_errors=True)
 
 
+REPORT_DIR = "_report"  # "_": readers of the output folder (pyarrow datasets) skip it
+# The `summary` view (flows/query.py) kept beside the pages: one row per labelled video, for numbers.
+SUMMARY_FILES = ("summary.parquet", "summary.csv")
+
+
+def write_summary(con: duckdb.DuckDBPyConnection, folder: Path) -> int:
+    """Writes SUMMARY_FILES into ``folder``; returns the number of videos in them."""
+    rel = con.sql("SELECT * FROM summary ORDER BY source_uri, model_version")
+    table = rel.to_arrow_table()
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, folder / SUMMARY_FILES[0])
+    pa_csv.write_csv(table, folder / SUMMARY_FILES[1])
+    return table.num_rows
+
+
 def default_dest(out: str) -> str:
     if "://" in out and not out.startswith("file://"):
         raise ReportError(f"{out} is in a bucket: give --to DIR, a local folder for the report")
-    return os.path.join(out.removeprefix("file://"), "report")
+    return os.path.join(out.removeprefix("file://"), REPORT_DIR)
 
 
 def write_report(out: str, dest: str | None = None, max_videos: int = DEFAULT_MAX_VIDEOS) -> Path:
     """Write the report of the output in ``out`` (a folder or s3:// / gs:// URI) into the local folder ``dest``
-    (default ``out``/report for a local ``out``): index.html and a page for each of the ``max_videos`` most
+    (default ``out``/_report for a local ``out``): index.html and a page for each of the ``max_videos`` most
     recently labelled videos. Returns the path of index.html. Raises ReportError for what the user fixes."""
     from flows.query import connect
     from workers.storage import filesystem_for
@@ -470,6 +499,7 @@ def write_report(out: str, dest: str | None = None, max_videos: int = DEFAULT_MA
                 class_mix_png(stats.mix, build / mix_image)
             fs, base = filesystem_for(out)
             pages = [_write_video(con, fs, base, v, build) for v in selected_videos(con, max_videos)]
+            write_summary(con, build)
         (build / "index.html").write_text(index_page(out, stats, pages, mix_image, time.monotonic() - started),
                                           encoding="utf-8")
         _publish(build, root)

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 from flows.sources import Skip, is_video_name, skip_code
 from flows.terminal import shown
-from workers.contract import CLASSES
+from workers.contract import CLASSES, NUM_CLASSES
 from workers.policy import POLICY, LabellingPolicy
-from workers.schema import STATUS_FAILED, STATUS_LABELLED
-from workers.video_task import VideoOutcome
+from workers.schema import STATUS_LABELLED
+from workers.video_job import VideoOutcome
 
 SKIPS_LISTED = 10  # more skipped files than this are summarised by reason
+LISTED = 100  # lines kept per kind (labelled, failed, reused ...): the rest are counted, and are in the tables
 # Skips that leave a video unlabelled. Not a hidden file (macOS leaves "._clip.mp4" beside every copied
 # clip), nor a second name of a file labelled under its first.
 PROBLEM_SKIPS = frozenset({Skip.NOT_A_VIDEO, Skip.DANGLING_LINK, Skip.SPECIAL_FILE, Skip.UNREADABLE})
@@ -34,44 +35,93 @@ class Reused:
 
 
 @dataclass
+class _Kept:
+    """A count, and the first ``LISTED`` items for the text: memory does not grow with the archive."""
+
+    n: int = 0
+    items: list = field(default_factory=list)
+
+    def add(self, item: object) -> None:
+        self.n += 1
+        if len(self.items) < LISTED:
+            self.items.append(item)
+
+    def more(self) -> int:
+        return self.n - len(self.items)
+
+
+@dataclass
 class RunSummary:
+    """Running counters of one run, fed as videos finish (``add`` and friends)."""
+
     run_id: str
     out: str
     model_version: str
     policy: LabellingPolicy = POLICY
-    outcomes: list[VideoOutcome] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    already_done: list[str] = field(default_factory=list)  # labelled earlier, unchanged, same settings
-    earlier_failures: list[dict] = field(default_factory=list)  # failed earlier, unchanged: their videos rows
-    reused: list[Reused] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # uri -> "code: detail"
+    missing: list[str] = field(default_factory=list)  # named sources not found (what the user typed: few)
     excluded: int = 0  # left out by --include / --exclude: counted only
     warnings: list[str] = field(default_factory=list)
+    labelled_: _Kept = field(default_factory=_Kept)  # VideoOutcome of labelled videos
+    failed_: _Kept = field(default_factory=_Kept)  # VideoOutcome of failed videos
+    already_done: int = 0  # labelled earlier, unchanged, same settings
+    earlier_failures: _Kept = field(default_factory=_Kept)  # failed earlier, unchanged: their videos rows
+    reused: _Kept = field(default_factory=_Kept)  # Reused
+    skipped_by_code: Counter = field(default_factory=Counter)
+    skipped_listed: dict[str, str] = field(default_factory=dict)  # the first SKIPS_LISTED skips: uri -> why
+    skipped_videos: _Kept = field(default_factory=_Kept)  # (uri, why) of skips that count as problems
+    class_counts: list[int] = field(default_factory=lambda: [0] * NUM_CLASSES)  # labelled rows, every video
+
+    def add(self, outcome: VideoOutcome) -> None:
+        """A video labelled or failed by this run."""
+        if outcome.row["status"] == STATUS_LABELLED:
+            self.labelled_.add(outcome)
+            self.class_counts = [a + b for a, b in zip(self.class_counts, outcome.class_counts)]
+        else:
+            self.failed_.add(outcome)
+
+    def add_skipped(self, uri: str, why: str) -> None:
+        self.skipped_by_code[skip_code(why)] += 1
+        if len(self.skipped_listed) < SKIPS_LISTED:
+            self.skipped_listed[uri] = why
+        if is_video_name(uri) and skip_code(why) in PROBLEM_SKIPS:
+            self.skipped_videos.add((uri, why))
 
     @property
     def labelled(self) -> int:
-        return sum(o.row["status"] == STATUS_LABELLED for o in self.outcomes)
+        return self.labelled_.n
 
     @property
     def failed(self) -> int:
-        return sum(o.row["status"] == STATUS_FAILED for o in self.outcomes)
+        return self.failed_.n
 
     @property
-    def skipped_videos(self) -> list[str]:
-        """Skipped files named like videos: what the user meant as input, and did not get labelled."""
-        return [u for u, why in self.skipped.items() if is_video_name(u) and skip_code(why) in PROBLEM_SKIPS]
+    def skipped(self) -> int:
+        return sum(self.skipped_by_code.values())
+
+    @property
+    def changed(self) -> bool:
+        """Whether this run labelled, failed or copied anything (a report to refresh)."""
+        return bool(self.labelled or self.failed or self.reused.n)
 
     @property
     def problems(self) -> int:
         """Failed, missing or skipped videos (this run and unchanged earlier failures); 0 = exit status 0."""
-        seen = len(self.outcomes) + len(self.already_done) + len(self.earlier_failures) + len(self.reused)
+        seen = self.labelled + self.failed + self.already_done + self.earlier_failures.n + self.reused.n
         nothing = 1 if seen == 0 and not self.missing else 0  # nothing to label found at all
-        return self.failed + len(self.earlier_failures) + len(self.missing) + len(self.skipped_videos) + nothing
+        return self.failed + self.earlier_failures.n + len(self.missing) + self.skipped_videos.n + nothing
 
     def counts(self) -> dict:
-        return {"labelled": self.labelled, "failed": self.failed, "already_done": len(self.already_done),
-                "earlier_failed": len(self.earlier_failures), "reused": len(self.reused),
-                "skipped": len(self.skipped), "missing": len(self.missing), "problems": self.problems}
+        return {"labelled": self.labelled, "failed": self.failed, "already_done": self.already_done,
+                "earlier_failed": self.earlier_failures.n, "reused": self.reused.n,
+                "skipped": self.skipped, "missing": len(self.missing), "problems": self.problems}
+
+    def table_rows(self) -> list[dict[str, object]]:
+        """The counts and the class mix as rows of one table (a Prefect table artifact on the run's page)."""
+        rows: list[dict[str, object]] = [{"what": k, "count": v, "share": None} for k, v in self.counts().items()]
+        total = sum(self.class_counts)
+        rows += [{"what": f"rows labelled {c}", "count": n, "share": round(n / total, 4) if total else None}
+                 for c, n in zip(CLASSES, self.class_counts)]
+        return rows
 
     def format(self) -> str:
         c = self.counts()
@@ -80,33 +130,49 @@ class RunSummary:
                  f"(unchanged), {c['reused']} recognised under a new name, {c['skipped']} skipped, "
                  f"{c['missing']} not found" + (f", {self.excluded} left out by --include/--exclude" if self.excluded
                                                  else "")]
-        for o in sorted(self.outcomes, key=lambda o: o.row["source_uri"]):
+        for o in sorted(self.labelled_.items + self.failed_.items, key=lambda o: o.row["source_uri"]):
             lines += _outcome_lines(o)
-        for r in sorted(self.earlier_failures, key=lambda r: r["source_uri"]):
+        lines += _more(self.labelled_.more(), "labelled")
+        lines += _more(self.failed_.more(), "failed", "WHERE status = 'failed'")
+        for r in sorted(self.earlier_failures.items, key=lambda r: r["source_uri"]):
             lines.append(f"  FAILED {_name(r['source_uri'])} (in run {r['run_id']}, file unchanged since): "
                          f"{r['error_reason']}: {shown(r['error_message'])}")
-        for r in self.reused:
+        lines += _more(self.earlier_failures.more(), "failed in an earlier run", "WHERE status = 'failed'")
+        for r in self.reused.items:
             how = "moved from" if r.moved else "same content as"
             lines.append(f"  REUSED {_name(r.uri)}: {how} {shown(r.from_uri)}; its labels were copied")
+        lines += _more(self.reused.more(), "recognised under a new name")
         for m in self.missing:
             lines.append(f"  NOT FOUND {shown(m)}")
         lines += self._skip_lines()
-        lines += [f"  WARNING {shown(w)}" for w in self.warnings]
+        lines += [f"  WARNING {shown(w)}" for w in self.warnings[:LISTED]]
+        lines += _more(len(self.warnings) - LISTED, "warnings (link loops, folders met twice)")
+        if self.labelled > LISTED:
+            rows = sum(self.class_counts) or 1
+            mix = ", ".join(f"{CLASSES[i]} {n / rows:.0%}" for i, n in sorted(enumerate(self.class_counts),
+                                                                             key=lambda kv: -kv[1]) if n)
+            lines.append(f"class mix over the {self.labelled:,} videos labelled: {mix or 'no label'}")
         lines.append(f"labelling policy: {self.policy.describe()}")
         out = shown(self.out)
         lines.append(f"output: {out}/frames and {out}/videos (model_version={self.model_version})")
         return "\n".join(lines)
 
     def _skip_lines(self) -> list[str]:
-        if len(self.skipped) <= SKIPS_LISTED:
-            return [f"  SKIPPED {shown(u)}: {shown(why)}" for u, why in self.skipped.items()]
-        by_code = Counter(skip_code(why) for why in self.skipped.values())  # as Listing.skip_counts
-        listed = ", ".join(f"{n:,} {code}" for code, n in by_code.most_common())
-        lines = [f"  SKIPPED {len(self.skipped):,} files: {listed} (every one is in the videos table: "
+        if self.skipped <= SKIPS_LISTED:
+            return [f"  SKIPPED {shown(u)}: {shown(why)}" for u, why in self.skipped_listed.items()]
+        listed = ", ".join(f"{n:,} {code}" for code, n in self.skipped_by_code.most_common())
+        lines = [f"  SKIPPED {self.skipped:,} files: {listed} (every one is in the videos table: "
                  "emoframe query \"SELECT source_uri, error_reason, error_message FROM videos "
                  "WHERE status = 'skipped'\")"]
-        lines += [f"  SKIPPED {shown(u)}: {shown(self.skipped[u])}" for u in self.skipped_videos[:SKIPS_LISTED]]
+        lines += [f"  SKIPPED {shown(u)}: {shown(why)}" for u, why in self.skipped_videos.items[:SKIPS_LISTED]]
         return lines
+
+
+def _more(n: int, what: str, where: str = "") -> list[str]:
+    if n <= 0:
+        return []
+    query = f" (emoframe query \"SELECT * FROM videos {where}\")" if where else ""
+    return [f"  ... and {n:,} more {what}{query}"]
 
 
 def _name(uri: str) -> str:

@@ -27,8 +27,8 @@ import pyarrow.fs as pafs
 
 from workers.storage import filesystem_for
 
-if TYPE_CHECKING:  # imported where used: workers.video_task pulls in torch, and `emoframe query` needs none of it
-    from workers.video_task import Source
+if TYPE_CHECKING:
+    from workers.video_job import Source
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
 
@@ -419,52 +419,76 @@ def _probe(f: _Found) -> tuple[bytes | None, str | None]:
     return head, etag.decode().strip('"') if etag else None
 
 
+PROBE_BATCH = 512  # candidates probed (and handed to the run) at a time: the listing never has to fit in memory
+
+
 def list_sources(specs: list[str], include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
                  exclude_roots: tuple[str, ...] = ()) -> Listing:
-    """Expand every spec; folders and prefixes are listed recursively. Order is stable (specs in order, each
-    sorted), duplicates dropped: a URI seen again silently, another name of a file already listed (a link, a
-    hard link) as a ``duplicate``. Everything found below a named folder ends in ``sources`` or ``skipped``
-    (reasons: Skip), or is counted in ``excluded`` (--include/--exclude); anything below ``exclude_roots``
-    (the run's output: local paths or object-store URIs) is left out unseen. A file with a video extension
-    whose first bytes carry no known container signature is skipped with the reason; an empty one is kept
-    (the pipeline records it as ``empty_file``), and so is one that cannot be read here (the pipeline records
-    why)."""
-    from workers.video_task import Source
-
+    """Every source of ``specs`` at once, in a Listing (see ``iter_sources``)."""
     out = Listing()
+    for batch in iter_sources(specs, out, include, exclude, exclude_roots):
+        out.sources.extend(batch)
+    return out
+
+
+def iter_sources(specs: list[str], listing: Listing, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                 exclude_roots: tuple[str, ...] = (), batch: int = PROBE_BATCH) -> Iterator[list[Source]]:
+    """Expand every spec, yielding the video sources a batch at a time as they are found; what is skipped,
+    missing, excluded or warned about goes into ``listing`` (its ``sources`` stay empty). Folders and prefixes
+    are listed recursively. Order is stable (specs in order, each sorted), duplicates dropped: a URI seen
+    again silently, another name of a file already listed (a link, a hard link) as a ``duplicate``.
+    Everything found below a named folder ends in a batch or in ``listing.skipped`` (reasons: Skip), or is
+    counted in ``listing.excluded`` (--include/--exclude); anything below ``exclude_roots`` (the run's output:
+    local paths or object-store URIs) is left out unseen. A file with a video extension whose first bytes
+    carry no known container signature is skipped with the reason; an empty one is kept (the pipeline records
+    it as ``empty_file``), and so is one that cannot be read here (the pipeline records why). A caller that
+    handles ``listing.skipped`` after each batch has already had the first name of every duplicate there.
+    Memory: the names seen (to drop duplicates) and one batch; an object-store prefix is listed in one call."""
     ours = _Ours.of(exclude_roots)
+    # What must be remembered across the whole listing to drop duplicates: one entry per file, not per batch.
     seen: set[str] = set()
     first_name: dict[object, str] = {}  # file identity -> the URI it is listed under
     candidates: list[_Found] = []
-    for spec in specs:
-        local = "://" not in spec or spec.startswith("file://")
-        found = _expand_local(spec, ours, out.warnings) if local else _expand_remote(spec, ours)
-        if found is None:
-            out.missing.append(spec)
-            continue
-        for f in found:
-            if f.uri in seen:
+    with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
+        for spec in specs:
+            local = "://" not in spec or spec.startswith("file://")
+            found = _expand_local(spec, ours, listing.warnings) if local else _expand_remote(spec, ours)
+            if found is None:
+                listing.missing.append(spec)
                 continue
-            seen.add(f.uri)
-            why = _skip_reason(f, include, exclude, first_name)
-            if why == Skip.EXCLUDED:
-                out.excluded += 1
-            elif why:
-                out.skipped[f.uri] = why
-            else:
-                candidates.append(f)
+            for f in found:
+                if f.uri in seen:
+                    continue
+                seen.add(f.uri)
+                why = _skip_reason(f, include, exclude, first_name)
+                if why == Skip.EXCLUDED:
+                    listing.excluded += 1
+                elif why:
+                    listing.skipped[f.uri] = why
+                else:
+                    candidates.append(f)
+                if len(candidates) >= batch:
+                    yield _probed(candidates, pool, listing)
+                    candidates = []
+        if candidates:
+            yield _probed(candidates, pool, listing)
+
+
+def _probed(candidates: list[_Found], pool: ThreadPoolExecutor, listing: Listing) -> list[Source]:
+    """The candidates that are videos by their first bytes (the rest go to ``listing.skipped``)."""
+    from workers.video_job import Source
 
     to_probe = [f for f in candidates if f.info.size]
-    with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
-        probes = dict(zip((f.uri for f in to_probe), pool.map(_probe, to_probe)))
+    probes = dict(zip((f.uri for f in to_probe), pool.map(_probe, to_probe)))
+    sources = []
     for f in candidates:
         head, etag = probes.get(f.uri, (None, None))
         if head is not None and sniff_container(head) is None:
-            out.skipped[f.uri] = _why(Skip.NOT_A_VIDEO, f"no known container signature ({head[:8].hex()})")
+            listing.skipped[f.uri] = _why(Skip.NOT_A_VIDEO, f"no known container signature ({head[:8].hex()})")
             continue
         # An object's ETag says "same content" better than its time; mtime (+ size) where there is none.
-        out.sources.append(Source(f.uri, f.info.size, etag or _iso(f.info.mtime_ns)))
-    return out
+        sources.append(Source(f.uri, f.info.size, etag or _iso(f.info.mtime_ns)))
+    return sources
 
 
 def _skip_reason(f: _Found | _Skipped, include: tuple[str, ...], exclude: tuple[str, ...],

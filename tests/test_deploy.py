@@ -7,6 +7,7 @@ The process helpers here (ServiceProcesses, free_port, wait_for) are shared with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -134,6 +135,23 @@ class ServiceProcesses:
                     pass
             if pids:
                 self.wait_gone(wait)
+
+
+@contextlib.contextmanager
+def standalone_triton(procs: ServiceProcesses, folder: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`emoframe triton` as a user runs it (its own process, Ctrl-C or SIGTERM stops it): yields the process
+    and the --triton-url it prints once the model is ready; stopped with SIGTERM at the end."""
+    import re
+
+    out = folder / "emoframe-triton.out"
+    p = procs.start([str(VENV_BIN / "emoframe"), "triton", "--grpc-port", str(free_port()), "--http-port",
+                     str(free_port()), "--log", str(folder / "tritonserver.log"), *extra], out)
+    try:
+        url = wait_for("emoframe triton ready", lambda: re.search(r"--triton-url (\S+)", out.read_text()), 180,
+                       0.5, alive=p, log=out)
+        yield p, url[1]
+    finally:
+        procs.stop(p, 20)
 
 
 @pytest.fixture
@@ -267,6 +285,12 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
         tasks = http.post("/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [run_id]}}}).json()
         assert sorted((t["name"], t["state_type"]) for t in tasks) == \
             sorted([("check storage from a worker", "COMPLETED")] + [(f"label {v}", "COMPLETED") for v in videos])
+        # The run's summary on its page in the Prefect UI: a table artifact with the counts.
+        artifacts = http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+        [table] = [a for a in artifacts if a["key"] == "emoframe-run-summary"]
+        assert table["type"] == "table"
+        counts = {r["what"]: r["count"] for r in json.loads(table["data"])}
+        assert counts["labelled"] == len(videos) and counts["failed"] == 0
 
         # Stopped right after a run (the case where Prefect's own pause on shutdown is lost), the deployment is
         # paused; serving it again resumes it.

@@ -119,28 +119,32 @@ def test_model_unloaded_and_reloaded_on_a_shared_triton_during_a_run(videos, tmp
 
     from workers.contract import MODEL_NAME
 
+    from tests.test_deploy import ServiceProcesses, standalone_triton
+
     out = tmp_path / "out"
-    server = EmbeddedTriton(DEFAULT_MODEL_REPO, log_path=tmp_path / "triton.log").start()
     events: dict[str, float] = {}
 
-    def chaos() -> None:
+    def chaos(url: str) -> None:
         wait_for(lambda: label_worker() is not None, 240, "a video in progress")
         time.sleep(2)  # into the video: its requests are under way
-        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        admin = grpcclient.InferenceServerClient(url)
         admin.unload_model(MODEL_NAME)
         events["unloaded"] = time.monotonic()
         time.sleep(20)
         admin.load_model(MODEL_NAME)
         events["reloaded"] = time.monotonic()
 
-    t = threading.Thread(target=chaos, daemon=True)
-    t.start()
+    procs = ServiceProcesses({})
     try:
-        result = run_label_archive([str(videos)], str(out), triton_url=server.grpc_url)
-        finished = time.monotonic()
-        t.join(60)
+        # The shared server as a user runs one for --triton-url: `emoframe triton`.
+        with standalone_triton(procs, tmp_path) as (_, url):
+            t = threading.Thread(target=chaos, args=(url,), daemon=True)
+            t.start()
+            result = run_label_archive([str(videos)], str(out), triton_url=url)
+            finished = time.monotonic()
+            t.join(60)
     finally:
-        server.stop()
+        procs.end_all()
     assert "unloaded" in events and events["reloaded"] < finished  # the model was away while videos were in flight
     assert result["labelled"] == 4 and result["failed"] == 0, result["text"]
     assert_complete(out, videos, "the model unloaded for 20 s on a shared Triton (NOT_FOUND meanwhile), then reloaded")

@@ -18,7 +18,7 @@ from workers.policy import POLICY, LabellingPolicy
 from workers.schema import FRAMES_SCHEMA, frames_path, videos_path
 from workers.sink import video_row, videos_table, write_atomic
 from workers.storage import FINGERPRINT_SPAN, content_fingerprint
-from workers.video_task import Source
+from workers.video_job import Source
 from pyarrow import fs as pafs
 
 KEY = DoneKey("detect", POLICY, fingerprint())

@@ -86,10 +86,10 @@ def test_run_summary_counts(run):
 
 def test_the_run_writes_its_report_with_a_page_per_video_it_labelled(run, corpus):
     out, result = run
-    index = out / "report" / "index.html"
+    index = out / "_report" / "index.html"
     assert index.exists(), result["text"]
     html = index.read_text()
-    pages = sorted((out / "report" / "pages").rglob("*.html"))  # pages/v-<model_version>/<video>.html
+    pages = sorted((out / "_report" / "pages").rglob("*.html"))  # pages/v-<model_version>/<video>.html
     assert len(pages) == result["labelled"] == 6
     assert all(p.name in html for p in pages)  # linked from the archive page
     assert "broken.mp4" in html and "truncated" in html  # what failed, and why
@@ -211,14 +211,15 @@ def test_rerun_of_a_finished_run_changes_nothing(run, corpus):
     out, first = run
     src, _ = corpus
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    report = {p: p.stat().st_mtime_ns for p in (out / "report").rglob("*.html")}
+    report = {p: p.stat().st_mtime_ns for p in (out / "_report").rglob("*.html")}
     again = run_label_archive([str(src)], str(out), **SETTINGS)
+    assert again["services_started"] is False  # worked out from the output alone: no Prefect, Ray, Triton
     assert again["already_done"] == 6 and again["labelled"] == again["failed"] == 0
     # broken.mp4 failed in the first run and is unchanged: shown again, and the run still counts it (exit 1)
     assert again["earlier_failed"] == 1 and again["problems"] == 1
     assert "FAILED broken.mp4 (in run " in again["text"] and "not_a_video" in again["text"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
-    assert {p: p.stat().st_mtime_ns for p in (out / "report").rglob("*.html")} == report  # nothing new to show
+    assert {p: p.stat().st_mtime_ns for p in (out / "_report").rglob("*.html")} == report  # nothing new to show
 
 
 def test_a_rerun_under_another_policy_or_face_mode_relabels(run, corpus, tmp_path):
@@ -254,6 +255,19 @@ def test_a_moved_file_keeps_its_labels_and_leaves_one_set_of_rows(tmp_path):
     assert con.sql("SELECT source_uri, status FROM videos").fetchall() == [(str(moved), "labelled")]
     again = run_label_archive([str(tmp_path / "in")], str(out), **SETTINGS)
     assert (again["already_done"], again["labelled"], again["reused"]) == (1, 0, 0)
+
+
+def test_no_more_than_max_in_flight_videos_are_submitted_at_once(tmp_path):
+    """With one video in flight, each video's task starts after the previous one finished: the videos rows'
+    processing intervals do not overlap (with the default, two run at once on this 2-core machine)."""
+    for i in range(3):
+        write_video(tmp_path / "in" / f"clip{i}.mp4", 20, FPS)
+    out = tmp_path / "out"
+    res = run_label_archive([str(tmp_path / "in")], str(out), max_in_flight=1, report=False, **SETTINGS)
+    assert res["labelled"] == 3 and res["services_started"] is True
+    spans = connect(str(out)).sql("SELECT started_at, finished_at FROM videos ORDER BY started_at").fetchall()
+    assert len(spans) == 3
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
 
 
 def test_a_changed_file_is_relabelled_in_place(tmp_path):
@@ -326,3 +340,38 @@ def test_every_sql_query_in_the_readme_runs_on_real_output(run):
         per_video[uri] = per_video.get(uri, 0) + pct
     assert all(abs(v - 100) < 1 for v in per_video.values())
 
+
+
+def test_compacted_output_relabels_one_copy_and_reads_with_plain_readers(run, corpus, tmp_path):
+    """The run's output compacted, then a forced relabel of one video through the real pipeline: the video's
+    rows leave the compacted files and land once; every other row, and what the ledger says, is unchanged."""
+    import pyarrow.dataset as ds
+
+    from flows.compact import compact
+
+    out, _ = run
+    src, _ = corpus
+    assert (out / "_state" / "tritonserver.log").is_file()  # the state area, not the output root
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    con = connect(str(copy))
+    before = sorted(con.sql("SELECT * EXCLUDE (model_version) FROM frames").fetchall(), key=repr)
+    result = compact(str(copy))
+    assert result.refused is None and result.partitions[0].own_files == 14  # 8 videos rows, 6 frames files
+    assert sorted(p.name.startswith("compacted.") for p in copy.rglob("*.parquet")) == [True, True]
+    con = connect(str(copy))
+    assert sorted(con.sql("SELECT * EXCLUDE (model_version) FROM frames").fetchall(), key=repr) == before
+    # Plain readers of the folder: the state area and the report are not in their way.
+    assert ds.dataset(str(copy / "frames"), partitioning="hive").count_rows() == len(before)
+    assert pq.read_table(str(copy / "videos")).num_rows == 8  # what pandas.read_parquet does
+    target = str(src / "face gap.mp4")
+    n_target = sum(1 for r in before if r[1] == target)
+    second = run_label_archive([target], str(copy), force=True, **SETTINGS)
+    assert second["labelled"] == 1
+    con = connect(str(copy))
+    assert con.sql(f"SELECT count(*), count(DISTINCT run_id) FROM frames WHERE source_uri = '{target}'"
+                   ).fetchall() == [(n_target, 1)]
+    assert con.sql("SELECT count(*) FROM frames").fetchall()[0][0] == len(before)
+    assert con.sql(f"SELECT run_id FROM videos WHERE source_uri = '{target}'").fetchall() == [(second["run_id"],)]
+    again = run_label_archive([str(src)], str(copy), **SETTINGS)
+    assert again["already_done"] == 6 and again["labelled"] == 0

@@ -138,3 +138,5 @@ def test_a_mistyped_flag_names_the_subcommand_and_the_flag_meant(tmp_path):
     assert res.returncode == 2 and "emoframe label: error: unrecognized arguments: --stirde (did you mean " \
                                    "--stride?)" in res.stderr, res.stderr
     assert "usage: emoframe label" in res.stderr
+    res = _emoframe("lable", str(tmp_path))
+    assert res.returncode == 2 and "unknown command 'lable' (did you mean label?)" in res.stderr, res.stderr

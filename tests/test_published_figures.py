@@ -105,3 +105,43 @@ def test_readme_reliability_table_is_rendered_from_a_test_run_with_nothing_lost(
     assert len(data["inputs"]) >= 20 and len(data["faults"]) >= 6  # what issue 9 asks the table to show
     for fault in data["faults"]:
         assert (fault["lost"], fault["duplicated"], fault["healthy_failed"]) == (0, 0, 0), fault
+
+
+def test_what_a_video_task_declares_to_ray_covers_its_measured_memory():
+    from flows.resources import TASK_MEMORY_MB
+
+    data = json.loads((ROOT / "docs" / "task_memory.json").read_text())
+    assert not data["dirty"] and data["declared_mb"] == TASK_MEMORY_MB
+    readme = (ROOT / "README.md").read_text()
+    for mode, m in data["modes"].items():
+        assert m["status"] == "labelled" and m["peak_mb"] <= TASK_MEMORY_MB, mode
+        assert f"{m['peak_mb']:,} MB" in readme, mode  # the README quotes the measured figures
+
+
+def test_readme_user_errors_table_is_rendered_from_its_json_and_every_mistake_is_a_clean_exit_2():
+    ue = _load("user_errors")
+    data = json.loads(ue.JSON_PATH.read_text())
+    assert _load("published").readme_block(ue.START, ue.END) == ue.render(data).strip()
+    assert not data["dirty"] and len(data["rows"]) >= 12
+    for row in data["rows"]:
+        assert row["exit"] == 2 and not row["traceback"], row
+        assert row["stderr_lines"] == 1 or row["usage_first"], row  # one line, or argparse's usage and one line
+
+
+def test_scale_page_and_readme_table_are_rendered_from_the_measured_files():
+    sp = _load("scale_projection")
+    m = sp.load()
+    assert (ROOT / "docs" / "scale.md").read_text() == sp.render(m)
+    assert _load("published").readme_block(sp.START, sp.END) == sp.readme_table(m).strip()
+    for name, data in m.items():
+        assert not (data.get("dirty") or data.get("git", {}).get("dirty")), name
+
+
+def test_report_screenshots_and_what_they_show_are_rendered_from_their_json():
+    rs = _load("report_screenshots")
+    data = json.loads(rs.JSON_PATH.read_text())
+    assert _load("published").readme_block(rs.START, rs.END) == rs.render(data).strip()
+    assert not data["dirty"] and set(data["runs"]) == {"real", "synthetic"}
+    for name in data["runs"]:
+        png = ROOT / "docs" / f"report_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -72,3 +72,33 @@ def test_mistakes_are_one_line_and_exit_2(out, args, why):
     assert "Traceback" not in err
     with pytest.raises(QueryError):
         run_query(args[0], args[args.index("--out") + 1], fmt=args[2] if args[1] == "--format" else "table")
+
+
+def test_model_version_reads_as_a_string_in_emoframe_and_in_the_readme_recipes(tmp_path):
+    """Versions "3" and "10": the README's recipes for DuckDB and pyarrow and `emoframe query` all
+    give the string, where readers left to guess give a number (and "10" < "3" only as a string)."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    for version in ("3", "10"):
+        row = video_row(URIS[0], status="failed", model_name="m", run_id="r", error_reason="empty_file",
+                        started_at=datetime.now(timezone.utc))
+        write_atomic(videos_table([row]), pafs.LocalFileSystem(), videos_path(str(tmp_path), version, URIS[0]))
+    folder = tmp_path / "videos"
+
+    guessed = duckdb.sql(f"SELECT typeof(model_version) FROM read_parquet('{folder}/*/*.parquet', "
+                         "hive_partitioning = true) LIMIT 1").fetchall()[0][0]
+    assert guessed != "VARCHAR"  # what the README warns about
+    duck = duckdb.sql(f"SELECT any_value(typeof(model_version)), list(model_version ORDER BY model_version) FROM "
+                      f"read_parquet('{folder}/*/*.parquet', hive_partitioning = true, "
+                      "hive_types = {'model_version': 'VARCHAR'}, union_by_name = true)").fetchall()[0]
+    assert duck == ("VARCHAR", ["10", "3"])
+    part = ds.partitioning(pa.schema([("model_version", pa.string())]), flavor="hive")
+    table = ds.dataset(str(folder), partitioning=part).to_table()
+    assert table.schema.field("model_version").type == pa.string()
+    assert sorted(table["model_version"].to_pylist()) == ["10", "3"]
+    buf = io.BytesIO()
+    run_query("SELECT typeof(model_version) AS t, count(*) AS n FROM videos GROUP BY 1", str(tmp_path),
+              fmt="csv", dest=buf)
+    assert buf.getvalue().decode().splitlines()[1:] == ['"VARCHAR",2'], buf.getvalue()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from flows.query import connect
@@ -142,7 +143,7 @@ def _video_pages(report: Path) -> dict[str, Path]:
     text = report.read_text(encoding="utf-8")
     pages = {}
     for href, name in re.findall(r'<a href="([^"]+)">(.*?)</a>', text):
-        if href != "index.html":
+        if href.startswith("pages/"):
             pages[name] = report.parent / unquote(href)
     return pages
 
@@ -254,7 +255,7 @@ def test_cli_writes_beside_the_output_and_mistakes_are_one_line(out, tmp_path):
     local = tmp_path / "labels"
     shutil.copytree(out, local)
     res = _cli(str(local), "--max-videos", "0")
-    assert res.returncode == 0 and (local / "report" / "index.html").is_file(), res.stderr
+    assert res.returncode == 0 and (local / "_report" / "index.html").is_file(), res.stderr
     for args, why in (((str(tmp_path / "nowhere"),), "no emoframe output"),
                       (("s3://bucket/labels",), "give --to DIR"),
                       ((str(local), "--max-videos", "-1"), "--max-videos -1"),
@@ -316,9 +317,9 @@ def test_a_report_of_output_in_a_bucket_matches_the_local_one(out, report, reque
     import flows.report
     from flows.report import write_report
 
-    read = []
-    real_read = flows.report.pq.read_table
-    monkeypatch.setattr(flows.report.pq, "read_table", lambda f, **kw: read.append(f) or real_read(f, **kw))
+    read = []  # each video page reads its own video's rows (workers/rows.read_rows), nothing else
+    real_read = flows.report.read_rows
+    monkeypatch.setattr(flows.report, "read_rows", lambda *a: read.append(a) or real_read(*a))
 
     server = request.getfixturevalue("s3_server")
     pafs.copy_files(str(out), f"{server.bucket}/labels", source_filesystem=pafs.LocalFileSystem(),
@@ -330,3 +331,46 @@ def test_a_report_of_output_in_a_bucket_matches_the_local_one(out, report, reque
         assert _page(remote[name]).tables["classes"] == _page(local[name]).tables["classes"]
     assert _page(index).tables["problems"] == _page(report).tables["problems"]
     assert len(read) == len(local)
+
+
+# ---- the summary table ---------------------------------------------------------------------------------
+
+
+def test_the_summary_has_a_row_per_labelled_video_with_seconds_coverage_and_no_signal(out, report):
+    """Two faces: track 0 Happiness 50 frames then Sadness 30, track 1 Anger 40, no face in frames 80-99 and
+    sound in frames 0-89; at 10 frames/s. The report keeps the same table beside its pages."""
+    with connect(str(out)) as con:
+        rows = {r["source_uri"]: r for r in con.sql("SELECT * FROM summary").to_arrow_table().to_pylist()}
+    assert set(rows) == {TWO_FACES, HOSTILE, CROWD}  # failed and skipped files have no summary
+    two = rows[TWO_FACES]
+    assert two["frames"] == 100 and two["tracks"] == 2 and two["model_version"] == MV
+    assert two["face_share"] == pytest.approx(0.8) and two["audio_share"] == pytest.approx(0.9)
+    assert two["no_signal_frames"] == 20  # no face and, with the audio unused, no label
+    expected = {"happiness": 5.0, "sadness": 3.0, "anger": 4.0}
+    for c in CLASSES:
+        assert two[f"seconds_{c.lower()}"] == pytest.approx(expected.get(c.lower(), 0.0)), c
+        assert two[f"share_{c.lower()}"] == pytest.approx(expected.get(c.lower(), 0.0) / 12.0), c
+    assert two["labelled_seconds"] == pytest.approx(12.0) and two["dominant"] == "Happiness"
+    crowd = rows[CROWD]  # five faces over 10, 20, ... 50 frames: 150 face-frames of Happiness in a 5 s clip
+    assert crowd["seconds_happiness"] == pytest.approx(15.0) and crowd["share_happiness"] == pytest.approx(1.0)
+    kept = pq.read_table(report.parent / "summary.parquet").to_pylist()
+    assert [r["source_uri"] for r in kept] == sorted(rows)
+    assert {r["source_uri"]: r["seconds_anger"] for r in kept}[TWO_FACES] == pytest.approx(4.0)
+    assert (report.parent / "summary.csv").read_text().count("\n") == len(rows) + 1
+    assert "summary.parquet" in _page(report).links
+
+
+def test_summary_seconds_follow_the_frame_timestamps_of_a_variable_rate_video(tmp_path):
+    """A frame lasts until the next one starts (the last one 1/fps): Happiness on frames at 0, 0.1 and 0.3 s
+    until 0.6 s; Sadness at 0.6 and 1.0 s, the last frame 0.1 s at 10 frames/s."""
+    uri = "/archive/vfr.mp4"
+    pred = _predictions(5, {0: (range(0, 5), [H, H, H, S, S])})
+    fs = pafs.LocalFileSystem()
+    times = np.array([0.0, 0.1, 0.3, 0.6, 1.0])
+    write_atomic(frames_table(uri, FPS, pred, "m", "run-1", times=times), fs, frames_path(str(tmp_path), MV, uri))
+    row = video_row(uri, status="labelled", model_name="m", run_id="run-1", started_at=datetime.now(timezone.utc),
+                    fps=FPS, frame_count=5, duration_s=1.1, has_audio=True, face_mode="detect", tracks=1)
+    write_atomic(videos_table([row]), fs, videos_path(str(tmp_path), MV, uri))
+    with connect(str(tmp_path)) as con:
+        got = con.sql("SELECT seconds_happiness, seconds_sadness, labelled_seconds FROM summary").fetchall()
+    assert got == [pytest.approx((0.6, 0.5, 1.1))]

@@ -405,3 +405,31 @@ def test_gpu_instances(tmp_path: Path):
     with EmbeddedTriton(repo, log_path=tmp_path / "server.log") as srv, TritonClient(srv.grpc_url) as c:
         c.check_ready()
         np.testing.assert_allclose(c.infer(batch), in_process(_scripted(), batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.integration
+def test_emoframe_triton_serves_the_repository_for_triton_url_and_stops_on_sigterm(tmp_path: Path):
+    """The command a --triton-url user runs: it serves the repository's latest version on the ports given,
+    refuses a taken port with one line (exit 2), and SIGTERM stops it with the server's whole process group."""
+    from tests.test_deploy import VENV_BIN, ServiceProcesses, standalone_triton
+    from workers.model_versions import latest_version
+
+    procs = ServiceProcesses({})
+    try:
+        with standalone_triton(procs, tmp_path) as (p, url):
+            with TritonClient(url) as client:
+                assert client.served_version() == latest_version(ROOT / "model_repo" / MODEL_NAME).name
+            port = int(url.rsplit(":", 1)[1])
+            again = procs.run([str(VENV_BIN / "emoframe"), "triton", "--grpc-port", str(port), "--http-port",
+                               str(free_port())], 60)
+            assert again.returncode == 2, again.stderr
+            assert f"--grpc-port {port}: port {port}" in again.stderr and "Traceback" not in again.stderr
+            procs.stop(p, 20)  # SIGTERM, as `kill` or a service manager sends it
+            assert p.returncode == 0
+            assert "Triton stopped" in (tmp_path / "emoframe-triton.out").read_text()
+        assert not procs.wait_gone(15), "tritonserver or a backend stub outlived `emoframe triton`"
+        with socket.socket() as s:  # the port is free again, for a new server (which binds as this does)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    finally:
+        procs.end_all()

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from training.model import ExportWrapper
+from workers.model_versions import MODEL_FILE, latest_version
 from workers.contract import CLASSES, MODEL_NAME, contract_dict, fingerprint, input_specs
 from workers.triton_config import write_config
 
-MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 # The backend source lives in version 1; later versions get a copy (Triton wants model.py in each).
 BACKEND_SOURCE = Path(__file__).resolve().parent.parent / "model_repo" / MODEL_NAME / "1" / "model.py"
@@ -56,13 +56,6 @@ def to_torchscript(pipeline: ExportWrapper) -> torch.jit.ScriptModule:
     wrapper = pipeline.eval().cpu()
     with torch.no_grad():
         return torch.jit.trace(wrapper, example_inputs(), check_inputs=[example_inputs(3, 1), example_inputs(1, 2)])
-
-
-def latest_version(model_dir: Path) -> Path | None:
-    """The highest version folder that holds a model (what Triton serves), or None."""
-    # A version folder counts once it holds a model (version 1 also holds the backend source, model.py).
-    versions = [p for p in model_dir.glob("*") if p.name.isdigit() and (p / MODEL_FILE).exists()]
-    return max(versions, key=lambda p: int(p.name), default=None)
 
 
 def next_version(model_dir: Path) -> int:

@@ -1,8 +1,8 @@
 """Running one video's work in a child process that cannot hang, crash or bloat the worker.
 
 decord is unmaintained: it can segfault, hang inside ``get_batch`` where only SIGKILL stops it, and leak
-memory on large input. So the video task runs in a child forked from a clean forkserver (torch and
-decord preloaded once), with:
+memory on large input. So the video task runs in a child forked from a clean forkserver (torch, decord
+and the face networks loaded once), with:
   - a memory cap (RLIMIT_AS = the child's address space at start + ``memory_mb``) it cannot raise;
   - a stall limit: the child reports progress after every chunk; silence for ``stall_timeout_s`` -> SIGKILL;
   - an overall limit scaled from the video's frame count (``Limits.overall_s``) -> SIGKILL;
@@ -36,7 +36,7 @@ def _context() -> mp.context.BaseContext:
     if _CTX is None:
         ctx = mp.get_context("forkserver")
         # Imported once in the forkserver, so each child starts in milliseconds instead of seconds.
-        ctx.set_forkserver_preload(["torch", "workers.video_task"])
+        ctx.set_forkserver_preload(["torch", "workers.video_task", "workers.faces.preload"])
         _CTX = ctx
     return _CTX
 

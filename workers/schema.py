@@ -28,7 +28,9 @@ from workers.contract import CLASSES
 #    input contract fingerprint: part of "already done"), and rows of status "skipped" for files seen
 #    but not labelled (not a video, hidden, special files), so every file a run sees is accounted for;
 #    frames_expected (the frames the container declares, beside frame_count, the frames decoded).
-SCHEMA_VERSION = 4
+# 5: frames gain timestamp_us, the presentation time in integer microseconds (exact: joins and equality
+#    filters without float rounding); NULL when older files are read or compacted beside newer ones.
+SCHEMA_VERSION = 5
 SCHEMA_METADATA = {b"emoframe.schema_version": str(SCHEMA_VERSION).encode()}
 PARTITION_KEY = "model_version"
 
@@ -45,6 +47,7 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("frame_index", pa.int32(), nullable=False),
         pa.field("timestamp_s", pa.float64(), nullable=False),  # the frame's presentation (start) time
+        pa.field("timestamp_us", pa.int64()),  # the same, in integer microseconds (schema version 5 on)
         pa.field("track_id", pa.int32()),  # the face followed across frames; NULL on a row of a face-less frame
         pa.field("face_present", pa.bool_(), nullable=False),
         # The face's box in pixels of the decoded frame (x, y of the top-left corner); NULL without a face.

@@ -5,6 +5,7 @@ atomic and the rename is copy + delete of a name no reader globs)."""
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 from datetime import datetime, timezone
 
 import numpy as np
@@ -12,13 +13,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from workers.contract import CLASSES, NUM_CLASSES
+from workers.policy import LabellingPolicy
+from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
 from workers.storage import filesystem_for
 
-from workers.contract import CLASSES, NUM_CLASSES
-from workers.labeling import Predictions
-from workers.policy import LabellingPolicy
-from workers.schema import (FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, frames_path, video_id,
-                            videos_path)
+if TYPE_CHECKING:  # workers.labeling pulls in torch; the driver writes rows without it
+    from workers.labeling import Predictions
 
 
 def resolve(dest: str) -> tuple[pafs.FileSystem, str]:
@@ -66,11 +67,13 @@ def frames_table(source_uri: str, fps: float, pred: Predictions, model_name: str
     def masked(a: np.ndarray, keep: np.ndarray, typ: pa.DataType) -> pa.Array:
         return pa.array(a, typ, mask=~keep)
 
+    seconds = clean_seconds(times[pred.frame] if times is not None else pred.frame / float(fps))
     cols = {
         "video_id": pa.array([video_id(source_uri)] * n, pa.string()),
         "source_uri": pa.array([source_uri] * n, pa.string()),
         "frame_index": pred.frame.astype(np.int32),
-        "timestamp_s": clean_seconds(times[pred.frame] if times is not None else pred.frame / float(fps)),
+        "timestamp_s": seconds,
+        "timestamp_us": np.round(seconds * 1e6).astype(np.int64),
         "track_id": masked(pred.track, faced, pa.int32()),
         "face_present": pred.face_present,
         **{f"box_{k}": masked(pred.box[:, i], faced & np.isfinite(pred.box[:, i]), pa.float32())
@@ -112,20 +115,3 @@ def video_row(source_uri: str, *, status: str, model_name: str, run_id: str, sta
 
 def videos_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
-
-
-def remove_video_output(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
-    """Delete one video's frames file, then its videos row (the record goes last, as it was written last)."""
-    for path in (frames_path(base, model_version, source_uri), videos_path(base, model_version, source_uri)):
-        try:
-            fs.delete_file(path)
-        except (FileNotFoundError, OSError):
-            pass  # never written (a failed or skipped file has no frames)
-
-
-def remove_stale_frames(fs: pafs.FileSystem, base: str, model_version: str, source_uri: str) -> None:
-    """A file labelled once and failed or skipped now: its old frames must not stand beside the new row."""
-    try:
-        fs.delete_file(frames_path(base, model_version, source_uri))
-    except (FileNotFoundError, OSError):
-        pass  # none was written

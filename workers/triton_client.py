@@ -115,6 +115,14 @@ class TritonClient:
         params = cfg.get("config", {}).get("parameters", {})
         return {k: v.get("string_value", "") for k, v in params.items()}
 
+    def server_id(self) -> str:
+        """The server's name in its metadata: ``tritonserver --id``, "triton" when not set."""
+        t = min(self.timeout_s, 10.0)
+        try:
+            return self._client.get_server_metadata(as_json=True, client_timeout=t).get("name", "")
+        except InferenceServerException as e:
+            raise self._unavailable(e.message() or str(e)) from e
+
     def model_metadata(self) -> dict:
         """The contract dict (classes, preprocessing, tensors) the served model's config carries."""
         raw = self._config_parameters().get("contract")

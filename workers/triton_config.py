@@ -128,6 +128,16 @@ def set_instance_kind(model_dir: Path, kind: str) -> Path:
     return path
 
 
+def instance_kind(model_dir: Path) -> str:
+    """The instance kind (KIND_CPU or KIND_GPU) of a generated ``config.pbtxt``: where the model runs."""
+    path = Path(model_dir) / CONFIG_NAME
+    kinds = [m.group(2) for m in _KIND_LINE.finditer(path.read_text())]
+    if len(kinds) != 1 or kinds[0] not in KINDS:
+        raise ValueError(f"{path}: expected one generated instance_group line of kind {' or '.join(KINDS)}, found "
+                         f"{kinds or 'none'}; regenerate it with `python -m workers.triton_config write {model_dir}`")
+    return kinds[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m workers.triton_config", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -133,6 +133,8 @@ class EmbeddedTriton:
         log_verbose: int = 0,
         ports: tuple[int, int] | None = None,
         stop_on_signals: bool = True,
+        server_id: str | None = None,
+        host: str = HOST,
     ):
         self.model_repo = Path(model_repo).resolve()
         self.ready_timeout_s = ready_timeout_s
@@ -151,17 +153,32 @@ class EmbeddedTriton:
         # False where the caller owns SIGINT/SIGTERM and unwinds to stop() itself (the flow: its Ray tasks must
         # stop before the model they call goes away). SIGKILL is covered either way (die_with_parent).
         self._stop_on_signals = stop_on_signals
+        # What the server answers as its name (server metadata): lets a client tell this server from another
+        # one that took its port (workers/triton_nodes.py checks a video task talks to its own node's).
+        self.server_id = server_id
+        # The address both ports listen on: loopback for the embedded server, any for `emoframe triton`.
+        self.host = host
         self._lock = threading.RLock()  # re-entrant: a signal may arrive while stop() runs on the main thread
         self._prev_handlers: dict[int, object] = {}
 
     # -- properties -------------------------------------------------------------------------------
     @property
+    def _local_host(self) -> str:
+        """Where this machine reaches the server: a wildcard bind is reached on loopback."""
+        return HOST if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
     def grpc_url(self) -> str:
-        return f"{HOST}:{self._grpc_port}"
+        return f"{self._local_host}:{self._grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"{HOST}:{self._http_port}"
+        return f"{self._local_host}:{self._http_port}"
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """(http, grpc) the server listens on."""
+        return self._http_port, self._grpc_port
 
     @property
     def log_path(self) -> Path:
@@ -232,11 +249,12 @@ class EmbeddedTriton:
             f"--backend-directory={backends}",
             "--model-control-mode=explicit",
             *(f"--load-model={m}" for m in self.model_names),
+            *([f"--id={self.server_id}"] if self.server_id else []),
             "--exit-on-error=true",
             "--strict-readiness=true",
-            f"--http-address={HOST}",
+            f"--http-address={self.host}",
             f"--http-port={self._http_port}",
-            f"--grpc-address={HOST}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self._grpc_port}",
             "--allow-metrics=false",  # no third port; the embedded server is not scraped
             "--exit-timeout-secs=5",

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,63 +21,23 @@ import cv2
 import numpy as np
 import torch
 
-from workers.contract import MODEL_NAME, NUM_CLASSES, PREPROCESSING, fingerprint
+from workers.contract import NUM_CLASSES, PREPROCESSING, fingerprint
 from workers.decode import Decoder, VideoInfo
 from workers.errors import BadInputError, StorageUnavailableError
-from workers.isolation import Limits, run_isolated
+from workers.isolation import run_isolated
 from workers.storage import filesystem_for
 from workers.labeling import Predictions, predict_video
-from workers.policy import POLICY, LabellingPolicy
 from workers.progress import VideoProgress
-from workers.preprocess import FaceMode, InputChunk, check_face_centred, iter_video_inputs
+from workers.preprocess import InputChunk, check_face_centred, iter_video_inputs
 from workers.schema import STATUS_FAILED, STATUS_LABELLED, frames_path, videos_path
-from workers.sink import frames_table, remove_stale_frames, resolve, video_row, videos_table, write_atomic
+from workers.rows import remove_frames
+from workers.sink import frames_table, resolve, video_row, videos_table, write_atomic
 from workers.triton_client import TritonClient
 from workers.windows import FrameCountError
+from workers.video_job import LabelConfig, Source, VideoOutcome
 
 # A crash or a hang may be the machine's fault rather than the file's: worth another attempt.
 RETRYABLE_REASONS = frozenset({"decode_crash", "decode_stalled"})
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    """One run's settings, shared by the flow and every task."""
-
-    out: str  # output folder or URI
-    run_id: str
-    triton_url: str  # gRPC host:port
-    model_version: str
-    model_name: str = MODEL_NAME
-    face_mode: FaceMode = "detect"
-    policy: LabellingPolicy = POLICY  # stride, voting span, audio on/off: recorded in the videos row
-    chunk_frames: int = 256  # frames decoded and preprocessed at a time: bounds memory
-    max_in_flight: int = 4  # Triton requests outstanding per video
-    decoder: str = "workers.decode:VideoDecoder"  # "module:Class"; tests inject faulty decoders here
-    isolate: bool = True  # run each video in a child process under `limits` (see workers/isolation.py)
-    limits: Limits = Limits()
-    show_progress: bool = True  # a bar per video (Ray's tqdm in a worker) and a Prefect progress artifact
-    max_attempts: int = 3  # tries of one file whose decoding child crashes or hangs; then it is recorded as failed
-
-
-@dataclass(frozen=True)
-class Source:
-    uri: str  # what the user named: a local path or s3://... / gs://...
-    size_bytes: int | None = None
-    mtime: str | None = None  # ISO mtime or etag
-    content_hash: str | None = None  # storage.content_fingerprint: recognises the same file under a new name
-
-
-@dataclass
-class VideoOutcome:
-    row: dict
-    class_counts: list[int] = field(default_factory=lambda: [0] * NUM_CLASSES)
-    face_missing: int = 0  # frames without any face
-    audio_missing: int = 0
-    frames_file: str | None = None
-    tracks: int = 0
-    warning: str | None = None
-    segments: int = 1  # tasks that labelled it in parallel (workers/segments.py)
-    retracked: list[int] = field(default_factory=list)  # segments tracked again from their predecessor's state
 
 
 @contextlib.contextmanager
@@ -204,7 +164,7 @@ def record_failed(source: Source, cfg: LabelConfig, base: dict, error: BadInputE
     out_fs, out_base = resolve(cfg.out)
     row = video_row(source.uri, status=STATUS_FAILED, error_reason=error.reason, error_message=error.message, **base)
     write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
-    remove_stale_frames(out_fs, out_base, cfg.model_version, source.uri)
+    remove_frames(out_fs, out_base, cfg.model_version, [source.uri])  # labelled once, failed now: no stale labels
     return VideoOutcome(row)
 
 
