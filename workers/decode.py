@@ -15,7 +15,7 @@ missing audio stream is not an error: ``read_audio`` returns None.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -570,6 +570,17 @@ class AudioStream:
     def release(self, before: int) -> None:
         self._released = max(self._released, before)
         self._drop_before(self._released)
+
+    def skip_to(self, before: int, tick: Callable[[], None], step_s: float = 30.0) -> None:
+        """``release(before)``, and decode the track up to there now, dropping it as it goes, calling ``tick``
+        after each ``step_s`` seconds of sound: a later segment of a long video (workers/segments.py) decodes
+        its sound from the start (no seeking: the decoder's and resampler's state must be the whole pass's),
+        an hour of it in one silent call otherwise, which the isolation watchdog takes for a hang."""
+        self.release(before)
+        step = max(1, int(step_s * self._rate))
+        while not self._done and (self._origin is None or self._end() < before):
+            self._decode_until(min(before, self._end() + step) if self._origin is not None else 1)
+            tick()
 
     def read_all(self) -> np.ndarray:
         """The track from the first unreleased timeline sample (0 unless released) to its end: silence

@@ -240,13 +240,14 @@ def iter_video_inputs(
     start: int = 0,
     stop: int | None = None,
     front: FrontEnd | None = None,
+    tick: Callable[[], None] = lambda: None,
 ) -> Iterator[InputChunk]:
     """Stream one video's model inputs in chunks of at most ``chunk`` frames, covering every frame.
 
     ``start``/``stop``: only frames [start, stop), in the chunks the whole video's pass has (``start`` a
     multiple of ``chunk``), so every chunk's inputs are computed exactly as in that pass. ``front``: where the
     faces of raw footage come from (default: a tracker fed from ``start``; workers/segments.py passes faces
-    tracked beforehand)."""
+    tracked beforehand). ``tick``: called while the sound before ``start`` is decoded (a heartbeat)."""
     decoder = decoder or VideoDecoder()
     stop = info.n_frames if stop is None else stop
     if start % chunk or not 0 <= start <= stop <= info.n_frames:
@@ -256,6 +257,10 @@ def iter_video_inputs(
     if len(times) != info.n_frames:
         raise BadInputError("frame_count_mismatch", f"{len(times)} frame timestamps for {info.n_frames} frames")
     mids = frame_midpoints(times, info.fps)
+    if start > 0 and isinstance(samples, AudioStream):
+        # What the whole pass has released by this chunk, decoded and dropped now: neither held in memory
+        # (an hour of sound before a late segment) nor decoded in one call without a heartbeat.
+        samples.skip_to(int(round(mids[start] * p.sample_rate)) - p.audio_context, tick)
     if face_mode == "centred":
         size = (p.crop_size, p.crop_size)
     elif face_mode == "detect":

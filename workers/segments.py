@@ -418,7 +418,7 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
             warning = check_face_centred(path, info, decoder)
         front = _Given(info, work.faces, p) if cfg.face_mode == "detect" else None
         chunks = iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames, decoder=decoder,
-                                   p=p, start=work.lo, stop=work.hi, front=front)
+                                   p=p, start=work.lo, stop=work.hi, front=front, tick=lambda: progress(0))
         # Frames (and faces) the batches not yet sent still need; each batch goes as soon as its last frame is in.
         faces: dict[tuple[int, int], tuple[np.ndarray, np.bool_]] = {}
         sound: dict[int, tuple[np.ndarray, np.bool_]] = {}
