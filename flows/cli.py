@@ -274,6 +274,16 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _minutes(text: str) -> float:
+    try:
+        m = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not m >= 0 or m == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: give 0 (never split) or a positive number of minutes")
+    return m
+
+
 def _port(text: str) -> int:
     n = _positive_int(text)
     if n > 65535:
@@ -334,6 +344,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         with stop_on_signals():
             result = label_archive.run_label_archive(sources, a.out, ray_address=a.ray_address,
                                                      check_done_first=False, max_in_flight=a.max_in_flight,
+                                                     segment_minutes=a.segment_minutes,
                                                      **settings)
     except (MissingWeightsError, PreflightError) as exc:
         usage_error("label", str(exc))
@@ -524,6 +535,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     from workers.policy import POLICY
+    from workers.video_job import DEFAULT_SEGMENT_MINUTES
 
     policy_flags = argparse.ArgumentParser(add_help=False)
     g = policy_flags.add_argument_group("labelling policy (changes labels, not the model; recorded per video)")
@@ -600,6 +612,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
                    help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
                         "cluster: its CPUs, and its memory at 1.5 GB a video)")
+    p.add_argument("--segment-minutes", type=_minutes, metavar="M", default=DEFAULT_SEGMENT_MINUTES,
+                   help="a video at least twice this long is labelled in segments of at least M minutes by "
+                        "parallel Ray tasks when the cluster has free workers (the same rows as one task); "
+                        "0 = never split (default %(default)g)")
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)

@@ -8,6 +8,7 @@ Ray is either a local `ray.init()` or the cluster at `ray_address`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import queue
@@ -37,7 +38,7 @@ from workers.sink import resolve
 from workers.state import STATE_DIR, run_lease
 from workers.triton_client import TritonClient
 from workers.triton_nodes import Served, for_this_node, per_node_tritons
-from workers.video_job import LabelConfig, Source, VideoOutcome
+from workers.video_job import DEFAULT_SEGMENT_MINUTES, LabelConfig, Source, VideoOutcome
 from workers.video_task import label_video
 
 TASK_RETRIES = 3
@@ -51,8 +52,18 @@ finished_in_this_process = 0
 @task(retries=TASK_RETRIES, retry_delay_seconds=[2, 5, 10], persist_result=False, log_prints=False,
       task_run_name="label {source.uri}")
 def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
-    """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried."""
-    return label_video(source, for_this_node(cfg))
+    """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried.
+    A long video (``cfg.segment_minutes``) is labelled in segments, each a Ray task declared as a video
+    task is, when the cluster grants workers for them at once (workers/segments.py, ray_workers)."""
+    node_cfg = for_this_node(cfg)
+    if cfg.segment_minutes <= 0:
+        return label_video(source, node_cfg)
+    from workers.segments import label_split, ray_workers
+
+    # Segment tasks go where video tasks may (a node with a server); each takes its node's (for_this_node).
+    options = {**video_task_resources().ray_options(), **Served("", nodes=cfg.triton_nodes).task_options()}
+    reserve = functools.partial(ray_workers, options=options)
+    return label_video(source, node_cfg, split=lambda probe: label_split(source, node_cfg, probe, reserve))
 
 
 @task(persist_result=False, task_run_name="check storage from a worker")
@@ -127,13 +138,16 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                   decoder: str = "workers.decode:VideoDecoder", stride: int = POLICY.stride,
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
                   min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True,
-                  max_in_flight: int | None = None, triton: str = "embedded") -> dict:
+                  max_in_flight: int | None = None, triton: str = "embedded",
+                  segment_minutes: float = DEFAULT_SEGMENT_MINUTES) -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
     ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/policy.py); ``min_fps`` and
     ``video_timeout_s`` the overall limit per video (workers/isolation.py, Limits); ``report`` writes the HTML
     report (flows/report.py) beside a local output; ``max_in_flight`` bounds the videos submitted and not
     finished (default: two per video slot of the Ray cluster, flows/resources.py); ``triton="per-node"``
-    starts a Triton on each Ray node instead of one beside the flow (workers/triton_nodes.py)."""
+    starts a Triton on each Ray node instead of one beside the flow (workers/triton_nodes.py);
+    ``segment_minutes``: a video of two such segments or more is labelled in parallel segments when the
+    cluster has free workers (workers/segments.py), 0 never."""
     # Scheduled runs get here without the CLI's preflight. Prefect has stored the parameters by now; the
     # check keeps a secret out of the output and the logs, and `emoframe serve` refuses it before registering.
     check_uris(sources, out)
@@ -141,6 +155,8 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
     policy.check_window(PREPROCESSING.window)
     limits = Limits(min_fps=min_fps, timeout_s=video_timeout_s)
+    if not segment_minutes >= 0:
+        raise ValueError(f"segment_minutes must be 0 (never split) or more, not {segment_minutes}")
     run_id = new_run_id()
     listing = Listing()
     batches = iter_sources(sources, listing, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,))
@@ -162,7 +178,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         version = served.version
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version, face_mode=face_mode,
                           policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder,
-                          triton_nodes=served.nodes)
+                          triton_nodes=served.nodes, segment_minutes=segment_minutes)
         summary = RunSummary(run_id, out if "://" in out else out_base, version, policy, missing=listing.missing,
                              warnings=listing.warnings)
         planner = Planner(cfg, force, summary)
@@ -256,7 +272,8 @@ class InFlight:
         global finished_in_this_process
         finished_in_this_process += 1
         self.done += 1
-        print(f"[{self.done}/{self.done + len(self.pending)}] {outcome.row['status']}: {shown(src.uri)}")
+        parts = f" (in {outcome.segments} segments)" if outcome.segments > 1 else ""
+        print(f"[{self.done}/{self.done + len(self.pending)}] {outcome.row['status']}: {shown(src.uri)}{parts}")
 
 
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None,

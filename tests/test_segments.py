@@ -17,8 +17,8 @@ import pytest
 from tests.media import fit, read_image, still_clip, write_frames, write_video
 from workers.policy import SYNTHETIC_POLICY
 from workers.schema import frames_path, videos_path
-from workers.segments import (SegmentFailure, TrackPart, label_in_segments, label_long_video, plan_segments,
-                              probe_video, ray_map, segment_count, serial_map, track_segment)
+from workers.segments import (SegmentFailure, TrackPart, fixed_workers, label_in_segments, label_long_video,
+                              plan_segments, probe_video, ray_map, segment_count, serial_map, track_segment)
 from workers.triton_client import TritonClient
 from workers.triton_server import EmbeddedTriton
 from workers.video_task import LabelConfig, Source, label_video
@@ -154,7 +154,9 @@ def test_a_video_shorter_than_a_segment_is_not_split(triton, centred_clip, tmp_p
     assert segment_count(probe, 2, min_segment_frames=200) == 2
     assert segment_count(probe, 8, min_segment_frames=100) == 4
     assert segment_count(dataclasses.replace(probe, backend="pyav"), 8, min_segment_frames=100) == 1
-    outcome = label_long_video(src, cfg, free_workers=2, min_segment_frames=400)
+    # Segments of 200 frames or more (200 / 15 fps = 2/9 minute): long enough for two, but no worker is
+    # granted beside the task's own, so the video the child handed back is labelled in one task after all.
+    outcome = label_long_video(src, dataclasses.replace(cfg, segment_minutes=2 / 9), fixed_workers(0))
     assert outcome.row["status"] == "labelled" and outcome.segments == 1
 
 
@@ -178,3 +180,41 @@ def test_bad_input_in_one_segment_fails_the_video_with_a_row_and_no_frames(trito
     failure = track_segment(src, dataclasses.replace(bad, face_mode="detect"),
                             plan_segments(532, 0, CHUNK, 0, starts=[0, 192])[1])
     assert isinstance(failure, SegmentFailure) and failure.reason == "corrupt_frames"
+
+
+@pytest.mark.timeout(600)
+def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(triton, face_media, tmp_path, capfd):
+    """Through run_label_archive: real Prefect, the run's own local Ray, the real Triton. With segments of at
+    least 0.05 minute (72 frames at 24 fps), a 240-frame real clip (WolfgangLanger_Pexels.mp4's first 10 s)
+    is long enough for three; the video task holds one CPU and the placement group it asks for gets another
+    (two CPUs here), and chunks of 64 frames allow one boundary, at 128 (inside windows and voting spans): two
+    segments. Its frames file is the one that one task writes, bit for bit; its videos row says labelled."""
+    import pyarrow.fs as pafs
+
+    from flows.label_archive import run_label_archive
+    from workers.rows import read_rows
+
+    with av.open(str(face_media / "WolfgangLanger_Pexels.mp4")) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(240), c.decode(video=0))])
+    clip = write_frames(tmp_path / "in" / "interview.mp4", frames, 24)
+    url, version = triton
+    result = run_label_archive([str(tmp_path / "in")], str(tmp_path / "split"), triton_url=url, chunk_frames=64,
+                               segment_minutes=0.05, report=False)
+    assert result["labelled"] == 1 and result["failed"] == 0, result["text"]
+    captured = capfd.readouterr()
+    assert "(in 2 segments)" in captured.out + captured.err
+    fs = pafs.LocalFileSystem()
+    video = read_rows(fs, str(tmp_path / "split"), version, str(clip), "videos")
+    assert video is not None and video.column("status").to_pylist() == ["labelled"], video
+    assert video.column("frame_count").to_pylist() == [240]
+    split = read_rows(fs, str(tmp_path / "split"), version, str(clip), "frames")
+
+    cfg = LabelConfig(out=str(tmp_path / "whole"), run_id="whole", triton_url=url, model_version=version,
+                      chunk_frames=64, show_progress=False)
+    whole = label_video(Source(str(clip), clip.stat().st_size, "m"), cfg)
+    assert whole.row["status"] == "labelled" and whole.segments == 1
+    one = read_rows(fs, cfg.out, version, str(clip), "frames")
+    assert one.num_rows == split.num_rows > 240 // 2  # a face in most frames
+    one, split = one.drop(["run_id"]), split.drop(["run_id"])
+    for col in one.column_names:  # the same rows, the same probabilities, bit for bit
+        assert one[col].equals(split[col]), f"column {col} differs"

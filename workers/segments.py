@@ -29,15 +29,21 @@ Why the result is identical, not just close:
    same order) and calls the same ``_rows``. Nothing is averaged per segment, so a boundary inside a window
    or a voting span changes nothing.
 
-Entry points for the flow: ``probe_video`` (in the isolated child), ``segment_count`` (when to split),
-``plan_segments``, ``track_segment`` / ``join_tracks`` (detect mode), ``plan_work``, ``label_segment``,
-``stitch``; ``label_in_segments`` runs them all with a parallel map (``ray_map`` for Ray).
+Entry points: ``label_video(source, cfg, split=...)`` (workers/video_task.py) hands a video long enough for
+two segments of ``cfg.segment_minutes`` (``splittable``, in its isolated child, right after the probe it
+makes anyway) to ``label_split``, which asks a ``Reserve`` for workers (``ray_workers``: a Ray placement
+group, in the flow's ``label_one``; ``fixed_workers`` in tests) and runs ``label_in_segments`` over them, or
+returns None (then one task labels it). The steps: ``probe_video`` (in the isolated child),
+``segment_count`` (when to split), ``plan_segments``, ``track_segment`` / ``join_tracks`` (detect mode),
+``plan_work``, ``label_segment``, ``stitch``; ``label_in_segments`` runs them all with a parallel map.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import ContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -54,7 +60,6 @@ from workers.preprocess import (FaceRows, InputChunk, check_face_centred, detect
 from workers.voting import WindowAccumulator
 from workers.windows import FIELDS, NO_TRACK, Segment, iter_windows, pad_window
 
-MIN_SEGMENT_FRAMES = 3600  # 2 min at 30 fps: below, a segment's fixed costs (probe, warm-up) weigh too much
 TRACK_WARMUP_FRAMES = 512  # frames a segment's tracker runs before its first frame: ~11 scheduled detections
 
 # ---- what to split, and where -----------------------------------------------------------------------------
@@ -115,12 +120,29 @@ def _probe(source, cfg, progress=None) -> Probe:
 
     decoder = make_decoder(cfg.decoder)
     with local_copy(source.uri) as path:
-        info = decoder.probe(path)
-        backend = decoder.backend(path) if hasattr(decoder, "backend") else "decord"
-        return Probe(info, backend, np.asarray(decoder.frame_times(path), np.float64))
+        return _probe_of(decoder, path, decoder.probe(path))
 
 
-def segment_count(probe: Probe, free_workers: int, min_segment_frames: int = MIN_SEGMENT_FRAMES) -> int:
+def _probe_of(decoder, path: str, info: VideoInfo) -> Probe:
+    backend = decoder.backend(path) if hasattr(decoder, "backend") else "decord"
+    return Probe(info, backend, np.asarray(decoder.frame_times(path), np.float64))
+
+
+def segment_frames(minutes: float, fps: float) -> int:
+    """A segment's least length in frames (``LabelConfig.segment_minutes`` at the video's rate)."""
+    return max(1, round(minutes * 60 * fps))
+
+
+def splittable(decoder, path: str, info: VideoInfo, minutes: float) -> Probe | None:
+    """In the isolated child, right after the probe: the video's ``Probe`` when it is long enough for two
+    segments of ``minutes`` and decord decodes it, else None (labelled in one task)."""
+    if info.n_frames < 2 * segment_frames(minutes, info.fps):
+        return None
+    probe = _probe_of(decoder, path, info)
+    return probe if segment_count(probe, 2, segment_frames(minutes, info.fps)) > 1 else None
+
+
+def segment_count(probe: Probe, free_workers: int, min_segment_frames: int) -> int:
     """How many segments to label ``probe``'s video in: one per free worker, none shorter than
     ``min_segment_frames``; 1 (do not split) for a short video, or one PyAV decodes (each segment would
     decode every frame before its own: MPEG-TS and other files without an index to seek by)."""
@@ -544,6 +566,79 @@ def ray_map(fn: Callable, args: list[tuple], num_cpus: float = 1) -> list:
     return ray.get([remote.remote(*a) for a in args])
 
 
+# What a video task can get for its segments: ``reserve(extra)`` is a context manager that holds up to ``extra``
+# workers beside the task's own for as long as it is open, and yields (workers held, a ParallelMap over them
+# and the task's own: its first call runs in the task itself).
+Reserve = Callable[[int], ContextManager[tuple[int, ParallelMap]]]
+
+
+def fixed_workers(extra: int, pmap: ParallelMap = serial_map) -> Reserve:
+    """A Reserve that always grants up to ``extra`` workers, run by ``pmap`` (tests, benchmarks)."""
+    return lambda want: contextlib.nullcontext((min(want, extra), pmap))
+
+
+def _on_its_node(fn: Callable, source, cfg, *rest):
+    """A segment's Ray task: with a Triton per node, the server of the node it runs on."""
+    from workers.triton_nodes import for_this_node
+
+    return fn(source, for_this_node(cfg), *rest)
+
+
+@contextlib.contextmanager
+def ray_workers(extra: int, options: dict, wait_s: float = 5.0) -> Iterator[tuple[int, ParallelMap]]:
+    """Up to ``extra`` Ray workers of ``options`` (a video task's: ``num_cpus``, ``memory``, maybe a
+    ``label_selector``), reserved all at once as a placement group, given back on the way out.
+
+    Why a placement group, not tasks submitted and waited for: a video task blocked in ``ray.get`` lends
+    its CPU but keeps its memory. Video tasks that each counted free memory in ``ray.available_resources()``
+    (a view that lags), then all waited on segments, could hold every slot's memory between them with no
+    room left for a segment: a deadlock. A placement group is granted whole or not at all, atomically; if
+    it is not granted within ``wait_s`` (the cluster is busy with other videos), none is held and the video
+    is labelled in one task. Segments never wait on anything, so those granted always finish."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundle = {"CPU": float(options.get("num_cpus", 1)), "memory": float(options.get("memory", 0))}
+    free = ray.available_resources()  # a hint only: the group's grant is what counts
+    k = min(extra, *(int(free.get(r, 0) // v) for r, v in bundle.items() if v > 0))
+    pg = None
+    if k >= 1:
+        selector = options.get("label_selector")
+        pg = placement_group([{r: v for r, v in bundle.items() if v > 0}] * k,
+                             bundle_label_selector=[selector] * k if selector else None)
+        try:
+            ray.get(pg.ready(), timeout=wait_s)
+        except GetTimeoutError:
+            remove_placement_group(pg)
+            pg = None
+    if pg is None:
+        yield 0, serial_map
+        return
+    remote = ray.remote(_on_its_node)
+    declared = {"num_cpus": bundle["CPU"], "memory": int(bundle["memory"]) or None, "max_retries": 2}
+
+    def pmap(fn: Callable, args: list[tuple]) -> list:
+        if len(args) - 1 > k:
+            raise ValueError(f"{len(args)} calls for {k} reserved workers and this task")
+        refs = [remote.options(**declared, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=i)).remote(fn, *a) for i, a in enumerate(args[1:])]
+        try:
+            first = fn(*args[0]) if args else None
+            return ([first] if args else []) + ray.get(refs)
+        except BaseException:
+            for r in refs:  # a failed segment fails the video: the others' work is of no use
+                with contextlib.suppress(Exception):
+                    ray.cancel(r, force=True)
+            raise
+
+    try:
+        yield k, pmap
+    finally:
+        remove_placement_group(pg)
+
+
 def label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], pmap: ParallelMap = serial_map,
                       timings: dict[str, float] | None = None):
     """Label one video as ``segments`` (``plan_segments``) with ``pmap``; the same frames file and videos row
@@ -580,17 +675,24 @@ def label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], p
     return outcome
 
 
-def label_long_video(source, cfg, free_workers: int, pmap: ParallelMap = serial_map,
-                     min_segment_frames: int = MIN_SEGMENT_FRAMES):
-    """The flow's entry point for a video that may be long: probe it, then label it in one task
-    (``label_video``) or in ``segment_count`` segments with ``pmap``."""
-    from workers.video_task import label_video, record_failed, row_base
+def label_split(source, cfg, probe: Probe, reserve: Reserve, timings: dict[str, float] | None = None):
+    """``label_video``'s ``split``: ``probe``'s video in as many segments of at least ``cfg.segment_minutes``
+    as ``reserve`` grants workers for (beside the calling task's own), or None when it grants none."""
+    least = segment_frames(cfg.segment_minutes, probe.info.fps)
+    want = segment_count(probe, probe.info.n_frames, least)
+    if want <= 1:
+        return None
+    with reserve(want - 1) as (extra, pmap):
+        count = segment_count(probe, extra + 1, least)
+        if count <= 1:
+            return None
+        segments = plan_segments(probe.info.n_frames, count, cfg.chunk_frames)
+        return label_in_segments(source, cfg, probe, segments, pmap, timings)
 
-    probe = probe_video(source, cfg)
-    if isinstance(probe, SegmentFailure):
-        return record_failed(source, cfg, row_base(source, cfg, datetime.now(timezone.utc)), probe.error())
-    count = segment_count(probe, free_workers, min_segment_frames)
-    if count <= 1:
-        return label_video(source, cfg)
-    segments = plan_segments(probe.info.n_frames, count, cfg.chunk_frames)
-    return label_in_segments(source, cfg, probe, segments, pmap)
+
+def label_long_video(source, cfg, reserve: Reserve = fixed_workers(0)):
+    """A video that may be long: in segments (``label_split`` with ``reserve``) when it is long enough and
+    workers are granted, else in one task (``label_video``)."""
+    from workers.video_task import label_video
+
+    return label_video(source, cfg, split=lambda probe: label_split(source, cfg, probe, reserve))

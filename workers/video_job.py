@@ -9,6 +9,10 @@ from workers.contract import MODEL_NAME, NUM_CLASSES, FaceMode
 from workers.isolation import Limits
 from workers.policy import POLICY, LabellingPolicy
 
+# Shorter segments: their fixed costs (a probe, a 512-frame tracker warm-up, the sound decoded from the start)
+# weigh more than the parallelism gains (benchmarks/long_video.py).
+DEFAULT_SEGMENT_MINUTES = 2.0
+
 
 @dataclass(frozen=True)
 class LabelConfig:
@@ -30,6 +34,9 @@ class LabelConfig:
     # With a Triton per Ray node (workers/triton_nodes.py): (node id, gRPC URL on that node's loopback) pairs.
     triton_nodes: tuple[tuple[str, str], ...] = ()
     max_attempts: int = 3  # tries of one file whose decoding child crashes or hangs; then it is recorded as failed
+    # A video of at least two segments of this many minutes is labelled in segments by parallel tasks when the
+    # cluster has free workers (workers/segments.py; the same rows as one task); 0 = never split.
+    segment_minutes: float = DEFAULT_SEGMENT_MINUTES
 
 
 @dataclass(frozen=True)

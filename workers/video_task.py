@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -35,6 +35,9 @@ from workers.sink import frames_table, resolve, video_row, videos_table, write_a
 from workers.triton_client import TritonClient
 from workers.windows import FrameCountError
 from workers.video_job import LabelConfig, Source, VideoOutcome
+
+if TYPE_CHECKING:
+    from workers.segments import Probe
 
 # A crash or a hang may be the machine's fault rather than the file's: worth another attempt.
 RETRYABLE_REASONS = frozenset({"decode_crash", "decode_stalled"})
@@ -105,13 +108,22 @@ def one_core() -> None:
     cv2.setNumThreads(1)
 
 
-def _label_frames(source: Source, cfg: LabelConfig, progress: Callable[[int], None] = lambda n: None) -> _Labelled:
-    """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError."""
+def _label_frames(source: Source, cfg: LabelConfig, split_minutes: float = 0.0,
+                  progress: Callable[[int], None] = lambda n: None) -> _Labelled | Probe:
+    """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError.
+    ``split_minutes`` > 0: a video long enough for two segments of that length is not labelled here; its
+    ``Probe`` is returned instead (the probe that labelling needs anyway: a short video costs nothing more)."""
     _limit_malloc_arenas()
     one_core()
     decoder = make_decoder(cfg.decoder)
     with local_copy(source.uri) as path:
         info = decoder.probe(path)
+        if split_minutes > 0:
+            from workers.segments import splittable
+
+            probe = splittable(decoder, path, info, split_minutes)
+            if probe is not None:
+                return probe
         progress(0, info.n_frames)  # the watchdog scales the overall limit from the length
         warning = check_face_centred(path, info, decoder) if cfg.face_mode == "centred" else None
         tap = _ProgressTap(iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames,
@@ -168,8 +180,13 @@ def record_failed(source: Source, cfg: LabelConfig, base: dict, error: BadInputE
     return VideoOutcome(row)
 
 
-def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
+def label_video(source: Source, cfg: LabelConfig,
+                split: Callable[[Probe], VideoOutcome | None] | None = None) -> VideoOutcome:
     """Label one video and record it in the videos table; bad input becomes a failed row.
+
+    ``split``: a video long enough for two segments of ``cfg.segment_minutes`` is handed to ``split(probe)``
+    (workers/segments.label_split), which labels it in segments, or returns None (no free workers): then it is
+    labelled here after all, in one task.
 
     An attempt is charged only when the decoding child died or hung on this file (``RETRYABLE_REASONS``):
     a run interrupted, a worker killed or a Triton outage says nothing about the file, and the next try
@@ -177,14 +194,21 @@ def label_video(source: Source, cfg: LabelConfig) -> VideoOutcome:
     base = row_base(source, cfg, datetime.now(timezone.utc))
     progress = VideoProgress.shown(source.uri.rsplit("/", 1)[-1]) if cfg.show_progress else VideoProgress("")
     try:
-        return _label_with_retries(source, cfg, base, progress)
+        return _label_with_retries(source, cfg, base, progress, split)
     finally:
         progress.close()
 
 
-def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: VideoProgress) -> VideoOutcome:
+def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: VideoProgress,
+                        split: Callable[[Probe], VideoOutcome | None] | None = None) -> VideoOutcome:
+    minutes = cfg.segment_minutes if split is not None else 0.0
     try:
-        done = run_with_retries(_label_frames, (source, cfg), cfg, progress)
+        done = run_with_retries(_label_frames, (source, cfg, minutes), cfg, progress)
+        if not isinstance(done, _Labelled):
+            outcome = split(done)
+            if outcome is not None:
+                return outcome
+            done = run_with_retries(_label_frames, (source, cfg), cfg, progress)
     except BadInputError as error:
         return record_failed(source, cfg, base, error)
     # The videos row is written last: it is the record that this video is done.
