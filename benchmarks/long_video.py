@@ -14,6 +14,7 @@ N workers do not get N cores to themselves. Use ``--minutes 1`` while developing
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -95,16 +96,32 @@ def tables(cfg, uri: str):
     return frames, video.drop(["run_id", "processing_s", "started_at", "finished_at"])
 
 
+def split_task(src, cfg, options: dict):
+    """A video task as the flow's ``label_one`` runs it, with segments reserved on the local Ray."""
+    import functools
+
+    from workers.segments import label_split, ray_workers
+    from workers.video_task import label_video
+
+    steps: dict[str, float] = {}
+    reserve = functools.partial(ray_workers, options=options)
+    outcome = label_video(src, cfg, split=lambda probe: label_split(src, cfg, probe, reserve, steps))
+    return outcome, steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="length of the video (default 10)")
     ap.add_argument("--workers", type=int, default=2, help="Ray CPUs, and segments of the split run (default 2)")
     ap.add_argument("--faces", choices=("detect", "centred"), default="detect")
+    ap.add_argument("--segment-minutes", type=float, default=0.0,
+                    help="the split run's LabelConfig.segment_minutes (default: minutes / (workers + 0.5), "
+                         "one segment per worker)")
     a = ap.parse_args()
 
     import ray
 
-    from workers.segments import label_in_segments, plan_segments, probe_video, ray_map
+    from flows.resources import video_task_resources
     from workers.triton_client import TritonClient
     from workers.triton_server import EmbeddedTriton
     from workers.video_task import LabelConfig, Source, label_video
@@ -135,15 +152,18 @@ def main() -> None:
         print(f"1 worker (one task): {results['one_s']:.1f} s, {frames / results['one_s']:.1f} frames/s; CPU "
               f"{results['one_cpu_s']:.0f} s (Triton {results['one_triton_cpu_s']:.0f} s)")
 
-        split = config("split")
+        least = a.segment_minutes or a.minutes / (a.workers + 0.5)
+        split = dataclasses.replace(config("split"), segment_minutes=least)
         c0, tc0, t0 = cpu_seconds(me), cpu_seconds(triton), time.monotonic()
-        probe = probe_video(src, split)  # inside the timing: the flow probes before it splits
-        segments = plan_segments(probe.info.n_frames, a.workers, split.chunk_frames)
-        outcome2 = label_in_segments(src, split, probe, segments, ray_map, timings=(steps := {}))
+        # The flow's path: a video task (one core, a video's memory) that probes, reserves workers for the
+        # other segments (a placement group) and runs the first one itself.
+        options = video_task_resources().ray_options()
+        outcome2, steps = ray.get(ray.remote(**options)(split_task).remote(src, split, options))
+        segments = outcome2.segments
         results["split_s"] = time.monotonic() - t0
         results["split_cpu_s"], results["split_triton_cpu_s"] = cpu_seconds(me) - c0, cpu_seconds(triton) - tc0
         assert outcome2.row["status"] == "labelled", outcome2.row
-        print(f"{a.workers} workers ({len(segments)} segments, re-tracked: {outcome2.retracked or 'none'}): "
+        print(f"{a.workers} workers ({segments} segments, re-tracked: {outcome2.retracked or 'none'}): "
               f"{results['split_s']:.1f} s, {frames / results['split_s']:.1f} frames/s; CPU "
               f"{results['split_cpu_s']:.0f} s (Triton {results['split_triton_cpu_s']:.0f} s); steps (wall s): "
               + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
@@ -153,6 +173,7 @@ def main() -> None:
     ratio = results["split_s"] / results["one_s"]
     print(f"ratio {a.workers} workers / 1 worker: {ratio:.2f} (speed-up {1 / ratio:.2f}x); rows identical: {identical}")
     print(json.dumps({"minutes": a.minutes, "frames": frames, "workers": a.workers, "faces": a.faces,
+                      "segments": segments, "segment_minutes": split.segment_minutes,
                       "one_worker_s": round(results["one_s"], 1), "split_s": round(results["split_s"], 1),
                       "ratio": round(ratio, 3), "identical": identical,
                       **{k: round(v, 1) for k, v in results.items() if "cpu" in k}, "steps_s": steps, "retracked": outcome2.retracked,
