@@ -218,3 +218,42 @@ def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(trit
     one, split = one.drop(["run_id"]), split.drop(["run_id"])
     for col in one.column_names:  # the same rows, the same probabilities, bit for bit
         assert one[col].equals(split[col]), f"column {col} differs"
+
+
+def _pid(source, cfg) -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_segment_workers_are_reserved_whole_or_not_at_all():
+    """A Ray of two CPUs: three workers asked for, two granted (a placement group), the calls past the first
+    run in Ray workers, the first in the caller; while they are held nothing is left to grant; a group that
+    cannot be placed (no node has the label it asks for) is given up after its wait: no workers, the caller
+    labels alone."""
+    import os
+    import time
+
+    import ray
+
+    from workers.segments import ray_workers
+
+    cfg = LabelConfig(out="unused", run_id="r", triton_url="", model_version="1")
+    options = {"num_cpus": 1, "memory": 64 * 2**20}
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        with ray_workers(3, options) as (granted, pmap):
+            assert granted == 2
+            pids = pmap(_pid, [(None, cfg)] * 3)
+            assert pids[0] == os.getpid() and os.getpid() not in pids[1:]
+            with ray_workers(1, options) as (more, _):
+                assert more == 0
+        nowhere = {**options, "label_selector": {"ray.io/node-id": "in(no-such-node)"}}
+        with ray_workers(1, nowhere, wait_s=1.0) as (granted, pmap):
+            assert granted == 0 and pmap is serial_map
+        deadline = time.monotonic() + 20
+        while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0) == 2  # every group given back on the way out
+    finally:
+        ray.shutdown()
