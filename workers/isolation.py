@@ -36,7 +36,7 @@ def _context() -> mp.context.BaseContext:
     if _CTX is None:
         ctx = mp.get_context("forkserver")
         # Imported once in the forkserver, so each child starts in milliseconds instead of seconds.
-        ctx.set_forkserver_preload(["torch", "workers.video_task", "workers.faces.preload"])
+        ctx.set_forkserver_preload(["torch", "workers.video_task", "workers.segments", "workers.faces.preload"])
         _CTX = ctx
     return _CTX
 
