@@ -433,3 +433,26 @@ def test_emoframe_triton_serves_the_repository_for_triton_url_and_stops_on_sigte
             s.bind(("127.0.0.1", port))
     finally:
         procs.end_all()
+
+
+def test_infer_many_calls_on_wait_while_an_answer_is_awaited(monkeypatch):
+    """Unit test of infer_many's waiting (the server's answers faked, slow): ``on_wait`` is the isolation
+    watchdog's heartbeat while Triton is slow, called while an answer is awaited, and the answers still
+    come in input order."""
+    import workers.triton_client as tc
+
+    class SlowServer(tc.TritonClient):
+        def _validate(self, batch):
+            pass
+
+        def _send(self, batch):
+            time.sleep(0.3 if batch["i"] == 0 else 0.0)  # the first answer is slow, the others quick
+            return batch["i"]
+
+    monkeypatch.setattr(tc, "WAIT_TICK_S", 0.05)
+    waits = []
+    with SlowServer("127.0.0.1:1", max_in_flight=2) as client:
+        out = list(client.infer_many(({"i": i} for i in range(5)), on_wait=lambda: waits.append(1)))
+        assert out == [0, 1, 2, 3, 4]
+        assert 2 <= len(waits) <= 8  # about 0.3 s / 0.05 s, while the first answer was awaited
+        assert list(client.infer_many({"i": i} for i in range(3))) == [0, 1, 2]  # no on_wait: plain waits

@@ -491,7 +491,7 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
 
         with TritonClient(cfg.triton_url, max_in_flight=cfg.max_in_flight) as client:
             probs = []
-            for q in client.infer_many(batches()):
+            for q in client.infer_many(batches(), on_wait=lambda: progress(decoded[0] - work.lo)):
                 probs.append(np.asarray(q, np.float32))
                 # A heartbeat per answer, not only per chunk: with several segments' requests queued at one
                 # Triton on busy cores, a chunk's batches can take longer than the stall limit (measured: a

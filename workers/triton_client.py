@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -35,6 +35,8 @@ from workers.errors import ContractMismatchError, EmoframeError, ServiceUnavaila
 _TRANSIENT = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
                         "StatusCode.ABORTED", "StatusCode.NOT_FOUND"})
 
+
+WAIT_TICK_S = 10.0  # heartbeats while an answer is awaited (infer_many's on_wait)
 
 class InferenceFailedError(EmoframeError):
     """The server answered but refused or failed the request (e.g. the model raised); retrying will not help."""
@@ -191,21 +193,33 @@ class TritonClient:
         self._validate(batch)
         return self._send(batch)
 
-    def infer_many(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[np.ndarray]:
+    def infer_many(self, batches: Iterable[dict[str, np.ndarray]],
+                   on_wait: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
         """Results for ``batches`` in input order, with up to ``max_in_flight`` requests outstanding.
 
         Batches are read lazily (one per result, plus the in-flight window), so memory stays bounded.
+        ``on_wait``: called every ``WAIT_TICK_S`` while an answer is awaited (the isolation watchdog's
+        heartbeat: a server that is slow, not a decoder that hangs; each request has its own deadline).
         """
         pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="triton-infer")
         pending: deque[Future] = deque()
+
+        def answer(fut: Future) -> np.ndarray:
+            while on_wait is not None:
+                try:
+                    return fut.result(timeout=WAIT_TICK_S)
+                except TimeoutError:
+                    on_wait()
+            return fut.result()
+
         try:
             for batch in batches:
                 self._validate(batch)  # fail before sending, in the caller's thread
                 pending.append(pool.submit(self._send, batch))
                 if len(pending) >= self.max_in_flight:
-                    yield pending.popleft().result()
+                    yield answer(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield answer(pending.popleft())
         finally:
             for f in pending:  # an abandoned generator or an error: drop what has not started
                 f.cancel()
