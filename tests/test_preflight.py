@@ -105,6 +105,19 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
         assert "Triton ready" not in res.stdout and not (tmp_path / "o" / "_sample_videos").exists()
 
 
+def test_the_model_repository_comes_from_its_setting(tmp_path):
+    """EMOFRAME_MODEL_REPO names the repository a command serves when it names none (an installed emoframe has
+    no checkout beside it); one without the model is one line, before anything starts."""
+    clip = write_video(tmp_path / "a.mp4", 3)
+    env = {"EMOFRAME_MODEL_REPO": str(tmp_path / "models")}
+    res = _emoframe("label", str(clip), "--out", str(tmp_path / "o"), env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and f"the model repository {tmp_path / 'models'} (EMOFRAME_MODEL_REPO" \
+        in res.stderr and "set EMOFRAME_MODEL_REPO=DIR" in res.stderr, res.stderr
+    helped = _emoframe("triton", "--help", env=env)
+    assert f"default:{tmp_path / 'models'}" in "".join(helped.stdout.split()), helped.stdout  # wrapped at hyphens
+
+
 def test_a_refused_secret_leaves_no_trace(tmp_path):
     """`label` and `serve` with a credentials URI: refused, and the secret is nowhere on disk afterwards (the
     Prefect home, the output folder, the working directory), nor in what was printed."""
