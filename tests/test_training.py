@@ -224,3 +224,40 @@ def test_annotation_frame_count_must_match_the_video(small_synth, tmp_path):
     item = synth_split(small_synth)[0]
     with pytest.raises(ValueError, match="one label per frame"):
         load_video(item.video, np.zeros(3, np.int64), None)
+
+
+def test_cached_videos_come_back_memory_mapped_and_are_not_recomputed(small_synth, tmp_path, monkeypatch):
+    """The feature cache is what lets an Aff-Wild2-size set train without being read into memory: every
+    field comes back as a read-only memory map of its .npy file, equal to what was computed, and a second
+    load decodes nothing. A cropped_aligned folder is its own cache entry (its crops, not the video's)."""
+    import training.features as features
+
+    items = synth_split(small_synth)[:2]
+    first = load_items(items, tmp_path / "cache")
+    for v in first:
+        for name in ("face", "face_mask", "mel", "audio_mask"):
+            a = getattr(v, name)
+            assert isinstance(a, np.memmap) and not a.flags.writeable, name
+    fresh, _ = features.compute_inputs(items[0].video)
+    for name, a in fresh.items():
+        np.testing.assert_array_equal(getattr(first[0], name), a)
+    monkeypatch.setattr(features, "compute_inputs", lambda *a, **k: pytest.fail("decoded again"))
+    again = load_items(items, tmp_path / "cache")
+    np.testing.assert_array_equal(again[1].mel, first[1].mel)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == \
+        sorted(p.name for p in (tmp_path / "cache").iterdir())  # one folder per video, no temporary left
+
+
+def test_the_drawn_reader_trains_the_same_from_memory_maps_as_from_arrays(data):
+    """Crops are gathered per batch from each video's (memory-mapped) array, never concatenated: the same
+    seed gives the same reader as from arrays held in memory."""
+    from training.readers import train_drawn_reader
+
+    videos = data[:2]
+    args = dict(seed=3, epochs=1, batch=32)
+    mapped = train_drawn_reader([v.face for v in videos], [v.labels for v in videos],
+                                [v.face_mask for v in videos], **args)
+    held = train_drawn_reader([np.array(v.face) for v in videos], [v.labels for v in videos],
+                              [np.array(v.face_mask) for v in videos], **args)
+    for a, b in zip(mapped.state_dict().values(), held.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
