@@ -34,19 +34,43 @@ def test_macro_f1_matches_a_hand_computed_case():
     assert per_class_f1(np.zeros((8, 8), int)).sum() == 0
 
 
-def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path):
-    cfg = TrainConfig(epochs=2, steps_per_epoch=8, batch_size=8, warmup_steps=2, lr=3e-3,
+def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path, monkeypatch):
+    """A run stopped in its second epoch (Ctrl-C while validating, before that epoch's checkpoint) and resumed
+    trains the last two epochs only and ends with the weights and history of a run that was never stopped."""
+    import training.train as training_train
+
+    cfg = TrainConfig(epochs=3, steps_per_epoch=8, batch_size=8, warmup_steps=2, lr=3e-3,
                       model=ModelConfig(dim=32, self_layers=1))
-    train(cfg, data, data[:1], tmp_path / "run", progress=False)
-    hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
-    assert len(hist) == 2 and hist[1]["loss"] < hist[0]["loss"]
-    assert (tmp_path / "run" / "best.pt").exists()
-    # resume with more epochs is refused as a different config; the same config resumes past the end (no-op)
-    again = train(cfg, data, data[:1], tmp_path / "run", resume=True, progress=False)
-    assert again["epoch"] in (0, 1)
+    train(cfg, data, data[:1], tmp_path / "straight", progress=False)
+    straight = json.loads((tmp_path / "straight" / "history.json").read_text())["history"]
+    assert len(straight) == 3 and straight[2]["loss"] < straight[0]["loss"]
+    assert (tmp_path / "straight" / "best.pt").exists()
+
+    real, validated, interrupt_at = training_train.evaluate_videos, [], [2]
+
+    def validate(*args, **kwargs):  # once per epoch trained; the interrupted run stops in its second
+        validated.append(1)
+        if len(validated) in interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training_train, "evaluate_videos", validate)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, data[:1], run, progress=False)
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 0 and not (run / "history.json").exists()
+    validated.clear()
+    interrupt_at.clear()
+    train(cfg, data, data[:1], run, resume=True, progress=False)
+    assert len(validated) == 2  # epochs 2 and 3 trained, epoch 1 not again
+    resumed = json.loads((run / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in resumed] == [0, 1, 2]
+    assert [h["loss"] for h in resumed] == [h["loss"] for h in straight]
+    a = torch.load(run / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
     with pytest.raises(ValueError, match="different configuration"):
-        train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), data, data[:1], tmp_path / "run", resume=True,
-              progress=False)
+        train(TrainConfig(**{**cfg.__dict__, "epochs": 4}), data, data[:1], run, resume=True, progress=False)
 
 
 def test_drawn_reader_runs_are_cross_fitted_saved_and_reused(data, tmp_path):
