@@ -147,7 +147,7 @@ def render(data: dict) -> str:
         f"laughing from 10.5 to 19.5 s). Its main face: {_spans_text(real['spans'])}. Its audio track is digital "
         "silence, so the sound band is empty.",
         "",
-        f"![The report's page of a synthetic video](docs/report_synthetic.png)",
+        "![The report's page of a synthetic video](docs/report_synthetic.png)",
         "",
         f"**A synthetic video**, `{synth['source']}` (seed {SYNTH_SEED}, `--faces centred`, as `--demo` makes): "
         f"{_spans_text(synth['spans'])}. The label agrees with the video's ground truth on "
@@ -178,7 +178,7 @@ def main() -> None:
         else:
             keep = Path(tempfile.gettempdir()) / "emoframe-report-shots"
             keep.mkdir(exist_ok=True)
-            for name, png in measured["shots"].items():
+            for png in measured["shots"].values():
                 shutil.copy2(png, keep / png.name)
             print(f"screenshots in {keep}")
 

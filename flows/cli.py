@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from workers.contract import FACE_MODES
+from workers.model_versions import MODEL_REPO_SETTING, default_model_repo
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
+DEFAULT_MODEL_REPO = default_model_repo()  # EMOFRAME_MODEL_REPO, else the checkout's model_repo/
 
 
 USAGE_ERROR = 2  # exit status of a mistake the user fixes (bad flag value, missing path, unwritable output)
@@ -319,6 +319,8 @@ def cmd_label(a: argparse.Namespace) -> int:
                              "instead: give one of them")
     if a.model_repo:
         _check_model_repo("label", Path(a.model_repo))
+    elif not a.triton_url:
+        _check_model_repo("label", DEFAULT_MODEL_REPO, named=False)
     from workers.faces.weights import MTCNN_WEIGHTS, MissingWeightsError, require
 
     try:  # before the heavy imports below (Prefect, Ray, torch): a typo answers in about a second
@@ -356,12 +358,14 @@ def cmd_label(a: argparse.Namespace) -> int:
     return 1 if result["problems"] else 0
 
 
-def _check_model_repo(command: str, repo: Path) -> None:
+def _check_model_repo(command: str, repo: Path, named: bool = True) -> None:
     from workers.contract import MODEL_NAME
 
     if not (repo / MODEL_NAME / "config.pbtxt").is_file():
-        usage_error(command, f"--model-repo {repo}: no {MODEL_NAME}/config.pbtxt there (a Triton model "
-                             "repository holds a folder per model; this checkout's is model_repo/)")
+        where = f"--model-repo {repo}" if named else f"the model repository {repo} ({MODEL_REPO_SETTING} or this " \
+                                                     "checkout's model_repo/)"
+        usage_error(command, f"{where}: no {MODEL_NAME}/config.pbtxt there (a Triton model repository holds a "
+                             f"folder per model): give --model-repo DIR or set {MODEL_REPO_SETTING}=DIR")
 
 
 def cmd_triton(a: argparse.Namespace) -> int:
@@ -606,9 +610,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="relabel videos already labelled by this model version and unchanged since")
     p.add_argument("--no-report", action="store_true",
                    help="do not write the HTML report (OUT/_report/index.html) at the end of the run")
-    p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: this "
-                                        "checkout's model_repo/; with --triton per-node, its served version is "
-                                        "sent to each node's server); ignored with --triton-url")
+    p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: "
+                                        f"${MODEL_REPO_SETTING}, else this checkout's model_repo/; with --triton "
+                                        "per-node, its served version is sent to each node's server); ignored "
+                                        "with --triton-url")
     p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
                    help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
                         "cluster: its CPUs, and its memory at 1.5 GB a video)")
@@ -640,7 +645,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("triton", help="run Triton over a model repository in the foreground, for --triton-url "
                                       "(one server shared by several runs or machines; no Docker needed)")
     p.add_argument("--model-repo", type=Path, default=DEFAULT_MODEL_REPO, metavar="DIR",
-                   help="Triton model repository to serve")
+                   help=f"Triton model repository to serve (${MODEL_REPO_SETTING}, else this checkout's)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on: 0.0.0.0 for other machines (the server has no authentication: "
                         "a trusted network only)")

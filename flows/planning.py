@@ -15,14 +15,14 @@ from flows.run_summary import Reused, RunSummary
 from flows.sources import Listing, iter_sources
 from flows.terminal import shown
 from workers.contract import MODEL_NAME, PREPROCESSING, fingerprint
-from workers.model_versions import latest_version
+from workers.model_versions import default_model_repo, latest_version
 from workers.policy import POLICY, LabellingPolicy
 from workers.rows import evict
 from workers.sink import resolve
 from workers.state import run_lease
 from workers.video_job import LabelConfig, Source
 
-DEFAULT_MODEL_REPO = Path(__file__).resolve().parent.parent / "model_repo"
+DEFAULT_MODEL_REPO = default_model_repo()  # EMOFRAME_MODEL_REPO, else the checkout's model_repo/
 
 
 def new_run_id() -> str:

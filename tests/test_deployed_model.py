@@ -52,3 +52,49 @@ def test_every_version_carries_the_current_backend_source():
 
     for vdir in (p for p in MODEL_DIR.iterdir() if p.name.isdigit()):
         assert (vdir / "model.py").read_text() == BACKEND_SOURCE.read_text(), vdir
+
+
+@pytest.mark.integration
+def test_triton_answers_what_the_deployed_model_computes_in_process_on_the_same_windows(tmp_path):
+    """The deployed version served by a real tritonserver (its model.py backend, the gRPC client's encoding)
+    gives the probabilities the TorchScript file gives in process, on the windows the pipeline builds from a
+    real MP4: any drift in the backend (dtype, mask or axis handling, a stale copy) shows here."""
+    import numpy as np
+    import torch
+
+    from training.datasets import load_items, synth_split
+    from training.evaluate import apply_condition, scripted_infer
+    from training.synth import generate
+    from workers.labeling import arrays_to_chunks, predict_video
+    from workers.policy import SYNTHETIC_POLICY
+    from workers.triton_client import TritonClient
+    from workers.triton_server import EmbeddedTriton
+
+    vdir = deployed_version()
+    generate(tmp_path / "synth", 1, seed=5, min_seconds=6, max_seconds=8, no_audio_fraction=0.0)
+    video = load_items(synth_split(tmp_path / "synth"), None)[0]
+    local = scripted_infer(torch.jit.load(str(vdir / MODEL_FILE)))
+    batches: list[dict[str, np.ndarray]] = []
+
+    def recording(stream):  # the windows predict_video sends, answered in process
+        for b in stream:
+            batches.append({k: v.copy() for k, v in b.items()})
+            yield from local([b])
+
+    # Both masks on, faces hidden in stretches, audio hidden in stretches: every mask pattern the backend sees
+    # (the synthetic set's policy lets the model hear the audio, so the audio branch is compared too).
+    for condition in ("full", "faces_hidden_50", "audio_hidden_50"):
+        predict_video(arrays_to_chunks(apply_condition(video, condition, seed=1)), len(video), video.fps,
+                      recording, policy=SYNTHETIC_POLICY)
+    masks = np.concatenate([np.stack([b["face_mask"], b["audio_mask"]], -1).reshape(-1, 2) for b in batches])
+    assert {tuple(m) for m in masks.tolist()} >= {(True, True), (True, False), (False, True)}
+    want = list(local(batches))
+    with EmbeddedTriton(DEFAULT_MODEL_REPO, log_path=tmp_path / "triton.log") as srv, \
+            TritonClient(srv.grpc_url) as client:
+        client.check_ready()
+        assert client.served_version() == vdir.name
+        got = list(client.infer_many(iter(batches)))
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+    assert max(float(np.abs(w - w.mean(-1, keepdims=True)).max()) for w in want) > 0.05  # not flat answers

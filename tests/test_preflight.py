@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,30 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("emoframe label: ") and re.search(why, lines[0]), res.stderr
         assert "Traceback" not in res.stdout + res.stderr
         assert "Triton ready" not in res.stdout and not (tmp_path / "o" / "_sample_videos").exists()
+
+
+def test_the_model_repository_comes_from_its_setting(tmp_path):
+    """EMOFRAME_MODEL_REPO names the repository a command serves when it names none (an installed emoframe has
+    no checkout beside it); one without the model is one line, before anything starts."""
+    clip = write_video(tmp_path / "a.mp4", 3)
+    env = {"EMOFRAME_MODEL_REPO": str(tmp_path / "models")}
+    res = _emoframe("label", str(clip), "--out", str(tmp_path / "o"), env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and f"the model repository {tmp_path / 'models'} (EMOFRAME_MODEL_REPO" \
+        in res.stderr and "set EMOFRAME_MODEL_REPO=DIR" in res.stderr, res.stderr
+    helped = _emoframe("triton", "--help", env=env)
+    assert f"default:{tmp_path / 'models'}" in "".join(helped.stdout.split()), helped.stdout  # wrapped at hyphens
+
+
+def test_a_bucket_without_credentials_is_an_answer_not_a_hang(tmp_path):
+    """gs:// on a machine without Google credentials: pyarrow's default retried in silence for 15 minutes;
+    bounded (workers/storage.py), the user hears why within a minute."""
+    env = {"HOME": str(tmp_path), "GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": str(tmp_path)}
+    t = time.monotonic()
+    res = _emoframe("label", "gs://emoframe-no-such-bucket/videos", "--out", str(tmp_path / "o"), env=env)
+    assert time.monotonic() - t < 90
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "cannot read the sources' storage" in res.stderr and "OAuth2" in res.stderr, res.stderr
 
 
 def test_a_refused_secret_leaves_no_trace(tmp_path):

@@ -145,3 +145,10 @@ def test_report_screenshots_and_what_they_show_are_rendered_from_their_json():
     for name in data["runs"]:
         png = ROOT / "docs" / f"report_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_training_memory_sentence_is_rendered_from_its_json_and_memory_maps_hold_little():
+    tm = _load("training_memory")
+    data = json.loads(tm.OUT_JSON.read_text())
+    assert _load("published").readme_block(tm.START, tm.END) == tm.render(data).strip()
+    assert data["held_mb"]["memory-mapped"] < 0.1 * data["cache_mb"] < data["held_mb"]["in-memory"]

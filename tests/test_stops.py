@@ -6,6 +6,7 @@ finishes the job with every frame labelled exactly once."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,15 +80,34 @@ def _leftovers(pid: int) -> list[str]:
             if p.name.startswith((f"emoframe-triton-{pid}-", f"emoframe{pid}_"))]
 
 
-def _rerun_completes(videos: Path, out: Path, log: Path, fault: str) -> None:
+def _labelled(out: Path) -> dict[str, str]:
+    """source_uri -> run_id of the videos the output holds as labelled (none before any video finished)."""
+    if not (out / "videos").exists():
+        return {}
+    return dict(connect(str(out)).sql("SELECT source_uri, run_id FROM videos WHERE status = 'labelled'").fetchall())
+
+
+def _rerun_completes(videos: Path, out: Path, log: Path, fault: str) -> dict[str, str]:
+    """Reruns and checks it labels exactly what the stopped runs left: the videos done before keep their rows
+    (their run id), the others are labelled by the rerun, every frame once. Returns what was done before."""
+    before = _labelled(out)
     proc = _label(videos, out, log)
     assert proc.wait(timeout=900) == 0, log.read_text()
+    text = log.read_text()
+    m = re.search(r"^run (\S+): (\d+) labelled, (\d+) failed, (\d+) already done", text, re.MULTILINE)
+    assert m, text
+    left = {str(videos / name) for name in FRAMES} - set(before)
+    assert (int(m[2]), int(m[3]), int(m[4])) == (len(left), 0, len(before)), text
+    after = _labelled(out)
+    assert {u: r for u, r in after.items() if u in before} == before  # not relabelled
+    assert {u for u, r in after.items() if r == m[1]} == left  # the rerun labelled only what was left
     con = connect(str(out))
     rows = dict(con.sql("SELECT source_uri, count(*) FROM frames GROUP BY 1").fetchall())
     assert rows == {str(videos / name): n for name, n in FRAMES.items()}  # none lost, none twice
     figures = frame_accounting(con, {str(videos / name): n for name, n in FRAMES.items()})
     record("fault", fault, "rerun completed", **figures)
     assert figures == {"lost": 0, "duplicated": 0, "healthy_failed": 0}, figures
+    return before
 
 
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted: "),
@@ -116,7 +136,9 @@ def test_a_signal_stops_the_run_in_seconds_with_one_line(sig, code, said, videos
     assert "Traceback" not in text, text
     assert _gone(services, 15) == [], f"still running after the run stopped ({took:.0f} s to stop)"
     assert _leftovers(proc.pid) == []
-    _rerun_completes(videos, out, tmp_path / "rerun.log", f"{signal.Signals(sig).name} to the run's process group")
+    done = _rerun_completes(videos, out, tmp_path / "rerun.log",
+                            f"{signal.Signals(sig).name} to the run's process group")
+    assert 0 < len(done) < len(FRAMES)  # stopped mid-way: the rerun had some, not all, left to label
 
 
 def _video_in_flight(proc: subprocess.Popen) -> bool:
@@ -151,8 +173,9 @@ def test_sigkill_at_three_moments_then_a_rerun_finishes_with_nothing_lost_or_fai
         killed.append(proc.pid)
         assert _gone(services, 30) == [], moment
     assert any(_leftovers(pid) for pid in killed), "a killed run's Triton work folder is expected until a sweep"
-    _rerun_completes(videos, out, tmp_path / "rerun.log", "SIGKILL of `emoframe label` at three moments (services "
-                     "starting, first videos in flight, one video finished), then a rerun")
+    done = _rerun_completes(videos, out, tmp_path / "rerun.log", "SIGKILL of `emoframe label` at three moments "
+                            "(services starting, first videos in flight, one video finished), then a rerun")
+    assert 0 < len(done) < len(FRAMES)
     assert [_leftovers(pid) for pid in killed] == [[]] * len(killed)
     con = connect(str(out))
     assert con.execute("SELECT count(*) FROM videos WHERE status <> 'labelled'").fetchone()[0] == 0

@@ -34,19 +34,43 @@ def test_macro_f1_matches_a_hand_computed_case():
     assert per_class_f1(np.zeros((8, 8), int)).sum() == 0
 
 
-def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path):
-    cfg = TrainConfig(epochs=2, steps_per_epoch=8, batch_size=8, warmup_steps=2, lr=3e-3,
+def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path, monkeypatch):
+    """A run stopped in its second epoch (Ctrl-C while validating, before that epoch's checkpoint) and resumed
+    trains the last two epochs only and ends with the weights and history of a run that was never stopped."""
+    import training.train as training_train
+
+    cfg = TrainConfig(epochs=3, steps_per_epoch=8, batch_size=8, warmup_steps=2, lr=3e-3,
                       model=ModelConfig(dim=32, self_layers=1))
-    train(cfg, data, data[:1], tmp_path / "run", progress=False)
-    hist = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
-    assert len(hist) == 2 and hist[1]["loss"] < hist[0]["loss"]
-    assert (tmp_path / "run" / "best.pt").exists()
-    # resume with more epochs is refused as a different config; the same config resumes past the end (no-op)
-    again = train(cfg, data, data[:1], tmp_path / "run", resume=True, progress=False)
-    assert again["epoch"] in (0, 1)
+    train(cfg, data, data[:1], tmp_path / "straight", progress=False)
+    straight = json.loads((tmp_path / "straight" / "history.json").read_text())["history"]
+    assert len(straight) == 3 and straight[2]["loss"] < straight[0]["loss"]
+    assert (tmp_path / "straight" / "best.pt").exists()
+
+    real, validated, interrupt_at = training_train.evaluate_videos, [], [2]
+
+    def validate(*args, **kwargs):  # once per epoch trained; the interrupted run stops in its second
+        validated.append(1)
+        if len(validated) in interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training_train, "evaluate_videos", validate)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, data[:1], run, progress=False)
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 0 and not (run / "history.json").exists()
+    validated.clear()
+    interrupt_at.clear()
+    train(cfg, data, data[:1], run, resume=True, progress=False)
+    assert len(validated) == 2  # epochs 2 and 3 trained, epoch 1 not again
+    resumed = json.loads((run / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in resumed] == [0, 1, 2]
+    assert [h["loss"] for h in resumed] == [h["loss"] for h in straight]
+    a = torch.load(run / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
     with pytest.raises(ValueError, match="different configuration"):
-        train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), data, data[:1], tmp_path / "run", resume=True,
-              progress=False)
+        train(TrainConfig(**{**cfg.__dict__, "epochs": 4}), data, data[:1], run, resume=True, progress=False)
 
 
 def test_drawn_reader_runs_are_cross_fitted_saved_and_reused(data, tmp_path):
@@ -224,3 +248,40 @@ def test_annotation_frame_count_must_match_the_video(small_synth, tmp_path):
     item = synth_split(small_synth)[0]
     with pytest.raises(ValueError, match="one label per frame"):
         load_video(item.video, np.zeros(3, np.int64), None)
+
+
+def test_cached_videos_come_back_memory_mapped_and_are_not_recomputed(small_synth, tmp_path, monkeypatch):
+    """The feature cache is what lets an Aff-Wild2-size set train without being read into memory: every
+    field comes back as a read-only memory map of its .npy file, equal to what was computed, and a second
+    load decodes nothing. A cropped_aligned folder is its own cache entry (its crops, not the video's)."""
+    import training.features as features
+
+    items = synth_split(small_synth)[:2]
+    first = load_items(items, tmp_path / "cache")
+    for v in first:
+        for name in ("face", "face_mask", "mel", "audio_mask"):
+            a = getattr(v, name)
+            assert isinstance(a, np.memmap) and not a.flags.writeable, name
+    fresh, _ = features.compute_inputs(items[0].video)
+    for name, a in fresh.items():
+        np.testing.assert_array_equal(getattr(first[0], name), a)
+    monkeypatch.setattr(features, "compute_inputs", lambda *a, **k: pytest.fail("decoded again"))
+    again = load_items(items, tmp_path / "cache")
+    np.testing.assert_array_equal(again[1].mel, first[1].mel)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == \
+        sorted(p.name for p in (tmp_path / "cache").iterdir())  # one folder per video, no temporary left
+
+
+def test_the_drawn_reader_trains_the_same_from_memory_maps_as_from_arrays(data):
+    """Crops are gathered per batch from each video's (memory-mapped) array, never concatenated: the same
+    seed gives the same reader as from arrays held in memory."""
+    from training.readers import train_drawn_reader
+
+    videos = data[:2]
+    args = dict(seed=3, epochs=1, batch=32)
+    mapped = train_drawn_reader([v.face for v in videos], [v.labels for v in videos],
+                                [v.face_mask for v in videos], **args)
+    held = train_drawn_reader([np.array(v.face) for v in videos], [v.labels for v in videos],
+                              [np.array(v.face_mask) for v in videos], **args)
+    for a, b in zip(mapped.state_dict().values(), held.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

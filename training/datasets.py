@@ -85,8 +85,8 @@ def load_items(items: list[Item], cache_dir: Path | None, desc: str = "features"
                p: Preprocessing = PREPROCESSING) -> list[VideoArrays]:
     out = []
     for item in tqdm(items, desc=desc, unit="video", leave=False):
-        arrays = load_video(item.video, read_annotation(item.annotation), cache_dir, "centred", p)
-        if item.cropped is not None:
-            arrays.face, arrays.face_mask = cropped_faces(item.cropped, len(arrays), p)
-        out.append(arrays)
+        crops = item.cropped
+        out.append(load_video(item.video, read_annotation(item.annotation), cache_dir, "centred", p,
+                              faces_from=crops,
+                              faces=None if crops is None else (lambda n, c=crops: cropped_faces(c, n, p))))
     return out

@@ -1,13 +1,21 @@
 """Whole-video model inputs for training and evaluation, computed by the serving preprocessing and cached.
 
-The cache key covers the file's identity (path, size, mtime), the face mode and the contract
-fingerprint, so a changed video or a changed preprocessing recomputes instead of reusing stale arrays.
+The cache key covers the file's identity (path, size, mtime), the face mode, the face source (the video, or
+a cropped_aligned folder) and the contract fingerprint, so a changed video or a changed preprocessing
+recomputes instead of reusing stale arrays.
+
+A cached video is a folder of .npy files that are opened memory-mapped: a dataset the size of Aff-Wild2
+(2.6M frames; its face crops alone are over 30 GB) trains without being read into memory. A training step
+reads only the windows it samples, and the operating system keeps what fits in its page cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +35,7 @@ FEATURE_CODE_VERSION = 3
 class VideoArrays:
     video_id: str
     fps: float
+    # Read-only memory maps when the video came from the cache.
     face: np.ndarray  # uint8 [N, crop, crop, 3]
     face_mask: np.ndarray  # bool [N]
     mel: np.ndarray  # float32 [N, M, n_mels]
@@ -37,10 +46,31 @@ class VideoArrays:
         return len(self.labels)
 
 
-def _cache_key(path: Path, face_mode: str, p: Preprocessing) -> str:
+def _cache_key(path: Path, face_mode: str, p: Preprocessing, faces_from: Path | None = None) -> str:
     st = path.stat()
     ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{face_mode}|{fingerprint(p)}|{FEATURE_CODE_VERSION}"
+    if faces_from is not None:  # a folder of crops: its path and when its file list last changed
+        ident += f"|{faces_from.resolve()}|{faces_from.stat().st_mtime_ns}"
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+def _write_cache(folder: Path, arrays: dict[str, np.ndarray], fps: float) -> None:
+    """One .npy per field and meta.json, written beside and renamed into place: a reader never sees half."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for k, v in arrays.items():
+        np.save(tmp / f"{k}.npy", v)
+    (tmp / "meta.json").write_text(json.dumps({"fps": fps}))
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process cached it meanwhile: theirs is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], float]:
+    arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in FIELDS}
+    return arrays, float(json.loads((folder / "meta.json").read_text())["fps"])
 
 
 def main_face(chunk: InputChunk) -> tuple[np.ndarray, np.ndarray]:
@@ -67,21 +97,26 @@ def compute_inputs(path: Path, face_mode: FaceMode = "centred", p: Preprocessing
     return {k: np.concatenate(v) for k, v in parts.items()}, info.fps
 
 
+FaceSource = Callable[[int], tuple[np.ndarray, np.ndarray]]  # n_frames -> (face, face_mask) from elsewhere
+
+
 def load_video(path: Path, labels: np.ndarray, cache_dir: Path | None, face_mode: FaceMode = "centred",
-               p: Preprocessing = PREPROCESSING) -> VideoArrays:
-    """Inputs for one annotated video; ``labels`` must have one entry per decoded frame."""
+               p: Preprocessing = PREPROCESSING, *, faces_from: Path | None = None,
+               faces: FaceSource | None = None) -> VideoArrays:
+    """Inputs for one annotated video; ``labels`` must have one entry per decoded frame. With ``faces``
+    (and ``faces_from``, the folder it reads, for the cache key) the face crops come from there, e.g. ABAW's
+    cropped_aligned images, instead of the video's own frames. Cached arrays come back memory-mapped."""
     arrays: dict | None = None
-    cache = cache_dir / f"{path.stem}-{_cache_key(path, face_mode, p)}.npz" if cache_dir else None
-    if cache is not None and cache.exists():
-        with np.load(cache) as z:
-            arrays, fps = {k: z[k] for k in FIELDS}, float(z["fps"])
+    cache = cache_dir / f"{path.stem}-{_cache_key(path, face_mode, p, faces_from)}" if cache_dir else None
+    if cache is not None and (cache / "meta.json").exists():
+        arrays, fps = _read_cache(cache)
     if arrays is None:
         arrays, fps = compute_inputs(path, face_mode, p)
+        if faces is not None:
+            arrays["face"], arrays["face_mask"] = faces(len(arrays["face_mask"]))
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, fps=fps, **arrays)
-            os.replace(tmp, cache)
+            _write_cache(cache, arrays, fps)
+            arrays, fps = _read_cache(cache)  # memory-mapped, as every later run gets them
     n = len(arrays["face_mask"])
     if len(labels) != n:
         raise ValueError(f"{path}: annotation has {len(labels)} frames but the video decodes to {n}; "

@@ -113,8 +113,21 @@ def read_evidence(reader: nn.Module, face: np.ndarray, batch: int = 512) -> np.n
     out = np.zeros((len(face), NUM_CLASSES), np.float32)
     with torch.inference_mode():
         for s in range(0, len(face), batch):
-            out[s:s + batch] = reader(torch.from_numpy(face[s:s + batch])).numpy()
+            out[s:s + batch] = reader(torch.from_numpy(np.array(face[s:s + batch]))).numpy()  # a copy: memmaps
     return out
+
+
+class _Crops:
+    """``crops[idx]``: the crops at positions ``idx`` of the training list, read from their videos."""
+
+    def __init__(self, faces: list[np.ndarray], which: np.ndarray, frame: np.ndarray):
+        self.faces, self.which, self.frame = faces, which, frame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        return np.stack([self.faces[v][f] for v, f in zip(self.which[idx], self.frame[idx])])
 
 
 def train_drawn_reader(faces: list[np.ndarray], labels: list[np.ndarray], masks: list[np.ndarray], *,
@@ -122,9 +135,13 @@ def train_drawn_reader(faces: list[np.ndarray], labels: list[np.ndarray], masks:
                        label_smoothing: float = 0.1) -> DrawnFaceReader:
     """Per-frame training on every annotated frame with a face. Label smoothing keeps its evidence from being
     more certain than a reader of real faces would be."""
-    keep = [(m & (y != UNANNOTATED)) for m, y in zip(masks, labels)]
-    x = np.concatenate([f[k] for f, k in zip(faces, keep)])
+    keep = [np.flatnonzero(m & (y != UNANNOTATED)) for m, y in zip(masks, labels)]
+    # (video, frame) of every training crop, gathered per batch: the crops (memory-mapped) are never all in
+    # memory at once.
+    which = np.concatenate([np.full(len(k), i, np.int64) for i, k in enumerate(keep)])
+    frame = np.concatenate(keep)
     y = torch.from_numpy(np.concatenate([lab[k] for lab, k in zip(labels, keep)]).astype(np.int64))
+    x = _Crops(faces, which, frame)
     torch.manual_seed(seed)
     reader = DrawnFaceReader()
     opt = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=0.01)

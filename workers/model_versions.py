@@ -7,9 +7,20 @@ partition (model_version=<v>), so the driver can tell what is already done befor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 MODEL_FILE = "model.pt"  # what training/export.py writes into each version folder
+MODEL_REPO_SETTING = "EMOFRAME_MODEL_REPO"
+# A source checkout's repository: the default when the setting is absent (an installed package has none).
+CHECKOUT_MODEL_REPO = Path(__file__).resolve().parent.parent / "model_repo"
+
+
+def default_model_repo() -> Path:
+    """The Triton model repository served when a command names none: the EMOFRAME_MODEL_REPO setting, else
+    the checkout's model_repo/."""
+    setting = os.environ.get(MODEL_REPO_SETTING, "").strip()
+    return Path(setting).expanduser() if setting else CHECKOUT_MODEL_REPO
 
 
 def latest_version(model_dir: Path) -> Path | None:

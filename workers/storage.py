@@ -6,6 +6,7 @@ import glob
 import hashlib
 import os
 import re
+from datetime import timedelta
 
 import pyarrow.fs as pafs
 
@@ -46,6 +47,9 @@ def check_no_credentials(uri: str) -> None:
             "through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile, or your provider's credential chain)")
 
 
+GCS_RETRY_LIMIT_S = 20.0
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and the path inside it for a local path, file://, s3:// or gs:// URI.
 
@@ -67,7 +71,13 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
         raise ValueError(f"{uri}: no bucket name")
     if glob.has_magic(bucket):
         raise ValueError(f"{uri}: globs work in keys, not in bucket names")
-    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    if scheme == "s3":
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}")
+    else:
+        # pyarrow's default retries a failing call for 15 minutes, in silence: on a machine without Google
+        # credentials `emoframe label gs://...` seemed hung. Bounded, the call fails with the reason
+        # ("Could not create a OAuth2 access token ...") and a transient outage is retried by the task.
+        fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=GCS_RETRY_LIMIT_S))
     key = key.rstrip("/")
     return fs, f"{bucket}/{key}" if key else bucket
 
