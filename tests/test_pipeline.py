@@ -322,8 +322,10 @@ def test_every_sql_query_in_the_readme_runs_on_real_output(run):
     readme = (DEFAULT_MODEL_REPO.parent / "README.md").read_text()
     blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
     queries = [q.strip() for b in blocks for q in b.split(";") if "SELECT" in q]
-    assert len(queries) == 5
+    assert len(queries) == 6
     con = connect(str(out))
+    summary = con.sql(queries.pop(0)).fetchall()  # the summary view: one row per labelled video
+    assert len(summary) == 6 and all(0 <= happy <= 1 for _, _, happy, _ in summary), summary
     for q in queries[:2]:
         assert con.sql(q).fetchall(), q
     for row in con.sql(queries[2]).fetchall():  # stretches of one expression per face
@@ -358,7 +360,8 @@ def test_compacted_output_relabels_one_copy_and_reads_with_plain_readers(run, co
     before = sorted(con.sql("SELECT * EXCLUDE (model_version) FROM frames").fetchall(), key=repr)
     result = compact(str(copy))
     assert result.refused is None and result.partitions[0].own_files == 14  # 8 videos rows, 6 frames files
-    assert sorted(p.name.startswith("compacted.") for p in copy.rglob("*.parquet")) == [True, True]
+    tables = [p for d in ("frames", "videos") for p in (copy / d).rglob("*.parquet")]  # not _report/summary
+    assert sorted(p.name.startswith("compacted.") for p in tables) == [True, True]
     con = connect(str(copy))
     assert sorted(con.sql("SELECT * EXCLUDE (model_version) FROM frames").fetchall(), key=repr) == before
     # Plain readers of the folder: the state area and the report are not in their way.
