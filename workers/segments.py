@@ -602,7 +602,9 @@ def ray_workers(extra: int, options: dict, wait_s: float = 5.0) -> Iterator[tupl
 
     bundle = {"CPU": float(options.get("num_cpus", 1)), "memory": float(options.get("memory", 0))}
     free = ray.available_resources()  # a hint only: the group's grant is what counts
-    k = min(extra, *(int(free.get(r, 0) // v) for r, v in bundle.items() if v > 0))
+    # At least one bundle is asked for: the view lags (a task that just ended may still count as using its
+    # CPU), and a hint of none left made a run's first long video go unsplit now and then.
+    k = min(extra, max(1, min(int(free.get(r, 0) // v) for r, v in bundle.items() if v > 0)))
     pg = None
     if k >= 1:
         selector = options.get("label_selector")
