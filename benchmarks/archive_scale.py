@@ -57,10 +57,10 @@ def base_clips(tmp: Path) -> list[Path]:
 
 def baseline_task_s(clips: list[Path], tmp: Path) -> float:
     """Median wall time of one video task on its own (no Prefect, no Ray)."""
-    from flows.label_archive import DEFAULT_MODEL_REPO
-    from workers.triton_client import TritonClient
-    from workers.triton_server import EmbeddedTriton
-    from workers.video_task import LabelConfig, Source, label_video
+    from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO
+    from emoframe.workers.inference.triton_client import TritonClient
+    from emoframe.workers.serving.triton_server import EmbeddedTriton
+    from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 
     times = []
     with EmbeddedTriton(DEFAULT_MODEL_REPO, log_path=tmp / "baseline-triton.log") as srv:
@@ -82,7 +82,7 @@ def run_cli(args: list[str], env: dict | None = None) -> tuple[float, int, str]:
     import psutil
 
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "emoframe.flows.cli.main", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     peak = [0]
@@ -194,14 +194,14 @@ def noop_run(n: int, clips: list[Path], tmp: Path) -> dict:
     then the rerun."""
     from datetime import datetime, timezone
 
-    from flows.label_archive import DEFAULT_MODEL_REPO
-    from flows.ledger import read_ledger
-    from flows.sources import list_sources
-    from workers.contract import MODEL_NAME, PREPROCESSING, fingerprint
-    from workers.model_versions import latest_version
-    from workers.policy import POLICY
-    from workers.schema import STATUS_LABELLED, videos_path
-    from workers.sink import video_row, videos_table, write_atomic
+    from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO
+    from emoframe.flows.archive.ledger import read_ledger
+    from emoframe.flows.archive.sources import list_sources
+    from emoframe.workers.spec.contract import MODEL_NAME, PREPROCESSING, fingerprint
+    from emoframe.workers.spec.model_versions import latest_version
+    from emoframe.workers.spec.policy import POLICY
+    from emoframe.workers.spec.schema import STATUS_LABELLED, videos_path
+    from emoframe.workers.output.sink import video_row, videos_table, write_atomic
     import pyarrow.fs as pafs
 
     src, out = tmp / f"noop-{n}", tmp / f"noop-out-{n}"
@@ -220,7 +220,7 @@ def noop_run(n: int, clips: list[Path], tmp: Path) -> dict:
     assert len(ledger.rows) == n
     wall, rss, text = run_cli(["label", str(src), "--out", str(out), "--faces", "centred", "--no-report"])
     # What a labelling run leaves at this size: it compacts a partition of 1,000 or more per-video files.
-    from flows.compact import compact
+    from emoframe.flows.archive.compact import compact
 
     compact(str(out))
     t = time.perf_counter()
@@ -241,7 +241,7 @@ def main() -> None:
     ap.add_argument("--publish", action="store_true", help="write docs/archive_scale.json (clean tree only)")
     a = ap.parse_args()
     state = publish_state(a.publish)
-    from flows.resources import VideoTaskResources
+    from emoframe.workers.task.resources import VideoTaskResources
 
     slots = VideoTaskResources().slots({"CPU": float(os.cpu_count() or 1), "memory": 1e15})
     with tempfile.TemporaryDirectory(prefix="emoframe-scale-") as tmp_name:

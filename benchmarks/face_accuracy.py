@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import decord  # noqa: E402
 from published import git_state, write_readme_block  # noqa: E402
 from tests.media import pyfeat_media  # noqa: E402
-from workers.faces.detector import MTCNN  # noqa: E402
-from workers.faces.tracker import FaceTracker, TrackerSettings  # noqa: E402
+from emoframe.workers.media.faces.detector import MTCNN  # noqa: E402
+from emoframe.workers.media.faces.tracker import FaceTracker, TrackerSettings  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "face_accuracy.json"
 START, END = "<!-- faces-table:start -->", "<!-- faces-table:end -->"

@@ -99,8 +99,8 @@ def decord_fps(clip: Path, size: tuple[int, int] | None, repeats: int) -> tuple[
 
 def track(clip: Path) -> dict[str, Any]:
     """Detection + tracking cost per 640x360 frame (decoding not timed) and what the tracker found."""
-    from workers.faces.detector import MTCNN
-    from workers.faces.tracker import FaceTracker
+    from emoframe.workers.media.faces.detector import MTCNN
+    from emoframe.workers.media.faces.tracker import FaceTracker
 
     torch.set_num_threads(1)
     detector = MTCNN()

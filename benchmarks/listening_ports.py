@@ -35,7 +35,7 @@ ROLES = (("tritonserver", "Triton (embedded)"), ("triton_python_backend_stub", "
          ("log_monitor", "Ray log monitor"), ("monitor.py", "Ray autoscaler monitor"),
          ("default_worker.py", "Ray worker"), ("ray::DashboardAgent", "Ray dashboard agent"),
          ("ray::RuntimeEnvAgent", "Ray runtime-env agent"), ("ray::", "Ray worker"),
-         ("flows.cli", "emoframe (driver)"))
+         ("emoframe.flows.cli.main", "emoframe (driver)"))
 
 
 def _cmd(p: psutil.Process) -> str:
@@ -86,7 +86,7 @@ def measure() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_video(Path(tmp) / "in" / "clip.mp4", 600, 15, audio_seconds=40)
         log = Path(tmp) / "run.log"
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "label", str(clip.parent), "--out",
+        proc = subprocess.Popen([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(clip.parent), "--out",
                                  str(Path(tmp) / "out"), "--faces", "centred"], cwd=ROOT, stdout=log.open("w"),
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})

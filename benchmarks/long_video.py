@@ -1,5 +1,5 @@
 """One long video labelled by 1 worker (one task: ``label_video``) vs N workers (segments in parallel,
-workers/segments.py), on the same local Ray, the same embedded Triton, in the same run; prints both wall
+workers/task/segments.py), on the same local Ray, the same embedded Triton, in the same run; prints both wall
 times, their ratio, and whether the two runs' rows are identical.
 
     .venv/bin/python benchmarks/long_video.py [--minutes 10] [--workers 2] [--faces detect|centred]
@@ -89,7 +89,7 @@ def cpu_seconds(root: int) -> float:
 def tables(cfg, uri: str):
     import pyarrow.parquet as pq
 
-    from workers.schema import frames_path, videos_path
+    from emoframe.workers.spec.schema import frames_path, videos_path
 
     frames = pq.read_table(frames_path(cfg.out, cfg.model_version, uri)).drop(["run_id"])
     video = pq.read_table(videos_path(cfg.out, cfg.model_version, uri))
@@ -100,8 +100,8 @@ def split_task(src, cfg, options: dict):
     """A video task as the flow's ``label_one`` runs it, with segments reserved on the local Ray."""
     import functools
 
-    from workers.segments import label_split, ray_workers
-    from workers.video_task import label_video
+    from emoframe.workers.task.segments import label_split, ray_workers
+    from emoframe.workers.task.video_task import label_video
 
     steps: dict[str, float] = {}
     reserve = functools.partial(ray_workers, options=options)
@@ -121,10 +121,10 @@ def main() -> None:
 
     import ray
 
-    from flows.resources import video_task_resources
-    from workers.triton_client import TritonClient
-    from workers.triton_server import EmbeddedTriton
-    from workers.video_task import LabelConfig, Source, label_video
+    from emoframe.workers.task.resources import video_task_resources
+    from emoframe.workers.inference.triton_client import TritonClient
+    from emoframe.workers.serving.triton_server import EmbeddedTriton
+    from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 
     git = git_state()
     video = make_video(a.minutes)

@@ -1,10 +1,10 @@
-"""Reading the output at archive scale, before and after compaction (flows/compact.py).
+"""Reading the output at archive scale, before and after compaction (flows/archive/compact.py).
 
-Writes N videos' worth of rows with the real writers (workers/sink.py: one frames file and one videos file per
+Writes N videos' worth of rows with the real writers (workers/output/sink.py: one frames file and one videos file per
 video, as the pipeline leaves them; no pipeline run), then measures in the same run:
-  - the ledger read a run starts with (flows/ledger.read_ledger),
+  - the ledger read a run starts with (flows/archive/ledger.read_ledger),
   - `SELECT count(*) FROM videos` and a label histogram over frames through `emoframe query`'s views
-    (flows/query.connect, connection time included),
+    (flows/analysis/query.connect, connection time included),
   - the compaction itself (and how long readers could see a row twice: its publish step),
 and the same queries after compaction and on one single Parquet file of all frames rows (the baseline a
 compacted output should stay within 2x of). Figures and ratios are printed; with --publish they go to
@@ -35,14 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from published import ROOT, git_state  # noqa: E402
 
-from flows.compact import compact  # noqa: E402
-from flows.ledger import read_ledger  # noqa: E402
-from flows.query import connect  # noqa: E402
-from workers.contract import NUM_CLASSES  # noqa: E402
-from workers.labeling import Predictions  # noqa: E402
-from workers.policy import POLICY  # noqa: E402
-from workers.schema import frames_path, videos_path  # noqa: E402
-from workers.sink import frames_table, video_row, videos_table, write_atomic  # noqa: E402
+from emoframe.flows.archive.compact import compact  # noqa: E402
+from emoframe.flows.archive.ledger import read_ledger  # noqa: E402
+from emoframe.flows.analysis.query import connect  # noqa: E402
+from emoframe.workers.spec.contract import NUM_CLASSES  # noqa: E402
+from emoframe.workers.inference.labeling import Predictions  # noqa: E402
+from emoframe.workers.spec.policy import POLICY  # noqa: E402
+from emoframe.workers.spec.schema import frames_path, videos_path  # noqa: E402
+from emoframe.workers.output.sink import frames_table, video_row, videos_table, write_atomic  # noqa: E402
 
 PUBLISHED = ROOT / "docs" / "output_scale.json"
 MV = "1"

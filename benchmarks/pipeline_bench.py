@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402  -- before decord
 
-from workers.contract import INPUT_NAMES, MAX_BATCH_SIZE, PREPROCESSING  # noqa: E402
+from emoframe.workers.spec.contract import INPUT_NAMES, MAX_BATCH_SIZE, PREPROCESSING  # noqa: E402
 
 FPS = 25
 SR = 48000
@@ -72,8 +72,8 @@ def make_video(path: Path, seconds: float) -> Path:
 
 
 def bench_decode(path: Path) -> dict:
-    from workers.decode import VideoDecoder
-    from workers.preprocess import iter_video_inputs
+    from emoframe.workers.media.decode import VideoDecoder
+    from emoframe.workers.media.preprocess import iter_video_inputs
 
     dec = VideoDecoder()
     info = dec.probe(str(path))
@@ -88,7 +88,7 @@ def bench_decode(path: Path) -> dict:
 
 
 def batches(n_batches: int, batch: int) -> list[dict]:
-    from training.export import example_inputs
+    from emoframe.training.export import example_inputs
 
     out = []
     for i in range(n_batches):
@@ -98,7 +98,7 @@ def batches(n_batches: int, batch: int) -> list[dict]:
 
 
 def bench_model(model_dir: Path, triton_url: str, n_batches: int = 30) -> dict:
-    from workers.triton_client import TritonClient
+    from emoframe.workers.inference.triton_client import TritonClient
 
     scripted = torch.jit.load(str(model_dir / "model.pt"))
     data = batches(n_batches, MAX_BATCH_SIZE)
@@ -127,7 +127,7 @@ def run_task(path: Path, triton_url: str, out: Path) -> dict:
     code = f"""
 import json, time, resource
 import torch
-from workers.video_task import LabelConfig, Source, label_video
+from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 t = time.perf_counter()
 o = label_video(Source({str(path)!r}), LabelConfig(out={str(out)!r}, run_id='bench', triton_url={triton_url!r}, model_version='bench', isolate=False))
 wall = time.perf_counter() - t
@@ -145,8 +145,8 @@ def main() -> None:
     ap.add_argument("--skip-long", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "emoframe-bench")
     a = ap.parse_args()
-    from flows.label_archive import DEFAULT_MODEL_REPO
-    from workers.triton_server import EmbeddedTriton
+    from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO
+    from emoframe.workers.serving.triton_server import EmbeddedTriton
 
     a.workdir.mkdir(parents=True, exist_ok=True)
     short = make_video(a.workdir / f"bench_{a.minutes:g}min.mp4", a.minutes * 60)

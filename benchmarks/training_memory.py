@@ -39,8 +39,8 @@ def write_cache(folder: Path, gb: float) -> int:
     """Videos of random crops until the cache holds ``gb`` GB; returns the frame count."""
     import numpy as np
 
-    from training.features import _write_cache
-    from workers.contract import PREPROCESSING as P
+    from emoframe.training.features import _write_cache
+    from emoframe.workers.spec.contract import PREPROCESSING as P
 
     rng = np.random.default_rng(0)
     per_frame = P.crop_size ** 2 * 3 + P.mel_frames * P.n_mels * 4 + 2
@@ -60,9 +60,9 @@ _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np
-from training.features import VideoArrays, _read_cache
-from training.train import WindowSampler
-from workers.contract import PREPROCESSING as P, NUM_CLASSES
+from emoframe.training.features import VideoArrays, _read_cache
+from emoframe.training.train import WindowSampler
+from emoframe.workers.spec.contract import PREPROCESSING as P, NUM_CLASSES
 
 def anon_mb():
     line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon:"))

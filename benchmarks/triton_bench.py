@@ -7,7 +7,7 @@
 
 model_repo/ is copied into a temp folder (the committed one is never touched). For each instance kind in
 the run (KIND_CPU always; KIND_GPU when ``torch.cuda.is_available()``) the copy's config is switched with
-``workers.triton_config.set_instance_kind``, EmbeddedTriton serves the deployed ``model.pt`` with the real
+``emoframe.workers.serving.triton_config.set_instance_kind``, EmbeddedTriton serves the deployed ``model.pt`` with the real
 ``model.py``, and TritonClient (the workers' client) then:
 
 - checks the server is ready and serves our contract, warms up with ``--warmup`` full batches;
@@ -46,14 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import workers.triton_server as triton_server  # noqa: E402
+import emoframe.workers.serving.triton_server as triton_server  # noqa: E402
 from published import git_state, worktree_hash, write_readme_block  # noqa: E402
-from training.export import latest_version  # noqa: E402
-from workers.contract import MAX_BATCH_SIZE, MODEL_NAME, PREPROCESSING, input_specs  # noqa: E402
-from workers.policy import POLICY  # noqa: E402
-from workers.triton_client import TritonClient  # noqa: E402
-from workers.triton_config import set_instance_kind  # noqa: E402
-from workers.triton_server import EmbeddedTriton  # noqa: E402
+from emoframe.training.export import latest_version  # noqa: E402
+from emoframe.workers.spec.contract import MAX_BATCH_SIZE, MODEL_NAME, PREPROCESSING, input_specs  # noqa: E402
+from emoframe.workers.spec.policy import POLICY  # noqa: E402
+from emoframe.workers.inference.triton_client import TritonClient  # noqa: E402
+from emoframe.workers.serving.triton_config import set_instance_kind  # noqa: E402
+from emoframe.workers.serving.triton_server import EmbeddedTriton  # noqa: E402
 
 MODEL_REPO = ROOT / "model_repo"
 PUBLISHED = ROOT / "docs" / "triton_bench.json"

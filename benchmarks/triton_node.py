@@ -1,4 +1,4 @@
-"""What one per-node Triton (workers/triton_nodes.py) takes: memory and CPU of the server and its backend stub.
+"""What one per-node Triton (workers/task/triton_nodes.py) takes: memory and CPU of the server and its backend stub.
 
 TRITON_MEMORY_MB, what each per-node server declares to Ray, must cover the peak measured here. The model
 is shipped the way the per-node servers get it (``pack_model``: config and served version only) and served
@@ -29,11 +29,11 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from triton_bench import POOL, batches, make_batch  # noqa: E402
-from workers.contract import MAX_BATCH_SIZE  # noqa: E402
-from workers.policy import POLICY  # noqa: E402
-from workers.triton_client import TritonClient  # noqa: E402
-from workers.triton_nodes import TRITON_CPU_SHARE, TRITON_MEMORY_MB, pack_model  # noqa: E402
-from workers.triton_server import EmbeddedTriton  # noqa: E402
+from emoframe.workers.spec.contract import MAX_BATCH_SIZE  # noqa: E402
+from emoframe.workers.spec.policy import POLICY  # noqa: E402
+from emoframe.workers.inference.triton_client import TritonClient  # noqa: E402
+from emoframe.workers.task.triton_nodes import TRITON_CPU_SHARE, TRITON_MEMORY_MB, pack_model  # noqa: E402
+from emoframe.workers.serving.triton_server import EmbeddedTriton  # noqa: E402
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -55,8 +55,8 @@ def setup(tmp: Path) -> None:
     import pyarrow.fs as pafs
 
     from tests.media import write_video
-    from workers.schema import STATUS_FAILED, videos_path
-    from workers.sink import video_row, videos_table, write_atomic
+    from emoframe.workers.spec.schema import STATUS_FAILED, videos_path
+    from emoframe.workers.output.sink import video_row, videos_table, write_atomic
 
     write_video(tmp / "clip.mp4", 3)
     (tmp / "notes.txt").write_text("not a folder")
@@ -78,7 +78,7 @@ def _measure(tmp: Path, env: dict[str, str], busy_port: int) -> list[dict]:
     rows = []
     for what, args in cases(tmp, busy_port):
         t = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
+        res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", *args], capture_output=True, text=True, env=env,
                              cwd=tmp, timeout=300)
         wall = time.perf_counter() - t
         lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]

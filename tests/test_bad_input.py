@@ -13,8 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from flows.label_archive import run_label_archive
-from flows.query import connect
+from emoframe.flows.run.label_archive import run_label_archive
+from emoframe.flows.analysis.query import connect
 from tests.bad_corpus import FASTSTART_FRAMES, FPS, LATE_AUDIO_S, VFR_PTS
 from tests.reliability import record
 

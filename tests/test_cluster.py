@@ -1,4 +1,4 @@
-"""A Triton per Ray node (workers/triton_nodes.py) on a real two-node Ray cluster started on this machine
+"""A Triton per Ray node (workers/task/triton_nodes.py) on a real two-node Ray cluster started on this machine
 (ray.cluster_utils.Cluster: a head and a second raylet, each with its own resources, object store and
 workers), with the real flow, real tritonservers and real videos.
 
@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from flows.planning import DEFAULT_MODEL_REPO, new_run_id
-from flows.resources import TASK_MEMORY_MB
+from emoframe.flows.run.planning import DEFAULT_MODEL_REPO, new_run_id
+from emoframe.workers.task.resources import TASK_MEMORY_MB
 from tests.media import write_video
-from workers.contract import PREPROCESSING
-from workers.policy import POLICY
-from workers.triton_nodes import (TRITON_MEMORY_MB, NoNodeServerError, WrongServerError, for_this_node,
+from emoframe.workers.spec.contract import PREPROCESSING
+from emoframe.workers.spec.policy import POLICY
+from emoframe.workers.task.triton_nodes import (TRITON_MEMORY_MB, NoNodeServerError, WrongServerError, for_this_node,
                                   per_node_tritons)
-from workers.video_job import LabelConfig
-from workers.windows import window_starts
+from emoframe.workers.task.video_job import LabelConfig
+from emoframe.workers.inference.windows import window_starts
 
 pytestmark = pytest.mark.integration
 
@@ -171,9 +171,9 @@ def test_tasks_use_their_own_nodes_server_and_never_anothers(cluster):
 
 @pytest.mark.timeout(600)
 def test_the_flow_labels_on_both_nodes_each_with_its_nodes_triton(cluster, tmp_path):
-    from flows.label_archive import run_label_archive
+    from emoframe.flows.run.label_archive import run_label_archive
     from tests.test_deploy import assert_labelled
-    from workers import triton_nodes
+    from emoframe.workers.task import triton_nodes
 
     c, tag = cluster
     # Different lengths: identical files would be recognised as one moved file and labelled once.
@@ -211,7 +211,7 @@ def test_sigterm_stops_every_nodes_server(cluster, tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     with log.open("wb") as f:
-        cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "label", str(tmp_path / "in"), "--out",
+        cli = subprocess.Popen([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(tmp_path / "in"), "--out",
                                 str(tmp_path / "out"), "--faces", "centred", "--no-report", "--ray-address",
                                 c.address, "--triton", "per-node"], stdout=f, stderr=subprocess.STDOUT, env=env,
                                cwd=Path(__file__).resolve().parent.parent)
@@ -250,11 +250,11 @@ def test_a_gpu_nodes_server_holds_its_gpu_and_labels(tmp_path):
 
     from ray.cluster_utils import Cluster
 
-    from flows.label_archive import run_label_archive
+    from emoframe.flows.run.label_archive import run_label_archive
     from tests.test_deploy import assert_labelled
-    from workers import triton_nodes
-    from workers.contract import MODEL_NAME
-    from workers.triton_config import set_instance_kind
+    from emoframe.workers.task import triton_nodes
+    from emoframe.workers.spec.contract import MODEL_NAME
+    from emoframe.workers.serving.triton_config import set_instance_kind
 
     repo = tmp_path / "repo"
     shutil.copytree(DEFAULT_MODEL_REPO / MODEL_NAME, repo / MODEL_NAME)

@@ -1,4 +1,4 @@
-"""Compaction and the state area: rows written by the real writers (workers/sink.py) into a real folder (and
+"""Compaction and the state area: rows written by the real writers (workers/output/sink.py) into a real folder (and
 a real S3 server, SeaweedFS), compacted, then read back through `emoframe query`'s views, the ledger, a plain
 pyarrow dataset; relabels, prunes, moves and skips of compacted videos; compactions killed half-way (an
 exception at each step, and SIGKILL of a subprocess); the lease that keeps compaction away from a run."""
@@ -22,20 +22,20 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from flows.compact import compact
-from flows.ledger import DoneKey, read_ledger
-from flows.moves import adopt_labels, find_gone, fingerprinted, prune, remove_moved
-from flows.query import connect
-from flows.records import record_skipped
-from workers.contract import NUM_CLASSES, fingerprint
-from workers.labeling import Predictions
-from workers.policy import POLICY
-from workers.rows import evict, is_compacted, read_rows, remove_frames
-from workers.schema import FRAMES_SCHEMA, VIDEOS_SCHEMA, frames_path, videos_path
-from workers.sink import frames_table, video_row, videos_table, write_atomic
-from workers.state import exclusive, live_leases, run_lease, state_path
-from workers.storage import content_fingerprint
-from workers.video_task import Source
+from emoframe.flows.archive.compact import compact
+from emoframe.flows.archive.ledger import DoneKey, read_ledger
+from emoframe.flows.archive.moves import adopt_labels, find_gone, fingerprinted, prune, remove_moved
+from emoframe.flows.analysis.query import connect
+from emoframe.flows.run.records import record_skipped
+from emoframe.workers.spec.contract import NUM_CLASSES, fingerprint
+from emoframe.workers.inference.labeling import Predictions
+from emoframe.workers.spec.policy import POLICY
+from emoframe.workers.output.rows import evict, is_compacted, read_rows, remove_frames
+from emoframe.workers.spec.schema import FRAMES_SCHEMA, VIDEOS_SCHEMA, frames_path, videos_path
+from emoframe.workers.output.sink import frames_table, video_row, videos_table, write_atomic
+from emoframe.workers.output.state import exclusive, live_leases, run_lease, state_path
+from emoframe.workers.output.storage import content_fingerprint
+from emoframe.workers.task.video_task import Source
 
 ROOT = Path(__file__).resolve().parent.parent
 MV = "7"
@@ -76,7 +76,10 @@ def archive(fs: pafs.FileSystem, base: str, n_videos: int = 24) -> list[str]:
     """Labelled videos of different lengths and a failed one in every eight; returns the URIs."""
     uris = [f"/archive/clip {i:03d}.mp4" for i in range(n_videos)]
     for i, uri in enumerate(uris):
-        (write_failed if i % 8 == 7 else lambda fs, b, u: write_labelled(fs, b, u, 20 + 3 * i))(fs, base, uri)
+        if i % 8 == 7:
+            write_failed(fs, base, uri)
+        else:
+            write_labelled(fs, base, uri, 20 + 3 * i)
     return uris
 
 
@@ -118,7 +121,7 @@ def local() -> pafs.LocalFileSystem:
 def test_compaction_keeps_every_row_and_the_ledger_answer(out, local):
     archive(local, out)
     before = snapshot(out)
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "compact", out], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "compact", out], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "45 per-video files" in res.stdout  # 24 videos rows + 21 frames files
@@ -192,10 +195,10 @@ def test_an_eviction_killed_between_its_two_tables_leaves_the_video_not_done_and
 def test_the_run_plan_evicts_what_it_relabels_and_skips(tmp_path, out, local):
     """The run's Planner with --force on a compacted output, no services: every source leaves the compacted
     files before its task is submitted; a file turned into a non-video gets its skipped row and loses frames."""
-    from flows.planning import Planner
-    from flows.run_summary import RunSummary
-    from flows.sources import Listing
-    from workers.video_job import LabelConfig
+    from emoframe.flows.run.planning import Planner
+    from emoframe.flows.run.run_summary import RunSummary
+    from emoframe.flows.archive.sources import Listing
+    from emoframe.workers.task.video_job import LabelConfig
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -283,7 +286,7 @@ def test_a_compaction_killed_at_each_step_is_recovered_with_nothing_lost_or_doub
 def test_a_sigkilled_compaction_is_rolled_forward_by_the_next_one(out, local):
     archive(local, out, 12)
     before = snapshot(out)
-    code = ("import os, signal, sys\nfrom flows.compact import compact\n"
+    code = ("import os, signal, sys\nfrom emoframe.flows.archive.compact import compact\n"
             "def die(name):\n    if name == 'moved one':\n        os.kill(os.getpid(), signal.SIGKILL)\n"
             "compact(sys.argv[1], step=die)\n")
     res = subprocess.run([sys.executable, "-c", code, out], env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -300,7 +303,7 @@ def test_compaction_refuses_while_a_run_holds_a_lease_and_a_run_waits_for_a_comp
     with run_lease(out, "test run") as lease:
         result = compact(out)
         assert result.refused and "label run" in result.refused and own_files(out)
-        cli = subprocess.run([sys.executable, "-m", "flows.cli", "compact", out], capture_output=True, text=True,
+        cli = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "compact", out], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
         assert cli.returncode == 75 and "compaction waits for them" in cli.stderr and own_files(out)
         assert compact(out, ignore_leases=frozenset({lease.record["id"]})).refused is None  # the run's own call
@@ -364,7 +367,7 @@ def test_compaction_in_a_bucket(request, tmp_path):
     fs = server.filesystem()
     base = f"{server.bucket}/compact-{tmp_path.name}"
     out = server.uri(f"compact-{tmp_path.name}")
-    from workers.storage import filesystem_for
+    from emoframe.workers.output.storage import filesystem_for
 
     env_fs, _ = filesystem_for(out)  # the client the code builds from the environment
     uris = archive(env_fs, base, 10)
@@ -384,4 +387,3 @@ def test_compaction_in_a_bucket(request, tmp_path):
     assert read_ledger(out, MV).get(uris[0])["run_id"] == "run-2"
 
 
-from tests.seaweed import s3_server  # noqa: E402,F401  -- the fixture, for the bucket test

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tests.decode_corpus import AUDIO_START_S, CHIRP, GAP, SR, TIMED, track
-from workers.contract import PREPROCESSING as P
-from workers.decode import VideoDecoder
-from workers.errors import BadInputError
-from workers.preprocess import audio_features, frame_midpoints, iter_video_inputs
+from emoframe.workers.spec.contract import PREPROCESSING as P
+from emoframe.workers.media.decode import VideoDecoder
+from emoframe.workers.spec.errors import BadInputError
+from emoframe.workers.media.preprocess import audio_features, frame_midpoints, iter_video_inputs
 
 HALF_CONTEXT_S = P.audio_context / P.sample_rate / 2  # a frame hears this far either side of its mid-time
 

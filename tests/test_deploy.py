@@ -1,4 +1,4 @@
-"""`emoframe serve` (flows/deploy.py) against a real Prefect server on loopback: the deployment is registered
+"""`emoframe serve` (flows/run/deploy.py) against a real Prefect server on loopback: the deployment is registered
 with its cron schedule, the scheduler (not a hand trigger) starts a run within a minute or two, that run labels
 real MP4 files on Ray, and stopping serve pauses the schedule; the same for a work pool served by `prefect worker
 start`. Also the set-up errors, without a server.
@@ -15,7 +15,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,15 +23,15 @@ import httpx
 import pytest
 
 import decord
-from flows.deploy import ServeSetupError, serve
-from flows.query import connect
+from emoframe.flows.run.deploy import ServeSetupError, serve
+from emoframe.flows.analysis.query import connect
 from tests.media import write_video
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 TAG_VAR = "EMOFRAME_TEST_PROCESSES"
 # What `emoframe serve SOURCE --out OUT --cron CRON --name NAME` runs.
-SERVE = ("import sys; from flows.deploy import serve; "
+SERVE = ("import sys; from emoframe.flows.run.deploy import serve; "
          "serve([sys.argv[1]], sys.argv[2], cron=sys.argv[3], name=sys.argv[4])")
 
 
@@ -152,14 +151,6 @@ def standalone_triton(procs: ServiceProcesses, folder: Path, *extra: str) -> Ite
         yield p, url[1]
     finally:
         procs.stop(p, 20)
-
-
-@pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """A short directory for Ray's session files: its Unix socket paths must stay under 107 characters, which a
-    pytest tmp_path does not guarantee."""
-    with tempfile.TemporaryDirectory(prefix="efray", dir="/tmp") as d:
-        yield Path(d)
 
 
 def two_videos(folder: Path) -> list[Path]:
@@ -313,7 +304,7 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
 DEPLOY = """
 import json, sys
 from prefect import flow
-flow.from_source(source=sys.argv[1], entrypoint="flows/deploy.py:label_archive_on_ray").deploy(
+flow.from_source(source=sys.argv[1], entrypoint="flows/run/deploy.py:label_archive_on_ray").deploy(
     name=sys.argv[2], work_pool_name=sys.argv[3], cron=sys.argv[4], parameters=json.loads(sys.argv[5]))
 """
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from training.export import METADATA_FILE, MODEL_FILE
-from training.recipes import CI_CHECK, ci_check
-from workers.contract import MODEL_NAME, fingerprint
-from workers.triton_config import render_config_pbtxt
-from flows.label_archive import DEFAULT_MODEL_REPO
+from emoframe.training.export import METADATA_FILE, MODEL_FILE
+from emoframe.training.recipes import CI_CHECK, ci_check
+from emoframe.workers.spec.contract import MODEL_NAME, fingerprint
+from emoframe.workers.serving.triton_config import render_config_pbtxt
+from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO
 
 MODEL_DIR = DEFAULT_MODEL_REPO / MODEL_NAME
 
@@ -47,8 +47,8 @@ def test_deployed_model_reaches_its_recorded_macro_f1(tmp_path):
 
 def test_every_version_carries_the_current_backend_source():
     """Triton wants model.py inside each version folder, so export copies it there; the copies must not drift
-    from the one source (training.export.BACKEND_SOURCE)."""
-    from training.export import BACKEND_SOURCE
+    from the one source (emoframe.training.export.BACKEND_SOURCE)."""
+    from emoframe.training.export import BACKEND_SOURCE
 
     for vdir in (p for p in MODEL_DIR.iterdir() if p.name.isdigit()):
         assert (vdir / "model.py").read_text() == BACKEND_SOURCE.read_text(), vdir
@@ -62,13 +62,13 @@ def test_triton_answers_what_the_deployed_model_computes_in_process_on_the_same_
     import numpy as np
     import torch
 
-    from training.datasets import load_items, synth_split
-    from training.evaluate import apply_condition, scripted_infer
-    from training.synth import generate
-    from workers.labeling import arrays_to_chunks, predict_video
-    from workers.policy import SYNTHETIC_POLICY
-    from workers.triton_client import TritonClient
-    from workers.triton_server import EmbeddedTriton
+    from emoframe.training.datasets import load_items, synth_split
+    from emoframe.training.evaluate import apply_condition, scripted_infer
+    from emoframe.training.synth import generate
+    from emoframe.workers.inference.labeling import arrays_to_chunks, predict_video
+    from emoframe.workers.spec.policy import SYNTHETIC_POLICY
+    from emoframe.workers.inference.triton_client import TritonClient
+    from emoframe.workers.serving.triton_server import EmbeddedTriton
 
     vdir = deployed_version()
     generate(tmp_path / "synth", 1, seed=5, min_seconds=6, max_seconds=8, no_audio_fraction=0.0)

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from tests.media import read_image
-from training.backbones.mini_xception import (FER_CLASSES, FER_TO_CONTRACT, INPUT_SIZE, KERAS_PARAMETERS,
+from emoframe.training.backbones.mini_xception import (FER_CLASSES, FER_TO_CONTRACT, INPUT_SIZE, KERAS_PARAMETERS,
                                               load_fer_model, load_mini_xception, to_input)
-from workers.contract import CLASSES
-from workers.faces.align import align_faces
-from workers.faces.detector import MTCNN
+from emoframe.workers.spec.contract import CLASSES
+from emoframe.workers.media.faces.align import align_faces
+from emoframe.workers.media.faces.detector import MTCNN
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 
 import decord
 from tests.media import read_image
-from workers.contract import ALIGNMENT, PREPROCESSING as P
-from workers.faces.align import align_faces, model_face, similarity, template_px
-from workers.faces.detector import MTCNN, nms
-from workers.faces.tracker import FaceTracker, TrackerSettings
-from workers.faces.weights import MissingWeightsError, weight_path, MTCNN_WEIGHTS
+from emoframe.workers.spec.contract import ALIGNMENT, PREPROCESSING as P
+from emoframe.workers.media.faces.align import align_faces, model_face, similarity, template_px
+from emoframe.workers.media.faces.detector import MTCNN, nms
+from emoframe.workers.media.faces.tracker import FaceTracker, TrackerSettings
+from emoframe.workers.media.faces.weights import MissingWeightsError, weight_path, MTCNN_WEIGHTS
 
 STILLS = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg", "single_face.jpg",
           "Image_with_alpha.png")
@@ -186,7 +186,7 @@ def test_label_without_the_weights_is_one_clear_error(tmp_path):
     import sys
 
     env = {**os.environ, "EMOFRAME_WEIGHTS": str(tmp_path / "empty")}
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "label", str(tmp_path), "--out", str(tmp_path / "o")],
+    res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(tmp_path), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2
     assert "emoframe fetch-weights" in res.stderr and "Traceback" not in res.stderr

@@ -12,11 +12,11 @@ import psutil
 import pytest
 
 import decord
-from flows.label_archive import DEFAULT_MODEL_REPO, run_label_archive
-from flows.query import connect
+from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO, run_label_archive
+from emoframe.flows.analysis.query import connect
 from tests.reliability import frame_accounting, record
-from training.synth import make_video
-from workers.triton_server import EmbeddedTriton
+from emoframe.training.synth import make_video
+from emoframe.workers.serving.triton_server import EmbeddedTriton
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def test_model_unloaded_and_reloaded_on_a_shared_triton_during_a_run(videos, tmp
     finish; none is charged an attempt or left failed."""
     import tritonclient.grpc as grpcclient
 
-    from workers.contract import MODEL_NAME
+    from emoframe.workers.spec.contract import MODEL_NAME
 
     from tests.test_deploy import ServiceProcesses, standalone_triton
 

@@ -10,9 +10,9 @@ import psutil
 import pytest
 
 from tests.media import write_video
-from workers.errors import BadInputError
-from workers.isolation import Limits, run_isolated
-from workers.video_task import LabelConfig, Source, label_video
+from emoframe.workers.spec.errors import BadInputError
+from emoframe.workers.processes.isolation import Limits, run_isolated
+from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 
 
 def _sleep_forever(progress):
@@ -127,7 +127,7 @@ def _counting(frames, progress):
 
 
 def test_the_childs_progress_reaches_the_caller_and_drives_the_bar():
-    from workers.progress import VideoProgress
+    from emoframe.workers.task.progress import VideoProgress
 
     class Bar:  # what tqdm and Ray's tqdm are to VideoProgress: a total and updates
         total, n, closed = None, 0, False
@@ -155,7 +155,7 @@ def test_the_childs_progress_reaches_the_caller_and_drives_the_bar():
 
 
 def test_a_ray_worker_reports_progress_as_lines_with_rate_and_time_left():
-    from workers.progress import LineProgress
+    from emoframe.workers.task.progress import LineProgress
 
     now, lines = [0.0], []
     bar = LineProgress("interview.mp4", every_s=15, clock=lambda: now[0], write=lines.append)
@@ -174,7 +174,7 @@ def test_a_ray_worker_reports_progress_as_lines_with_rate_and_time_left():
 
 def test_a_labelled_file_that_fails_now_loses_its_old_frames(tmp_path, clip):
     """The failed row must not stand beside labels of the file's earlier content."""
-    from workers.schema import frames_path
+    from emoframe.workers.spec.schema import frames_path
 
     c = cfg(tmp_path, "CrashingDecoder")
     stale = frames_path(c.out, c.model_version, str(clip))

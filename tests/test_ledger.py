@@ -10,15 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.ledger import DoneKey, Ledger, read_ledger
-from flows.moves import adopt_labels, find_gone, fingerprinted, prune
-from flows.records import record_skipped
-from workers.contract import fingerprint
-from workers.policy import POLICY, LabellingPolicy
-from workers.schema import FRAMES_SCHEMA, frames_path, videos_path
-from workers.sink import video_row, videos_table, write_atomic
-from workers.storage import FINGERPRINT_SPAN, content_fingerprint
-from workers.video_job import Source
+from emoframe.flows.archive.ledger import DoneKey, Ledger, read_ledger
+from emoframe.flows.archive.moves import adopt_labels, find_gone, fingerprinted, prune
+from emoframe.flows.run.records import record_skipped
+from emoframe.workers.spec.contract import fingerprint
+from emoframe.workers.spec.policy import POLICY, LabellingPolicy
+from emoframe.workers.spec.schema import FRAMES_SCHEMA, frames_path, videos_path
+from emoframe.workers.output.sink import video_row, videos_table, write_atomic
+from emoframe.workers.output.storage import FINGERPRINT_SPAN, content_fingerprint
+from emoframe.workers.task.video_job import Source
 from pyarrow import fs as pafs
 
 KEY = DoneKey("detect", POLICY, fingerprint())
@@ -26,7 +26,7 @@ VERSION = "3"
 
 
 def _frames(uri: str, n: int) -> pa.Table:
-    from workers.schema import video_id
+    from emoframe.workers.spec.schema import video_id
 
     rows = [{"video_id": video_id(uri), "source_uri": uri, "frame_index": i, "timestamp_s": i / 10,
              "face_present": True, "faces_detected": 1, "audio_present": False, "label": "Happiness", "label_id": 4,

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from training.export import example_inputs
-from training.model import ExportWrapper, FusionModel, ModelConfig, safe_attention
-from training.readers import EVIDENCE_FLOOR, FER_OTHER_MASS, DrawnFaceReader, FerReader
-from training.train import focal_loss, modality_dropout
-from workers.contract import CLASSES, NUM_CLASSES, PREPROCESSING
+from emoframe.training.export import example_inputs
+from emoframe.training.model import ExportWrapper, FusionModel, ModelConfig, safe_attention
+from emoframe.training.readers import EVIDENCE_FLOOR, FER_OTHER_MASS, DrawnFaceReader, FerReader
+from emoframe.training.train import focal_loss, modality_dropout
+from emoframe.workers.spec.contract import CLASSES, NUM_CLASSES, PREPROCESSING
 
 T = PREPROCESSING.window
 

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import decord
-from flows.label_archive import DEFAULT_MODEL_REPO, run_label_archive
-from flows.query import connect
+from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO, run_label_archive
+from emoframe.flows.analysis.query import connect
 from tests.media import write_video
-from training.synth import make_video
-from workers.contract import CLASSES, fingerprint
-from workers.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA
+from emoframe.training.synth import make_video
+from emoframe.workers.spec.contract import CLASSES, fingerprint
+from emoframe.workers.spec.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA
 
 pytestmark = pytest.mark.integration
 
@@ -297,7 +297,7 @@ def test_rerun_with_force_replaces_instead_of_duplicating(run, corpus):
 
 def test_query_command_runs_sql_over_the_output(run):
     out, _ = run
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "query",
+    res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "query",
                           "SELECT count(DISTINCT video_id) AS n FROM frames", "--out", str(out)],
                          capture_output=True, text=True, check=True)
     # header, rule, the one value row, then the row and column count
@@ -307,7 +307,7 @@ def test_query_command_runs_sql_over_the_output(run):
 
 
 def test_unreachable_triton_url_is_a_clear_error(corpus, tmp_path):
-    from flows.preflight import PreflightError
+    from emoframe.flows.run.preflight import PreflightError
 
     src, _ = corpus
     with pytest.raises(PreflightError, match="--triton-url: .*127.0.0.1:9"):  # before any service starts
@@ -349,7 +349,7 @@ def test_compacted_output_relabels_one_copy_and_reads_with_plain_readers(run, co
     rows leave the compacted files and land once; every other row, and what the ledger says, is unchanged."""
     import pyarrow.dataset as ds
 
-    from flows.compact import compact
+    from emoframe.flows.archive.compact import compact
 
     out, _ = run
     src, _ = corpus

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.contract import NUM_CLASSES, PREPROCESSING, Preprocessing, fingerprint
-from workers.labeling import predict_video
-from workers.policy import POLICY, LabellingPolicy
-from workers.preprocess import FaceRows, InputChunk
+from emoframe.workers.spec.contract import NUM_CLASSES, PREPROCESSING, Preprocessing, fingerprint
+from emoframe.workers.inference.labeling import predict_video
+from emoframe.workers.spec.policy import POLICY, LabellingPolicy
+from emoframe.workers.media.preprocess import FaceRows, InputChunk
 
 
 def _chunks(n: int, face_frames: np.ndarray, audio: np.ndarray, size: int = 50) -> list[InputChunk]:
@@ -111,7 +111,7 @@ def test_a_stride_longer_than_the_window_is_refused_before_any_inference():
 
 
 def test_cli_reports_a_bad_stride_without_a_traceback(capsys):
-    from flows.cli import main
+    from emoframe.flows.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["label", "x.mp4", "--stride", "500"])
@@ -131,7 +131,7 @@ def test_checkpoints_from_before_the_split_load_and_keep_the_contract():
 def test_each_command_gets_its_own_audio_default_from_one_parser():
     """label and serve do not hear the audio unless asked; evaluate does. The flag is shared, so a default set
     for evaluate once leaked into label (every CLI run heard the audio)."""
-    from flows.cli import _policy_kwargs, build_parser
+    from emoframe.flows.cli.main import _policy_kwargs, build_parser
 
     ap = build_parser("label")
     assert _policy_kwargs(ap.parse_args(["label", "x.mp4"]), "label")["audio"] is False

@@ -1,4 +1,4 @@
-"""The preflight (flows/preflight.py): a mistake in what the user named is one line and exit 2 before any
+"""The preflight (flows/run/preflight.py): a mistake in what the user named is one line and exit 2 before any
 service starts, and a URI carrying a secret is refused without echoing it or leaving it anywhere."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.preflight import PreflightError, check_output, check_sources, check_triton, check_uris
+from emoframe.flows.run.preflight import PreflightError, check_output, check_sources, check_triton, check_uris
 from tests.media import write_video
-from workers.storage import CredentialsInURIError, check_no_credentials
+from emoframe.workers.output.storage import CredentialsInURIError, check_no_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCY/s3cr3t"  # AWS secret keys hold '/' and '+'
@@ -77,7 +77,7 @@ def test_triton_urls_that_cannot_be_grpc_are_refused_before_connecting(url, why)
 
 
 def _emoframe(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, cwd=cwd)
 
 
@@ -121,7 +121,7 @@ def test_the_model_repository_comes_from_its_setting(tmp_path):
 
 def test_a_bucket_without_credentials_is_an_answer_not_a_hang(tmp_path):
     """gs:// on a machine without Google credentials: pyarrow's default retried in silence for 15 minutes;
-    bounded (workers/storage.py), the user hears why within a minute."""
+    bounded (workers/output/storage.py), the user hears why within a minute."""
     env = {"HOME": str(tmp_path), "GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": str(tmp_path)}
     t = time.monotonic()
     res = _emoframe("label", "gs://emoframe-no-such-bucket/videos", "--out", str(tmp_path / "o"), env=env)
@@ -149,7 +149,7 @@ def test_a_refused_secret_leaves_no_trace(tmp_path):
 
 def test_the_worker_side_check_names_what_the_cluster_cannot_do(tmp_path):
     """The flow's first task runs this on a Ray worker; here its body, on this machine."""
-    from flows.label_archive import worker_access
+    from emoframe.flows.run.label_archive import worker_access
 
     clip = write_video(tmp_path / "a.mp4", 3)
     assert worker_access.fn(str(tmp_path / "out"), str(clip)) is None

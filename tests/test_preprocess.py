@@ -1,8 +1,8 @@
 import cv2
 import numpy as np
 
-from workers.contract import PREPROCESSING as P
-from workers.preprocess import audio_features, blank_mask
+from emoframe.workers.spec.contract import PREPROCESSING as P
+from emoframe.workers.media.preprocess import audio_features, blank_mask
 
 SR = P.sample_rate
 

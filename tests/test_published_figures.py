@@ -38,7 +38,7 @@ def test_readme_face_benchmark_is_rendered_from_its_json():
 
 
 def test_model_card_figures_are_rendered_from_the_deployed_versions_files():
-    from training import model_card
+    from emoframe.training import model_card
 
     vdir = model_card.deployed_version()
     published = _load("published")
@@ -49,7 +49,7 @@ def test_model_card_figures_are_rendered_from_the_deployed_versions_files():
 
 
 def test_model_card_real_clip_figures_are_rendered_from_their_json_of_the_deployed_model():
-    from training import model_card
+    from emoframe.training import model_card
 
     rc = _load("real_clips")
     data = json.loads(rc.JSON_PATH.read_text())
@@ -58,9 +58,9 @@ def test_model_card_real_clip_figures_are_rendered_from_their_json_of_the_deploy
 
 
 def test_voting_sweep_is_rendered_from_its_json_and_the_policy_defaults_are_its_pick():
-    from training import voting_sweep
-    from workers.contract import fingerprint
-    from workers.policy import POLICY
+    from emoframe.training import voting_sweep
+    from emoframe.workers.spec.contract import fingerprint
+    from emoframe.workers.spec.policy import POLICY
 
     doc = json.loads(voting_sweep.JSON_PATH.read_text())
     assert _load("published").readme_block(voting_sweep.START, voting_sweep.END, voting_sweep.MARKDOWN_PATH) == \
@@ -79,8 +79,8 @@ def test_readme_triton_benchmark_is_rendered_from_its_json():
 
 
 def test_ablation_page_is_rendered_from_its_json_of_three_seeds_under_this_contract():
-    from training import ablation
-    from workers.contract import fingerprint
+    from emoframe.training import ablation
+    from emoframe.workers.spec.contract import fingerprint
 
     doc = json.loads(ablation.JSON_PATH.read_text())
     assert ablation.MARKDOWN_PATH.read_text() == ablation.render(doc)
@@ -108,7 +108,7 @@ def test_readme_reliability_table_is_rendered_from_a_test_run_with_nothing_lost(
 
 
 def test_what_a_video_task_declares_to_ray_covers_its_measured_memory():
-    from flows.resources import TASK_MEMORY_MB
+    from emoframe.workers.task.resources import TASK_MEMORY_MB
 
     data = json.loads((ROOT / "docs" / "task_memory.json").read_text())
     assert not data["dirty"] and data["declared_mb"] == TASK_MEMORY_MB

@@ -15,9 +15,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from flows.query import QueryError, run_query
-from workers.schema import VIDEOS_SCHEMA, videos_path
-from workers.sink import video_row, videos_table, write_atomic
+from emoframe.flows.analysis.query import QueryError, run_query
+from emoframe.workers.spec.schema import VIDEOS_SCHEMA, videos_path
+from emoframe.workers.output.sink import video_row, videos_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 URIS = [f"/archive/clip{i}.mp4" for i in range(3)]
@@ -43,7 +43,7 @@ def test_a_table_shows_every_column_and_says_when_rows_were_left_out(out):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "query", *args], capture_output=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "query", *args], capture_output=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

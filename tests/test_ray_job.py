@@ -11,9 +11,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from tests.test_deploy import (VENV_BIN, ServiceProcesses, assert_labelled, free_port, ray_tmp,  # noqa: F401
+from tests.test_deploy import (VENV_BIN, ServiceProcesses, assert_labelled, free_port,
                                two_videos, wait_for)
-from tests.seaweed import s3_server  # noqa: F401  -- the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +106,7 @@ def test_token_auth_sequence_after_a_local_run(tmp_path, ray_tmp):
     """The sequence docs/operations.md gives: a local `emoframe label` leaves a token in ~/.ray/auth_token (made
     owner-only); a later `ray start --head` picks it up and enables token auth; with RAY_AUTH_MODE=token exported,
     `emoframe label --ray-address` and `ray job submit` then work against that head. HOME is the test's own."""
-    from workers.faces.weights import cache_dir
+    from emoframe.workers.media.faces.weights import cache_dir
 
     home = tmp_path / "home"
     home.mkdir()

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from flows.label_archive import run_label_archive
-from flows.query import connect
+from emoframe.flows.run.label_archive import run_label_archive
+from emoframe.flows.analysis.query import connect
 from tests.media import STILLS, STRETCHES, fit, read_image, reencode, still_clip, write_frames
 
 pytestmark = pytest.mark.integration

@@ -17,12 +17,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from flows.query import connect
-from tests.seaweed import s3_server  # noqa: F401  -- the fixture; the server starts only for the bucket test
-from workers.contract import CLASSES, NUM_CLASSES
-from workers.labeling import Predictions
-from workers.schema import frames_path, videos_path
-from workers.sink import frames_table, video_row, videos_table, write_atomic
+from emoframe.flows.analysis.query import connect
+from emoframe.workers.spec.contract import CLASSES, NUM_CLASSES
+from emoframe.workers.inference.labeling import Predictions
+from emoframe.workers.spec.schema import frames_path, videos_path
+from emoframe.workers.output.sink import frames_table, video_row, videos_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 MV = "3"
@@ -91,7 +90,7 @@ def out(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(out) -> Path:
-    from flows.report import write_report
+    from emoframe.flows.analysis.report import write_report
 
     return write_report(str(out))
 
@@ -220,7 +219,7 @@ def test_many_tracks_are_capped_with_a_note(report):
 
 def test_the_timeline_shows_the_face_less_stretch(out):
     """What the figure draws: face band and probabilities empty where the face is gone, sound until 9 s."""
-    from flows.report import load_video, selected_videos, timelines
+    from emoframe.flows.analysis.report import load_video, selected_videos, timelines
 
     with connect(str(out)) as con:
         v = next(v for v in selected_videos(con, 10) if v.source_uri == TWO_FACES)
@@ -235,7 +234,7 @@ def test_the_timeline_shows_the_face_less_stretch(out):
 
 
 def test_max_videos_keeps_the_most_recent_and_drops_stale_pages(out, tmp_path):
-    from flows.report import write_report
+    from emoframe.flows.analysis.report import write_report
 
     dest = tmp_path / "r"
     write_report(str(out), str(dest), max_videos=2)
@@ -247,7 +246,7 @@ def test_max_videos_keeps_the_most_recent_and_drops_stale_pages(out, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "report", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "report", *args], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -267,11 +266,11 @@ def test_cli_writes_beside_the_output_and_mistakes_are_one_line(out, tmp_path):
 
 
 def test_help_imports_neither_matplotlib_nor_duckdb():
-    from flows.report import DEFAULT_MAX_VIDEOS
+    from emoframe.flows.analysis.report import DEFAULT_MAX_VIDEOS
 
-    code = ("import sys, contextlib, io\nfrom flows.cli import main\nhelp = io.StringIO()\n"
+    code = ("import sys, contextlib, io\nfrom emoframe.flows.cli.main import main\nhelp = io.StringIO()\n"
             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(help):\n    main(['report', '--help'])\n"
-            "print(sorted(m for m in ('matplotlib', 'duckdb', 'flows.report') if m in sys.modules))\n"
+            "print(sorted(m for m in ('matplotlib', 'duckdb', 'emoframe.flows.analysis.report') if m in sys.modules))\n"
             "print(' '.join(help.getvalue().split()))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -314,12 +313,12 @@ def test_pages_render_in_a_real_browser_with_every_image(report, tmp_path, which
 def test_a_report_of_output_in_a_bucket_matches_the_local_one(out, report, request, tmp_path, monkeypatch):
     """The same output uploaded to a real S3 server (SeaweedFS): the same pages, the same seconds per class,
     each page reading its video's own frames file from the bucket."""
-    import flows.report
-    from flows.report import write_report
+    import emoframe.flows.analysis.report
+    from emoframe.flows.analysis.report import write_report
 
-    read = []  # each video page reads its own video's rows (workers/rows.read_rows), nothing else
-    real_read = flows.report.read_rows
-    monkeypatch.setattr(flows.report, "read_rows", lambda *a: read.append(a) or real_read(*a))
+    read = []  # each video page reads its own video's rows (workers/output/rows.read_rows), nothing else
+    real_read = emoframe.flows.analysis.report.read_rows
+    monkeypatch.setattr(emoframe.flows.analysis.report, "read_rows", lambda *a: read.append(a) or real_read(*a))
 
     server = request.getfixturevalue("s3_server")
     pafs.copy_files(str(out), f"{server.bucket}/labels", source_filesystem=pafs.LocalFileSystem(),

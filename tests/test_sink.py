@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.sink import clean_seconds
+from emoframe.workers.output.sink import clean_seconds
 
 
 def test_timestamps_carry_no_float_noise_nor_a_negative_zero():
@@ -16,9 +16,9 @@ def test_timestamps_carry_no_float_noise_nor_a_negative_zero():
 def test_integer_microseconds_beside_the_seconds_are_exact_for_a_two_hour_video():
     """timestamp_us is the frame's time exactly (29.97 frames/s, 2 hours: float seconds print as 7199.992459,
     the integer needs no rounding to compare or join)."""
-    from workers.contract import NUM_CLASSES
-    from workers.labeling import Predictions
-    from workers.sink import frames_table
+    from emoframe.workers.spec.contract import NUM_CLASSES
+    from emoframe.workers.inference.labeling import Predictions
+    from emoframe.workers.output.sink import frames_table
 
     n = 215_784  # 2 h at 30000/1001
     times = np.arange(n) * 1001 / 30000

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-import flows.sources as sources
-from flows.sources import filesystem_for, list_sources, sniff_container
+import emoframe.flows.archive.sources as sources
+from emoframe.flows.archive.sources import filesystem_for, list_sources, sniff_container
 from tests.media import write_video
 
 MP4_HEAD = b"\x00\x00\x00\x20ftypisom" + bytes(20)
@@ -277,7 +277,7 @@ def test_a_link_to_its_own_folder_lists_the_video_once_with_a_warning(tmp_path):
 
 LIST_IN_A_CHILD = """
 import json, sys
-from flows.sources import list_sources
+from emoframe.flows.archive.sources import list_sources
 out = {}
 for spec in sys.argv[1:]:
     listing = list_sources([spec])

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.query import connect
+from emoframe.flows.analysis.query import connect
 from tests.reliability import frame_accounting, record
 from tests.media import write_video
-from workers.lifeline import sweep
+from emoframe.workers.processes.lifeline import sweep
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def videos(tmp_path) -> Path:
 
 def _label(videos: Path, out: Path, log: Path) -> subprocess.Popen:
     """`emoframe label` in a session of its own: its process group is what a terminal would signal."""
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "label", str(videos), "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(videos), "--out", str(out),
                              "--faces", "centred"], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
 
@@ -73,7 +73,7 @@ def _gone(procs: list[psutil.Process], timeout_s: float) -> list[str]:
 
 
 def _leftovers(pid: int) -> list[str]:
-    """Files a run named after its pid (workers/lifeline.py): its Triton work folder, shared memory."""
+    """Files a run named after its pid (workers/processes/lifeline.py): its Triton work folder, shared memory."""
     import tempfile
 
     return [str(p) for d in (Path(tempfile.gettempdir()), Path("/dev/shm")) for p in d.iterdir()
@@ -188,7 +188,7 @@ def test_sweep_removes_only_what_dead_runs_left(tmp_path):
     dead.wait()
     live = os.getpid()
     made = {f"emoframe-triton-{dead.pid}-abc": True, f"emoframe-triton-{live}-abc": False,
-            f"emoframe-tritonserver-xyz.log": False, "something-else": False}
+            "emoframe-tritonserver-xyz.log": False, "something-else": False}
     for name in made:
         (tmp_path / name).mkdir()
     (shm / f"emoframe{dead.pid}_1a2b_region").write_bytes(b"x")
@@ -199,7 +199,7 @@ def test_sweep_removes_only_what_dead_runs_left(tmp_path):
 
 
 def test_ray_token_file_is_made_owner_only(tmp_path):
-    from flows.ray_runtime import tighten_token_file
+    from emoframe.flows.run.ray_runtime import tighten_token_file
 
     folder = tmp_path / ".ray"
     folder.mkdir(mode=0o755)

@@ -13,8 +13,8 @@ import torch  # noqa: F401  -- torch before decord: the other order can crash at
 
 import decord  # noqa: E402
 
-from training.abaw_format import HEADER, read_annotation, write_annotation  # noqa: E402
-from training.synth import (  # noqa: E402
+from emoframe.training.abaw_format import HEADER, read_annotation, write_annotation  # noqa: E402
+from emoframe.training.synth import (  # noqa: E402
     CLASS_PROBS,
     FPS_CHOICES,
     SEGMENT_SECONDS,
@@ -23,7 +23,7 @@ from training.synth import (  # noqa: E402
     sample_labels,
     sample_segments,
 )
-from workers.contract import CLASSES, NUM_CLASSES, PREPROCESSING  # noqa: E402
+from emoframe.workers.spec.contract import CLASSES, NUM_CLASSES, PREPROCESSING  # noqa: E402
 
 SEED = 0  # with the default no_audio_fraction, video 0 of seed 0 has no audio track and videos 1-2 have one
 SHORT = dict(min_seconds=3.0, max_seconds=5.0)

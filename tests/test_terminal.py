@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flows.run_summary import RunSummary
-from flows.terminal import shown
-from workers.sink import video_row
-from workers.video_job import VideoOutcome
+from emoframe.flows.run.run_summary import RunSummary
+from emoframe.flows.cli.terminal import shown
+from emoframe.workers.output.sink import video_row
+from emoframe.workers.task.video_job import VideoOutcome
 
 
 def summary(outcomes=(), skipped=None, missing=(), earlier_failures=()) -> RunSummary:
@@ -62,7 +62,7 @@ def test_the_exit_status_counts_what_left_a_video_unlabelled_and_nothing_else():
 
 def test_a_summary_of_an_archive_keeps_counts_and_a_bounded_list():
     """Memory and text do not grow with the archive: every video is counted, LISTED of each kind are shown."""
-    from flows.run_summary import LISTED
+    from emoframe.flows.run.run_summary import LISTED
 
     now = datetime.now(timezone.utc)
     s = RunSummary("r", "/out", "3")

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.abaw_format import write_annotation
-from training.datasets import discover, load_items, synth_split
-from training.evaluate import apply_condition, evaluate, hidden_stretches
-from training.export import MODEL_FILE, example_inputs, export, read_metadata
-from training.metrics import per_class_f1, summarize
-from training.model import ModelConfig
-from training.train import TrainConfig, load_pipeline, train
-from workers.contract import CLASSES, PREPROCESSING, fingerprint
+from emoframe.training.abaw_format import write_annotation
+from emoframe.training.datasets import discover, load_items, synth_split
+from emoframe.training.evaluate import apply_condition, evaluate, hidden_stretches
+from emoframe.training.export import MODEL_FILE, example_inputs, export, read_metadata
+from emoframe.training.metrics import per_class_f1, summarize
+from emoframe.training.model import ModelConfig
+from emoframe.training.train import TrainConfig, load_pipeline, train
+from emoframe.workers.spec.contract import CLASSES, PREPROCESSING, fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_macro_f1_matches_a_hand_computed_case():
 def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path, monkeypatch):
     """A run stopped in its second epoch (Ctrl-C while validating, before that epoch's checkpoint) and resumed
     trains the last two epochs only and ends with the weights and history of a run that was never stopped."""
-    import training.train as training_train
+    import emoframe.training.train as training_train
 
     cfg = TrainConfig(epochs=3, steps_per_epoch=8, batch_size=8, warmup_steps=2, lr=3e-3,
                       model=ModelConfig(dim=32, self_layers=1))
@@ -76,8 +76,8 @@ def test_short_training_lowers_the_loss_and_resume_continues(data, tmp_path, mon
 def test_drawn_reader_runs_are_cross_fitted_saved_and_reused(data, tmp_path):
     """With reader="drawn", each training video's evidence comes from the fold reader that did not see it, the
     readers are saved, a resumed run reuses them, and the exported pipeline reads faces with FER."""
-    from training.readers import DrawnFaceReader, FerReader
-    from training.train import prepare_reader
+    from emoframe.training.readers import DrawnFaceReader, FerReader
+    from emoframe.training.train import prepare_reader
 
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, reader="drawn", reader_epochs=1,
                       model=ModelConfig(dim=32))
@@ -88,7 +88,7 @@ def test_drawn_reader_runs_are_cross_fitted_saved_and_reused(data, tmp_path):
     # video j's evidence is fold (j % 2)'s: a reader trained on the other videos only
     fold0 = DrawnFaceReader()
     fold0.load_state_dict(saved["folds"][0])
-    from training.readers import read_evidence
+    from emoframe.training.readers import read_evidence
 
     np.testing.assert_allclose(read_evidence(fold0, data[0].face), evidence[0], atol=1e-5)
     assert not np.allclose(read_evidence(reader, data[0].face), evidence[0], atol=1e-3)
@@ -147,7 +147,7 @@ def test_evaluate_reports_every_condition_with_and_without_voting(data, tmp_path
 
 
 def test_evaluation_reads_each_distinct_crop_once_and_answers_like_the_pipeline(data, tmp_path):
-    from training.evaluate import infer_fn, score
+    from emoframe.training.evaluate import infer_fn, score
 
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
     train(cfg, data, [], tmp_path / "run", progress=False)
@@ -173,8 +173,8 @@ def test_evaluation_reads_each_distinct_crop_once_and_answers_like_the_pipeline(
 def test_evaluate_scores_a_deployed_model_like_its_checkpoint(data, small_synth, tmp_path, capsys):
     """`emoframe evaluate` takes a model-repository version, its model.pt or a checkpoint; all three score alike
     (the export is the checkpoint's model), and a model of another contract is refused with a clear message."""
-    from flows.cli import main
-    from training.evaluate import ModelFileError, evaluate_infer, load_for_evaluation
+    from emoframe.flows.cli.main import main
+    from emoframe.training.evaluate import ModelFileError, evaluate_infer, load_for_evaluation
 
     cfg = TrainConfig(epochs=1, steps_per_epoch=3, batch_size=4, warmup_steps=1, model=ModelConfig(dim=32))
     train(cfg, data, [], tmp_path / "run", progress=False)
@@ -243,7 +243,7 @@ def test_abaw_layout_with_cropped_frames_and_two_person_videos(small_synth, tmp_
 
 
 def test_annotation_frame_count_must_match_the_video(small_synth, tmp_path):
-    from training.features import load_video
+    from emoframe.training.features import load_video
 
     item = synth_split(small_synth)[0]
     with pytest.raises(ValueError, match="one label per frame"):
@@ -254,7 +254,7 @@ def test_cached_videos_come_back_memory_mapped_and_are_not_recomputed(small_synt
     """The feature cache is what lets an Aff-Wild2-size set train without being read into memory: every
     field comes back as a read-only memory map of its .npy file, equal to what was computed, and a second
     load decodes nothing. A cropped_aligned folder is its own cache entry (its crops, not the video's)."""
-    import training.features as features
+    import emoframe.training.features as features
 
     items = synth_split(small_synth)[:2]
     first = load_items(items, tmp_path / "cache")
@@ -275,7 +275,7 @@ def test_cached_videos_come_back_memory_mapped_and_are_not_recomputed(small_synt
 def test_the_drawn_reader_trains_the_same_from_memory_maps_as_from_arrays(data):
     """Crops are gathered per batch from each video's (memory-mapped) array, never concatenated: the same
     seed gives the same reader as from arrays held in memory."""
-    from training.readers import train_drawn_reader
+    from emoframe.training.readers import train_drawn_reader
 
     videos = data[:2]
     args = dict(seed=3, epochs=1, batch=32)

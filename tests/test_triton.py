@@ -23,7 +23,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from workers.contract import (
+from emoframe.workers.spec.contract import (
     MAX_BATCH_SIZE,
     MODEL_NAME,
     NUM_CLASSES,
@@ -34,10 +34,10 @@ from workers.contract import (
     input_specs,
     output_specs,
 )
-from workers.errors import ContractMismatchError, ServiceUnavailableError
-from workers.triton_client import InferenceFailedError, TritonClient
-from workers.triton_config import render_config_pbtxt, set_instance_kind, write_config
-from workers.triton_server import EmbeddedTriton, tritonserver_path
+from emoframe.workers.spec.errors import ContractMismatchError, ServiceUnavailableError
+from emoframe.workers.inference.triton_client import InferenceFailedError, TritonClient
+from emoframe.workers.serving.triton_config import render_config_pbtxt, set_instance_kind, write_config
+from emoframe.workers.serving.triton_server import EmbeddedTriton, tritonserver_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PY = ROOT / "model_repo" / MODEL_NAME / "1" / "model.py"
@@ -337,7 +337,7 @@ def test_failed_start_reports_log_tail(tmp_path: Path):
 
 @pytest.mark.integration
 def test_port_taken_is_retried(tmp_path: Path, monkeypatch):
-    import workers.triton_server as ts
+    import emoframe.workers.serving.triton_server as ts
 
     real = ts._free_ports
     with socket.socket() as busy:
@@ -360,7 +360,7 @@ def test_port_taken_is_retried(tmp_path: Path, monkeypatch):
 _CHILD = """
 import sys, time
 from pathlib import Path
-from workers.triton_server import EmbeddedTriton
+from emoframe.workers.serving.triton_server import EmbeddedTriton
 with EmbeddedTriton(Path(sys.argv[1]), log_path=Path(sys.argv[2]), ready_timeout_s=120) as srv:
     print(srv.pid, flush=True)
     time.sleep(600)
@@ -370,7 +370,7 @@ with EmbeddedTriton(Path(sys.argv[1]), log_path=Path(sys.argv[2]), ready_timeout
 @pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_signal_leaves_no_processes(tmp_path: Path, sig: signal.Signals):
-    """SIGKILL runs no stop hook: the guard around the server (workers/lifeline.py) takes the group down."""
+    """SIGKILL runs no stop hook: the guard around the server (workers/processes/lifeline.py) takes the group down."""
     repo = make_repo(tmp_path / "repo")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen(
@@ -412,7 +412,7 @@ def test_emoframe_triton_serves_the_repository_for_triton_url_and_stops_on_sigte
     """The command a --triton-url user runs: it serves the repository's latest version on the ports given,
     refuses a taken port with one line (exit 2), and SIGTERM stops it with the server's whole process group."""
     from tests.test_deploy import VENV_BIN, ServiceProcesses, standalone_triton
-    from workers.model_versions import latest_version
+    from emoframe.workers.spec.model_versions import latest_version
 
     procs = ServiceProcesses({})
     try:
@@ -439,7 +439,7 @@ def test_infer_many_calls_on_wait_while_an_answer_is_awaited(monkeypatch):
     """Unit test of infer_many's waiting (the server's answers faked, slow): ``on_wait`` is the isolation
     watchdog's heartbeat while Triton is slow, called while an answer is awaited, and the answers still
     come in input order."""
-    import workers.triton_client as tc
+    import emoframe.workers.inference.triton_client as tc
 
     class SlowServer(tc.TritonClient):
         def _validate(self, batch):

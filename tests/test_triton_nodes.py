@@ -1,4 +1,4 @@
-"""Unit tests of workers/triton_nodes.py's pure parts: what is shipped to the nodes, which nodes get a server
+"""Unit tests of workers/task/triton_nodes.py's pure parts: what is shipped to the nodes, which nodes get a server
 and what it declares, the task options. The servers themselves run in tests/test_cluster.py."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.planning import DEFAULT_MODEL_REPO
-from flows.resources import TASK_CPUS, TASK_MEMORY_MB
-from workers.contract import MODEL_NAME
-from workers.model_versions import latest_version
-from workers.triton_config import instance_kind, set_instance_kind
-from workers.triton_nodes import (TRITON_GPU_NODE_CPUS, TRITON_MEMORY_MB, Served, pack_model, plan_servers,
+from emoframe.flows.run.planning import DEFAULT_MODEL_REPO
+from emoframe.workers.task.resources import TASK_CPUS, TASK_MEMORY_MB
+from emoframe.workers.spec.contract import MODEL_NAME
+from emoframe.workers.spec.model_versions import latest_version
+from emoframe.workers.serving.triton_config import instance_kind, set_instance_kind
+from emoframe.workers.task.triton_nodes import (TRITON_GPU_NODE_CPUS, TRITON_MEMORY_MB, Served, pack_model, plan_servers,
                                   server_cpus, server_id)
-from workers.video_job import LabelConfig
+from emoframe.workers.task.video_job import LabelConfig
 
 GB = 2**30
 
@@ -75,7 +75,7 @@ def test_video_tasks_go_only_where_a_server_is():
 
 
 def test_a_run_with_one_server_gives_tasks_the_config_unchanged():
-    from workers.triton_nodes import for_this_node
+    from emoframe.workers.task.triton_nodes import for_this_node
 
     cfg = LabelConfig(out="o", run_id="r", triton_url="host:8001", model_version="3")
     assert for_this_node(cfg) is cfg  # no Ray needed, nothing looked up
@@ -83,7 +83,7 @@ def test_a_run_with_one_server_gives_tasks_the_config_unchanged():
 
 
 def test_cli_refuses_per_node_with_a_url(tmp_path, capsys):
-    from flows.cli import main
+    from emoframe.flows.cli.main import main
 
     with pytest.raises(SystemExit) as stop:
         main(["label", str(tmp_path), "--out", str(tmp_path / "o"), "--triton", "per-node",
@@ -93,7 +93,7 @@ def test_cli_refuses_per_node_with_a_url(tmp_path, capsys):
 
 
 def test_the_flow_refuses_an_unknown_mode(tmp_path):
-    from flows.label_archive import triton_endpoint
+    from emoframe.flows.run.label_archive import triton_endpoint
 
     with pytest.raises(ValueError, match="triton must be one of"):
         with triton_endpoint(None, Path(DEFAULT_MODEL_REPO), None, "everywhere"):

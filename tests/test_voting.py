@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from workers.contract import NUM_CLASSES
-from workers.voting import WindowAccumulator, decide, label_flips, smooth
-from workers.windows import iter_windows, window_starts
+from emoframe.workers.spec.contract import NUM_CLASSES
+from emoframe.workers.inference.voting import WindowAccumulator, decide, label_flips, smooth
+from emoframe.workers.inference.windows import iter_windows, window_starts
 
 
 def onehot(labels, conf=0.9):
@@ -78,7 +78,7 @@ def test_window_starts_cover_every_frame(n, t, s, expected):
 
 
 def _chunk(start, mel, audio, frame, track, face, present=None):
-    from workers.preprocess import FaceRows, InputChunk
+    from emoframe.workers.media.preprocess import FaceRows, InputChunk
 
     m = len(frame)
     present = np.ones(m, bool) if present is None else present
@@ -96,7 +96,7 @@ def _one_track_chunks(face, fm, mel, am, size):
 def test_iter_windows_matches_slicing_across_chunk_boundaries():
     from dataclasses import replace
 
-    from workers.contract import PREPROCESSING
+    from emoframe.workers.spec.contract import PREPROCESSING
 
     p = replace(PREPROCESSING, window=8)
     n = 29
@@ -122,7 +122,7 @@ def test_every_face_track_and_every_faceless_run_is_its_own_segment():
     Windows never mix two faces, and each face's window carries that face's crops with the frame's audio."""
     from dataclasses import replace
 
-    from workers.contract import PREPROCESSING
+    from emoframe.workers.spec.contract import PREPROCESSING
 
     p = replace(PREPROCESSING, window=4)
     n = 20
@@ -164,7 +164,7 @@ def test_every_face_track_and_every_faceless_run_is_its_own_segment():
 def test_iter_windows_detects_a_short_decode():
     from dataclasses import replace
 
-    from workers.contract import PREPROCESSING
+    from emoframe.workers.spec.contract import PREPROCESSING
 
     p = replace(PREPROCESSING, window=4)
     z = np.zeros(6, bool)

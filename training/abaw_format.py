@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.contract import CLASSES, NUM_CLASSES, UNANNOTATED
+from emoframe.workers.spec.contract import CLASSES, NUM_CLASSES, UNANNOTATED
 
 HEADER = ",".join(CLASSES)
 

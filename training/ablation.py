@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import score
-from training.features import VideoArrays
-from training.recipes import DataRecipe, ensure_synth, load_splits, train_or_reuse
-from training.train import TrainConfig, load_pipeline
-from workers.contract import CLASSES, fingerprint
-from workers.policy import SYNTHETIC_POLICY
+from emoframe.training.evaluate import score
+from emoframe.training.features import VideoArrays
+from emoframe.training.recipes import DataRecipe, ensure_synth, load_splits, train_or_reuse
+from emoframe.training.train import TrainConfig, load_pipeline
+from emoframe.workers.spec.contract import CLASSES, fingerprint
+from emoframe.workers.spec.policy import SYNTHETIC_POLICY
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON_PATH = ROOT / "docs" / "ablation.json"
@@ -90,7 +90,7 @@ def _measure(cfg: TrainConfig, data: dict[str, list[VideoArrays]], run_dir: Path
     _share_reader(cfg, run_dir, runs)
     best = train_or_reuse(cfg, data, run_dir)
     trained_with.write_text(json.dumps(key["code"]) + "\n")
-    from training.evaluate import infer_fn
+    from emoframe.training.evaluate import infer_fn
     import torch
 
     pipeline = load_pipeline(best).eval()

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from training.abaw_format import read_annotation
-from training.features import VideoArrays, load_video
-from workers.contract import PREPROCESSING, Preprocessing
-from workers.faces.align import model_face
+from emoframe.training.abaw_format import read_annotation
+from emoframe.training.features import VideoArrays, load_video
+from emoframe.workers.spec.contract import PREPROCESSING, Preprocessing
+from emoframe.workers.media.faces.align import model_face
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 

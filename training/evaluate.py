@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.features import VideoArrays
-from training.metrics import summarize
-from training.model import ExportWrapper
-from workers.contract import CLASSES, INPUT_NAMES, PREPROCESSING, Preprocessing, fingerprint
-from workers.labeling import InferMany, arrays_to_chunks, predict_video
-from workers.policy import SYNTHETIC_POLICY, LabellingPolicy
-from workers.voting import label_flips
+from emoframe.training.features import VideoArrays
+from emoframe.training.metrics import summarize
+from emoframe.training.model import ExportWrapper
+from emoframe.workers.spec.contract import CLASSES, INPUT_NAMES, PREPROCESSING, Preprocessing, fingerprint
+from emoframe.workers.inference.labeling import InferMany, arrays_to_chunks, predict_video
+from emoframe.workers.spec.policy import SYNTHETIC_POLICY, LabellingPolicy
+from emoframe.workers.inference.voting import label_flips
 
 CONDITIONS = ("full", "faces_hidden_50", "audio_hidden_50", "no_audio_track")
 
@@ -128,7 +128,7 @@ def load_for_evaluation(path: Path) -> tuple[InferMany, str]:
     """What ``emoframe evaluate`` scores: a training checkpoint (``best.pt``), an exported TorchScript file
     (``model.pt``) or a model-repository version folder (``model_repo/expression_fusion/1``). Exported models
     must carry this code's contract fingerprint: their inputs would otherwise be built differently."""
-    from training.export import MODEL_FILE, METADATA_FILE, read_metadata
+    from emoframe.training.export import MODEL_FILE, METADATA_FILE, read_metadata
 
     path = Path(path)
     if path.is_dir():
@@ -143,7 +143,7 @@ def load_for_evaluation(path: Path) -> tuple[InferMany, str]:
     except RuntimeError:
         module = None  # not TorchScript: a training checkpoint
     if module is None:
-        from training.train import load_pipeline
+        from emoframe.training.train import load_pipeline
 
         try:
             pipeline = load_pipeline(path)

@@ -2,7 +2,7 @@
 
     <version>/model.pt        TorchScript (loaded with torch alone; model.py imports nothing of emoframe)
     <version>/metadata.json   classes, preprocessing, contract fingerprint, model/training config, data, metrics, commit
-    config.pbtxt              generated from workers.contract
+    config.pbtxt              generated from emoframe.workers.spec.contract
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
-from training.model import ExportWrapper
-from workers.model_versions import MODEL_FILE, latest_version
-from workers.contract import CLASSES, MODEL_NAME, contract_dict, fingerprint, input_specs
-from workers.triton_config import write_config
+from emoframe.training.model import ExportWrapper
+from emoframe.workers.spec.model_versions import MODEL_FILE, latest_version
+from emoframe.workers.spec.contract import CLASSES, MODEL_NAME, contract_dict, fingerprint, input_specs
+from emoframe.workers.serving import triton_config
+from emoframe.workers.serving.triton_config import write_config
 
 METADATA_FILE = "metadata.json"
-# The backend source lives in version 1; later versions get a copy (Triton wants model.py in each).
-BACKEND_SOURCE = Path(__file__).resolve().parent.parent / "model_repo" / MODEL_NAME / "1" / "model.py"
+# The Python backend's source; each exported version gets a copy as model.py (Triton wants one in each).
+BACKEND_SOURCE = Path(triton_config.__file__).resolve().parent / "triton_backend.py"
 
 
 def git_commit() -> str:
@@ -76,8 +77,7 @@ def export(pipeline: ExportWrapper, repo: Path, *, version: int | None = None, m
     vdir.mkdir(parents=True, exist_ok=True)
     scripted = to_torchscript(pipeline)
     scripted.save(str(vdir / MODEL_FILE))
-    if BACKEND_SOURCE.resolve() != (vdir / "model.py").resolve():
-        shutil.copyfile(BACKEND_SOURCE, vdir / "model.py")
+    shutil.copyfile(BACKEND_SOURCE, vdir / "model.py")
     meta = {
         "model_name": MODEL_NAME,
         "version": version,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.contract import INPUT_NAMES, PREPROCESSING, FaceMode, Preprocessing, fingerprint
-from workers.decode import VideoDecoder
-from workers.preprocess import InputChunk, iter_video_inputs
+from emoframe.workers.spec.contract import INPUT_NAMES, PREPROCESSING, FaceMode, Preprocessing, fingerprint
+from emoframe.workers.media.decode import VideoDecoder
+from emoframe.workers.media.preprocess import InputChunk, iter_video_inputs
 
 FIELDS = INPUT_NAMES
 # Bump when the feature code changes in a way the contract does not capture (2: audio decoded with PyAV;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.contract import NUM_CLASSES, UNANNOTATED
+from emoframe.workers.spec.contract import NUM_CLASSES, UNANNOTATED
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from workers.contract import NUM_CLASSES, PREPROCESSING, Preprocessing
+from emoframe.workers.spec.contract import NUM_CLASSES, PREPROCESSING, Preprocessing
 
 MODALITIES = ("visual", "audio")
 

@@ -2,7 +2,7 @@
 --version N`), so the page cannot drift from what was measured. tests/test_published_figures.py re-renders
 and compares.
 
-    .venv/bin/python -m training.model_card      # re-render docs/model.md from the deployed version's files
+    .venv/bin/python -m emoframe.training.model_card      # re-render docs/model.md from the deployed version's files
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from training.export import latest_version
-from workers.contract import CLASSES, MODEL_NAME
+from emoframe.training.export import latest_version
+from emoframe.workers.spec.contract import CLASSES, MODEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_CARD = ROOT / "docs" / "model.md"

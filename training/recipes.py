@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from training import model_card
-from training.datasets import load_items, synth_split
-from training.evaluate import evaluate
-from training.export import export
-from training.features import VideoArrays
-from training.train import TrainConfig, load_pipeline, train
-from workers.policy import SYNTHETIC_POLICY
+from emoframe.training import model_card
+from emoframe.training.datasets import load_items, synth_split
+from emoframe.training.evaluate import evaluate
+from emoframe.training.export import export
+from emoframe.training.features import VideoArrays
+from emoframe.training.train import TrainConfig, load_pipeline, train
+from emoframe.workers.spec.policy import SYNTHETIC_POLICY
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,13 @@ class DataRecipe:
 
 def _generator_hash() -> str:
     """Hash of the generator's source: data made by an older generator is regenerated, never reused."""
-    import training.synth
+    import emoframe.training.synth
 
-    return hashlib.sha256(Path(training.synth.__file__).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(Path(emoframe.training.synth.__file__).read_bytes()).hexdigest()[:16]
 
 
 def ensure_synth(recipe: DataRecipe) -> dict[str, Path]:
-    from training.synth import generate  # imported here: synth needs PyAV and cv2 drawing, nothing else does
+    from emoframe.training.synth import generate  # imported here: synth needs PyAV and cv2 drawing, nothing else does
 
     splits = {}
     for name, n, seed in zip(("train", "val", "test"), (recipe.train_videos, recipe.val_videos, recipe.test_videos),
@@ -131,8 +131,8 @@ def ci_check(vdir: Path, work: Path) -> dict:
     """Macro F1 / accuracy of the exported TorchScript (voting on) on the freshly generated CI_CHECK set."""
     import torch
 
-    from training.evaluate import score, scripted_infer
-    from training.synth import generate
+    from emoframe.training.evaluate import score, scripted_infer
+    from emoframe.training.synth import generate
 
     generate(work, CI_CHECK["videos"], CI_CHECK["seed"], min_seconds=CI_CHECK["min_seconds"],
              max_seconds=CI_CHECK["max_seconds"])

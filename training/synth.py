@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from training.abaw_format import write_annotation
-from workers.contract import CLASSES
+from emoframe.training.abaw_format import write_annotation
+from emoframe.workers.spec.contract import CLASSES
 
 Ranges = tuple[tuple[int, int], ...]  # [start, stop) frame ranges
 
@@ -317,7 +317,8 @@ def _voice(rng: np.random.Generator, v: Voice, n: int, sr: int, f0_scale: float)
 def _render_audio(rng: np.random.Generator, ident: dict, segments: list, n_samples: int, sr: int, channels: int,
                   fps: float, silent: Ranges) -> np.ndarray:
     """(channels, n_samples) float32 audio: class voices over background noise, muted in the silent stretches."""
-    to_sample = lambda frame: min(n_samples, round(frame / fps * sr))
+    def to_sample(frame: int) -> int:
+        return min(n_samples, round(frame / fps * sr))
     voice = np.zeros(n_samples)
     for cls, start, stop in segments:
         a, b = to_sample(start), to_sample(stop)

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.features import VideoArrays
-from training.evaluate import infer_fn, score
-from training.model import ExportWrapper, FusionModel, ModelConfig, load_backbone
-from training.readers import EVIDENCE_FLOOR, READERS, DrawnFaceReader, FerReader, read_evidence, train_drawn_reader
-from workers.contract import INPUT_NAMES, NUM_CLASSES, UNANNOTATED
+from emoframe.training.features import VideoArrays
+from emoframe.training.evaluate import infer_fn, score
+from emoframe.training.model import ExportWrapper, FusionModel, ModelConfig, load_backbone
+from emoframe.training.readers import EVIDENCE_FLOOR, READERS, DrawnFaceReader, FerReader, read_evidence, train_drawn_reader
+from emoframe.workers.spec.contract import INPUT_NAMES, NUM_CLASSES, UNANNOTATED
 
 # What the fusion model reads per window: the reader's evidence in the face tensor's place.
 TRAIN_INPUTS = ("evidence",) + INPUT_NAMES[1:]

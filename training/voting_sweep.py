@@ -1,5 +1,5 @@
 """The voting sweep (`emoframe tune-voting`): validation macro F1 and label flips for each window stride and
-soft-voting span, over one trained model. Both are labelling policy (workers/policy.py), so they are chosen
+soft-voting span, over one trained model. Both are labelling policy (workers/spec/policy.py), so they are chosen
 here without retraining or re-exporting.
 
 With ``--publish`` the sweep is written to docs/voting.json (stamped with the commit, contract fingerprint,
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from training.evaluate import infer_fn, score
-from training.features import VideoArrays
-from training.train import load_pipeline
-from workers.contract import fingerprint
-from workers.policy import SYNTHETIC_POLICY, LabellingPolicy
+from emoframe.training.evaluate import infer_fn, score
+from emoframe.training.features import VideoArrays
+from emoframe.training.train import load_pipeline
+from emoframe.workers.spec.contract import fingerprint
+from emoframe.workers.spec.policy import SYNTHETIC_POLICY, LabellingPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON_PATH = ROOT / "docs" / "voting.json"
@@ -76,7 +76,7 @@ def render(doc: dict) -> str:
 
 
 def publish(checkpoint: Path, videos: list[VideoArrays], data: Path) -> dict:
-    from training.recipes import _generator_hash
+    from emoframe.training.recipes import _generator_hash
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()

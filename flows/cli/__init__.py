@@ -1,0 +1,1 @@
+"""The `emoframe` command line."""

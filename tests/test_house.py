@@ -1,0 +1,98 @@
+"""The shape of the code: one installed namespace, layers that only import downwards, and the Triton
+backend's one source. Read from the files (ast), so these run in a second and need no service."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPS = ("flows", "workers", "training")
+# workers/ from the bottom up: a module may import its own layer and the ones before it, never a later one.
+WORKER_LAYERS = ("spec", "processes", "media", "inference", "serving", "output", "task")
+
+
+def _modules(*folders: str) -> list[Path]:
+    return sorted(p for f in folders for p in (ROOT / f).rglob("*.py"))
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name) for a in node.names)
+    return found
+
+
+def _layer(module: str) -> tuple[str, int] | None:
+    parts = module.split(".")
+    if parts[0] != "emoframe" or len(parts) < 2:
+        return None
+    if parts[1] == "workers":
+        return ("workers", WORKER_LAYERS.index(parts[2]) if len(parts) > 2 and parts[2] in WORKER_LAYERS else -1)
+    return (parts[1], 0)
+
+
+def test_every_package_folder_is_installed_under_the_emoframe_namespace():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {f"emoframe.{t}": t for t in TOPS}
+    folders = {"emoframe." + ".".join(p.parent.relative_to(ROOT).parts)
+               for t in TOPS for p in (ROOT / t).rglob("__init__.py")}
+    # A folder missing here would work from the checkout (editable install) and vanish from a wheel.
+    assert set(config["packages"]) == folders
+    stray = [p for t in TOPS for p in (ROOT / t).rglob("*.py") if not (p.parent / "__init__.py").exists()]
+    assert not stray, f"modules outside a package: {stray}"
+
+
+def test_nothing_imports_the_top_level_folders_by_their_bare_names():
+    """From a checkout `import workers...` would still work (the repository root is on sys.path under pytest)
+    and fail once installed, or load a second copy of a module beside its emoframe.* twin."""
+    bare = [f"{p.relative_to(ROOT)}:{line} {mod}" for p in _modules(*TOPS, "tests", "benchmarks")
+            for line, mod in _imports(p) if mod.split(".")[0] in TOPS]
+    assert not bare
+
+
+def test_workers_import_only_their_own_layer_or_the_layers_below():
+    up = []
+    for p in _modules("workers"):
+        rel = p.relative_to(ROOT).parts
+        if len(rel) < 3:
+            continue  # workers/__init__.py
+        mine = WORKER_LAYERS.index(rel[1])
+        for line, mod in _imports(p):
+            target = _layer(mod)
+            if target is None:
+                continue
+            if target[0] != "workers" or target[1] > mine:
+                up.append(f"{'/'.join(rel)}:{line} imports {mod}")
+    assert not up, "an import that runs back up the layers:\n" + "\n".join(up)
+
+
+def test_training_does_not_import_the_orchestration():
+    up = [f"{p.relative_to(ROOT)}:{line} {mod}" for p in _modules("training")
+          for line, mod in _imports(p) if mod.startswith("emoframe.flows")]
+    assert not up
+
+
+@pytest.mark.parametrize("version", sorted(p.name for p in (ROOT / "model_repo" / "expression_fusion").iterdir()
+                                           if p.name.isdigit()))
+def test_each_model_version_serves_the_backend_source_of_this_checkout(version):
+    """Triton loads model.py from each version folder; export copies workers/serving/triton_backend.py there.
+    A hand edit of one copy would make versions behave differently with nothing in the package showing it."""
+    source = (ROOT / "workers" / "serving" / "triton_backend.py").read_bytes()
+    assert (ROOT / "model_repo" / "expression_fusion" / version / "model.py").read_bytes() == source
+
+
+def test_ruff_finds_nothing():
+    """The lint rules in pyproject.toml ([tool.ruff]): bugs, not taste (unused or undefined names, a fixture
+    shadowed by an import, a mutable default, a loop variable caught by a closure)."""
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", str(ROOT)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,2 @@
+"""From a video file to model inputs: decoding (frames and audio), faces (detection, tracking,
+alignment) and per-frame preprocessing."""

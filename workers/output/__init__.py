@@ -1,0 +1,1 @@
+"""Where results go: filesystems and URIs, atomic Parquet writes, one video's rows, the state area."""

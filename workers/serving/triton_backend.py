@@ -1,0 +1,123 @@
+"""Triton Python-backend model: runs the exported TorchScript ``model.pt`` next to this file.
+
+Self-contained on purpose (torch, numpy and triton_python_backend_utils only) so this folder deploys
+unchanged to a stock Triton image. Tensor names and dtypes come from the model config, which is
+generated from the project's contract; the TorchScript forward takes the inputs as keyword arguments
+named like the config inputs and returns the output tensor (or a tuple / dict of them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+MODEL_FILE = "model.pt"
+
+
+def _cpu_threads(model_config: dict) -> int:
+    """Share the machine's cores between this model's CPU instances (each instance is its own process)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    instances = sum(int(g.get("count", 1)) for g in model_config.get("instance_group", [])) or 1
+    return max(1, cores // instances)
+
+
+# Tensors cross the backend boundary through DLPack, not numpy: the backend stub of a given Triton release is
+# built against one numpy ABI, and with another numpy installed (numpy 2 under a stub built for numpy 1)
+# as_numpy() and Tensor(name, ndarray) silently return zeros or empty tensors. DLPack has no such coupling
+# (checked on Triton 2.51 for every dtype of the contract: UINT8, BOOL, FP32).
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
+                 "uint8": torch.uint8, "bool": torch.bool}
+
+
+def _to_torch(t) -> torch.Tensor:
+    return torch.from_dlpack(t.to_dlpack())
+
+
+def _to_triton(name: str, x: torch.Tensor):
+    return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(x.contiguous()))
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.input_names = [t["name"] for t in config["input"]]
+        self.outputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
+        self.model_name = args["model_name"]
+
+        if args["model_instance_kind"] == "GPU":
+            self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(_cpu_threads(config))
+
+        path = os.path.join(args["model_repository"], args["model_version"], MODEL_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: export the trained TorchScript model to it first")
+        self.model = torch.jit.load(path, map_location=self.device).eval()
+
+    def _outputs_as_list(self, out) -> list[torch.Tensor]:
+        if isinstance(out, torch.Tensor):
+            out = [out]
+        elif isinstance(out, dict):
+            out = [out[name] for name, _ in self.outputs]
+        if len(out) != len(self.outputs):
+            raise RuntimeError(f"model returned {len(out)} outputs, config declares {len(self.outputs)}")
+        return list(out)
+
+    def _read(self, request) -> dict[str, torch.Tensor]:
+        arrays = {}
+        for name in self.input_names:
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            if t is None:
+                raise ValueError(f"missing input {name!r}")
+            arrays[name] = _to_torch(t)
+        sizes = {a.shape[0] for a in arrays.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"inputs disagree on batch size: { {n: a.shape for n, a in arrays.items()} }")
+        return arrays
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        good: list[tuple[int, dict[str, torch.Tensor]]] = []
+        for i, req in enumerate(requests):
+            try:
+                good.append((i, self._read(req)))
+            except Exception as e:  # a malformed request fails alone, never the whole batch
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e)))
+
+        if good:
+            try:
+                # One forward over every request Triton's dynamic batcher handed us.
+                sizes = [arrays[self.input_names[0]].shape[0] for _, arrays in good]
+                feeds = {
+                    name: torch.cat([arrays[name] for _, arrays in good]).to(self.device, non_blocking=True)
+                    for name in self.input_names
+                }
+                with torch.inference_mode():
+                    outs = self._outputs_as_list(self.model(**feeds))
+                host = [o.detach().cpu().to(_TORCH_DTYPES[np.dtype(dt).name]) for o, (_, dt) in zip(outs, self.outputs)]
+                offsets = np.cumsum([0] + sizes)
+                if any(h.shape[0] != offsets[-1] for h in host):
+                    raise RuntimeError(f"model returned {[tuple(h.shape) for h in host]} for a batch of {offsets[-1]}")
+                for k, (i, _) in enumerate(good):
+                    lo, hi = int(offsets[k]), int(offsets[k + 1])
+                    tensors = [_to_triton(name, h[lo:hi]) for h, (name, _) in zip(host, self.outputs)]
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            except Exception as e:  # report on every affected response; raising would fail the whole call
+                msg = f"{self.model_name} forward failed: {type(e).__name__}: {e}"
+                for i, _ in good:
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(msg))
+        return responses
+
+    def finalize(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,46 @@
+"""What one video task asks Ray for, and how many videos a run keeps in flight.
+
+Ray schedules by declared resources: a task that declares the default (1 CPU, no memory) next to a child
+process that really takes most of a gigabyte lets Ray start more videos than a node can hold. The figures
+below are measured by benchmarks/task_memory.py (docs/task_memory.json): a Ray worker and its isolated
+decoding child peak at 1,359 MB (PSS) labelling 720p footage in detect mode, 931 MB face-centred; the
+child caps itself at workers/processes/isolation.Limits.memory_mb on top of that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# One core: the face networks, OpenCV and torch are held to one thread each (workers/task/video_task.py).
+TASK_CPUS = 1.0
+# The measured peak of the worker and its child (1,359 MB), with a margin: see the module docstring.
+TASK_MEMORY_MB = 1536
+QUEUED_PER_SLOT = 1  # videos waiting behind each running one: a slot never waits on the driver to submit
+
+
+@dataclass(frozen=True)
+class VideoTaskResources:
+    cpus: float = TASK_CPUS
+    memory_mb: int = TASK_MEMORY_MB
+
+    def ray_options(self) -> dict:
+        """Keyword arguments of ray.remote for one video task."""
+        return {"num_cpus": self.cpus, "memory": self.memory_mb * 2**20}
+
+    def slots(self, cluster: dict[str, float]) -> int:
+        """Videos the cluster runs at once: what its CPUs and memory (Ray's logical resources) allow."""
+        by_cpu = int(cluster.get("CPU", 0) // self.cpus)
+        by_memory = int(cluster.get("memory", 0) // (self.memory_mb * 2**20))
+        return max(1, min(by_cpu, by_memory))
+
+    def default_in_flight(self) -> int:
+        import ray
+
+        return self.slots(ray.cluster_resources()) * (1 + QUEUED_PER_SLOT)
+
+    def describe(self) -> str:
+        return f"{self.cpus:g} CPU and {self.memory_mb} MB"
+
+
+def video_task_resources() -> VideoTaskResources:
+    return VideoTaskResources()
