@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOPS = ("flows", "workers", "training")
 # workers/ from the bottom up: a module may import its own layer and the ones before it, never a later one.
 WORKER_LAYERS = ("spec", "processes", "media", "inference", "serving", "output", "task")
+FLOW_LAYERS = ("archive", "analysis", "run", "cli")  # and all of flows/ above workers/
 
 
 def _modules(*folders: str) -> list[Path]:
@@ -75,6 +76,20 @@ def test_workers_import_only_their_own_layer_or_the_layers_below():
     assert not up, "an import that runs back up the layers:\n" + "\n".join(up)
 
 
+def test_flows_import_only_their_own_layer_or_the_layers_below():
+    up = []
+    for p in _modules("flows"):
+        rel = p.relative_to(ROOT).parts
+        if len(rel) < 3:
+            continue
+        mine = FLOW_LAYERS.index(rel[1])
+        for line, mod in _imports(p):
+            parts = mod.split(".")
+            if parts[:2] == ["emoframe", "flows"] and len(parts) > 2 and FLOW_LAYERS.index(parts[2]) > mine:
+                up.append(f"{'/'.join(rel)}:{line} imports {mod}")
+    assert not up, "an import that runs back up the layers:\n" + "\n".join(up)
+
+
 def test_training_does_not_import_the_orchestration():
     up = [f"{p.relative_to(ROOT)}:{line} {mod}" for p in _modules("training")
           for line, mod in _imports(p) if mod.startswith("emoframe.flows")]
@@ -96,3 +111,20 @@ def test_ruff_finds_nothing():
     res = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", str(ROOT)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_failure_reasons_are_one_list_and_the_readme_table_is_rendered_from_it():
+    from emoframe.workers.spec.errors import (REASON_HELP, RETRYABLE_REASONS, TRANSIENT_REASONS, BadInputError,
+                                               Reason, reasons_markdown)
+
+    assert set(REASON_HELP) == set(Reason) and RETRYABLE_REASONS | TRANSIENT_REASONS <= set(Reason)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- failure-reasons:start -->\n")[1].split("<!-- failure-reasons:end -->")[0]
+    assert block.strip() == reasons_markdown()
+    with pytest.raises(ValueError):  # a typo'd reason fails where it is raised, not as a new code in the output
+        BadInputError("decode_crsh", "x")
+    # No module spells a reason as a bare string where BadInputError is raised.
+    spelled = [f"{p.relative_to(ROOT)}:{n.lineno}" for p in _modules("workers", "flows")
+               for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Call)
+               and getattr(n.func, "id", None) == "BadInputError" and n.args and isinstance(n.args[0], ast.Constant)]
+    assert not spelled

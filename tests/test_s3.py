@@ -13,7 +13,8 @@ import pytest
 import decord
 from emoframe.flows.run.label_archive import run_label_archive
 from emoframe.flows.analysis.query import connect
-from emoframe.flows.archive.sources import filesystem_for, list_sources
+from emoframe.flows.archive.sources import list_sources
+from emoframe.workers.output.storage import filesystem_for
 from tests.media import write_video
 from tests.seaweed import S3Server
 from emoframe.workers.spec.schema import FRAMES_SCHEMA, videos_path

@@ -16,7 +16,8 @@ import pyarrow.fs as pafs
 import pytest
 
 import emoframe.flows.archive.sources as sources
-from emoframe.flows.archive.sources import filesystem_for, list_sources, sniff_container
+from emoframe.flows.archive.sources import list_sources, sniff_container
+from emoframe.workers.output.storage import filesystem_for
 from tests.media import write_video
 
 MP4_HEAD = b"\x00\x00\x00\x20ftypisom" + bytes(20)

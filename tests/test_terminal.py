@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from emoframe.flows.run.run_summary import RunSummary
-from emoframe.flows.cli.terminal import shown
+from emoframe.workers.spec.terminal import shown
 from emoframe.workers.output.sink import video_row
 from emoframe.workers.task.video_job import VideoOutcome
 

@@ -1,7 +1,7 @@
 """`emoframe query`: SQL over the output with DuckDB, with `frames`, `videos` and `summary` views defined for you.
 
 Local output is read by DuckDB itself (read_parquet). Output in a bucket is read through pyarrow datasets on
-the filesystem the writers use (emoframe.flows.archive.sources.filesystem_for): DuckDB's httpfs extension is downloaded on
+the filesystem the writers use (workers/output/storage.filesystem_for): DuckDB's httpfs extension is downloaded on
 first use, and there is no internet here (nor on many clusters).
 """
 
@@ -19,7 +19,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from emoframe.flows.archive.sources import filesystem_for
+from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.spec.contract import CLASSES
 from emoframe.workers.spec.schema import FRAMES_SCHEMA, PARTITION_KEY, VIDEOS_SCHEMA
 

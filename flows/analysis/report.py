@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from emoframe.flows.cli.terminal import shown
+from emoframe.workers.spec.terminal import shown
 from emoframe.workers.spec.contract import CLASSES
 from emoframe.workers.output.rows import read_rows
 from emoframe.workers.spec.schema import PROB_COLUMNS, video_key
+from emoframe.workers.output.storage import is_remote
 
 if TYPE_CHECKING:  # matplotlib is imported only when a report is written
     from emoframe.flows.analysis.report_figures import Timeline
@@ -456,7 +457,7 @@ def write_summary(con: duckdb.DuckDBPyConnection, folder: Path) -> int:
 
 
 def default_dest(out: str) -> str:
-    if "://" in out and not out.startswith("file://"):
+    if is_remote(out):
         raise ReportError(f"{out} is in a bucket: give --to DIR, a local folder for the report")
     return os.path.join(out.removeprefix("file://"), REPORT_DIR)
 

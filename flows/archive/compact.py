@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from emoframe.workers.output.rows import COMPACTED_PREFIX, SCHEMAS, folder, partition_files
 from emoframe.workers.spec.schema import PARTITION_KEY, STATUS_LABELLED, video_key
-from emoframe.workers.output.sink import resolve
+from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.output.state import (COMPACT, PHASE_PUBLISH, PHASE_STAGING, LockBusy, delete_quietly, exclusive, live_leases,
                            publish, recover_journals, state_path, write_journal, STAGING)
 
@@ -285,7 +285,7 @@ def compact(out: str, *, model_versions: list[str] | None = None, min_files: int
     (``refused`` set, nothing changed) while a label run or prune holds a live lease on ``out``, other than
     ``ignore_leases``. ``step`` is called after each step (a test seam: raise there to kill it half-way)."""
     started = time.monotonic()
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     result = CompactResult()
     try:
         with exclusive(fs, base, COMPACT, f"compacting {out}", timeout_s=wait_s):
@@ -309,7 +309,7 @@ def compact(out: str, *, model_versions: list[str] | None = None, min_files: int
 def compact_if_needed(out: str, model_version: str, min_files: int = DEFAULT_MIN_FILES) -> CompactResult | None:
     """The end of a run: compact ``model_version`` when it holds ``min_files`` per-video files or more. Another
     run still writing, or a storage error, leaves it for a later time (said in ``refused``); never raises."""
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     try:
         own_v, _ = partition_files(fs, base, "videos", model_version)
         if len(own_v) < min_files:

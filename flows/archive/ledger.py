@@ -15,16 +15,12 @@ from dataclasses import dataclass, field
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from emoframe.workers.spec.errors import TRANSIENT_REASONS
 from emoframe.workers.spec.policy import LabellingPolicy
 from emoframe.workers.spec.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, VIDEOS_SCHEMA, partition
-from emoframe.workers.output.sink import resolve
+from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.task.video_job import Source
 
-# Failures that say nothing about the file: try again on the next run even if it is unchanged. An overall
-# timeout says the machine was slower than the limit assumed (or the limit was set too low); a file that
-# vanished between listing and reading (not_found) may be back, or re-uploaded, next time.
-TRANSIENT_REASONS = frozenset({"triton_unavailable", "storage_unavailable", "internal_error", "decode_timeout",
-                               "not_found"})
 
 _COLUMNS = ["source_uri", "status", "error_reason", "error_message", "size_bytes", "source_mtime", "content_hash",
             "face_mode", "stride", "vote_seconds", "audio_used", "contract", "run_id"]
@@ -85,7 +81,7 @@ class Ledger:
 def read_ledger(out: str, model_version: str) -> Ledger:
     """The videos rows of this model version; empty when nothing was written yet. Rows of files written
     before schema version 4 read their new columns as NULL (and are then labelled again: no contract)."""
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     folder = f"{base.rstrip('/')}/videos/{partition(model_version)}"
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return Ledger()

@@ -13,7 +13,8 @@ import pyarrow.fs as pafs
 
 from emoframe.workers.output.rows import read_rows, remove_videos
 from emoframe.workers.spec.schema import PARTITION_KEY, VIDEOS_SCHEMA, frames_path, partition, video_id, videos_path
-from emoframe.workers.output.sink import resolve, videos_table, write_atomic
+from emoframe.workers.output.sink import videos_table, write_atomic
+from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.output.state import run_lease
 from emoframe.workers.output.storage import content_fingerprint, source_exists
 from emoframe.workers.task.video_job import Source
@@ -50,7 +51,7 @@ def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id
     ``remove_later``, for one ``remove_moved`` of them all: a compacted file is then rewritten once, not once
     per move). Returns whether it moved, or None when the old output is gone meanwhile (a concurrent run, a
     prune): then the file is labelled."""
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     old_uri = old["source_uri"]
     frames = read_rows(fs, base, model_version, old_uri, "frames")  # its own file or a compacted one
     videos = read_rows(fs, base, model_version, old_uri, "videos")
@@ -74,7 +75,7 @@ def adopt_labels(out: str, model_version: str, old: dict, source: Source, run_id
 
 def remove_moved(out: str, model_version: str, old_uris: list[str]) -> None:
     """The output of files that moved (``adopt_labels(..., remove_later=...)``), removed in one go."""
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     remove_videos(fs, base, model_version, old_uris)
 
 
@@ -87,7 +88,7 @@ class Gone:
 
 def find_gone(out: str) -> list[Gone]:
     """Every videos row, in any model version, whose source no longer exists."""
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     root = f"{base.rstrip('/')}/videos"
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"{out} holds no emoframe output (no videos table)")
@@ -102,7 +103,7 @@ def find_gone(out: str) -> list[Gone]:
 def prune(out: str, gone: list[Gone]) -> None:
     """Remove the output (frames rows, then videos row) of each source in ``gone``. Holds a run lease: a
     compaction must not merge files this is deleting."""
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     by_version: dict[str, list[str]] = {}
     for g in gone:
         partition(g.model_version)  # refuses a value that is not a safe path segment

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
-from emoframe.workers.output.storage import filesystem_for
+from emoframe.workers.output.storage import filesystem_for, is_remote
 
 if TYPE_CHECKING:
     from emoframe.workers.task.video_job import Source
@@ -196,7 +196,7 @@ class _Ours:
     def of(cls, roots: tuple[str, ...]) -> _Ours:
         folders, real, prefixes = set(), [], []
         for root in roots:
-            if "://" in root and not root.startswith("file://"):
+            if is_remote(root):
                 prefixes.append(_normal_uri(root))
                 continue
             path = os.path.realpath(root.removeprefix("file://"))
@@ -451,7 +451,7 @@ def iter_sources(specs: list[str], listing: Listing, include: tuple[str, ...] = 
     candidates: list[_Found] = []
     with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
         for spec in specs:
-            local = "://" not in spec or spec.startswith("file://")
+            local = not is_remote(spec)
             found = _expand_local(spec, ours, listing.warnings) if local else _expand_remote(spec, ours)
             if found is None:
                 listing.missing.append(spec)

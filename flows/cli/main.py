@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from emoframe.workers.spec.contract import FACE_MODES
+from emoframe.flows.run.logs import DEFAULT_LEVEL, LEVELS
+from emoframe.flows.run.logs import configure as configure_logs
+from emoframe.flows.run.logs import quiet as quiet_logs
 from emoframe.training.commands import TRAINING_COMMANDS, add_training_commands
 from emoframe.workers.spec.model_versions import MODEL_REPO_SETTING, default_model_repo
 
@@ -190,6 +193,8 @@ def cmd_label(a: argparse.Namespace) -> int:
         print(f"\n{stop.name}: {label_archive.finished_in_this_process} videos finished; rerun the same command "
               "to continue", file=sys.stderr)
         return 128 + stop.signum
+    if quiet_logs():  # the flow's summary was an info record, not shown: it is still the command's answer
+        print(result["text"])
     return 1 if result["problems"] else 0
 
 
@@ -250,7 +255,7 @@ def cmd_fetch_weights(a: argparse.Namespace) -> int:
 
 def cmd_prune(a: argparse.Namespace) -> int:
     from emoframe.flows.archive.moves import find_gone, prune
-    from emoframe.flows.cli.terminal import shown
+    from emoframe.workers.spec.terminal import shown
     from emoframe.flows.run.preflight import PreflightError, check_uris
 
     try:
@@ -479,6 +484,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     add_training_commands(sub, policy_flags, _policy_kwargs, DEFAULT_MODEL_REPO,
                           with_train_flags=command in TRAINING_COMMANDS)
+    for p in sub.choices.values():  # after the command, like its other flags: `emoframe label --log-level debug`
+        p.add_argument("--log-level", choices=LEVELS, default=DEFAULT_LEVEL,
+                       help="what emoframe (and Prefect, where a command runs it) logs on stderr: debug adds each "
+                            "video submitted, warning keeps only problems and the command's own answer")
     return ap
 
 
@@ -490,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = ap.parse_known_args(argv)
     if unknown:  # argparse would print the top-level usage; name the subcommand's and suggest a flag
         _unknown_flags(ap, args.command, unknown)
+    configure_logs(args.log_level)  # before any command imports Prefect, which reads its level once
     return args.fn(args)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import queue
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from emoframe.flows.archive.compact import compact_if_needed
+from emoframe.flows.run.logs import configure as configure_logs
 from emoframe.flows.run.preflight import PreflightError, check_uris, preflight
 from emoframe.flows.run.prefect_api import outlives_the_run, prefect_api
 from emoframe.flows.run.ray_runtime import tighten_token_file, worker_env
@@ -28,13 +30,13 @@ from emoframe.flows.run.records import failed_outcome
 from emoframe.flows.run.run_summary import RunSummary
 from emoframe.workers.task.resources import video_task_resources
 from emoframe.flows.archive.sources import PROBE_BATCH, Listing, iter_sources
-from emoframe.flows.cli.terminal import shown
+from emoframe.workers.spec.terminal import shown
 from emoframe.workers.spec.contract import PREPROCESSING
 from emoframe.workers.media.faces.weights import MTCNN_WEIGHTS, require
 from emoframe.workers.processes.isolation import Limits
 from emoframe.workers.processes.lifeline import sweep
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
-from emoframe.workers.output.sink import resolve
+from emoframe.workers.output.storage import filesystem_for, is_remote
 from emoframe.workers.output.state import STATE_DIR, run_lease
 from emoframe.workers.inference.triton_client import TritonClient
 from emoframe.workers.task.triton_nodes import Served, for_this_node, per_node_tritons
@@ -42,6 +44,7 @@ from emoframe.workers.task.video_job import DEFAULT_SEGMENT_MINUTES, LabelConfig
 from emoframe.workers.task.video_task import label_video
 
 TASK_RETRIES = 3
+log = logging.getLogger(__name__)
 
 
 # Videos finished (labelled or failed, and recorded) by flows run in this process: what an interrupted CLI
@@ -75,7 +78,7 @@ def worker_access(out: str, source: str | None) -> str | None:
     try:
         check_output(out)
         if source is not None:
-            fs, path = resolve(source)
+            fs, path = filesystem_for(source)
             with fs.open_input_file(path) as f:
                 f.read(1)
     except PreflightError as exc:
@@ -111,7 +114,7 @@ def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | No
 
     log = (log_dir / "tritonserver.log") if log_dir else None
     with EmbeddedTriton(model_repo, log_path=log, stop_on_signals=False) as server:
-        print(f"embedded Triton ready at {server.grpc_url} (log: {server.log_path})")
+        log.info("embedded Triton ready at %s (log: %s)", server.grpc_url, server.log_path)
         with TritonClient(server.grpc_url) as client:
             client.check_ready()
             yield Served(client.served_version(), url=server.grpc_url)
@@ -169,22 +172,22 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                              "AWS_* in the environment of its `ray start`, or ~/.aws); endpoint and region "
                              "travel with the run")
     more = " so far (the rest is listed batch by batch as the run goes)" if len(first) >= PROBE_BATCH else ""
-    print(f"{len(first)} videos found{more}, {len(listing.skipped)} files skipped")
+    log.info("%d videos found%s, %d files skipped", len(first), more, len(listing.skipped))
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
-    _, out_base = resolve(out)
-    log_dir = None if "://" in out else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
+    _, out_base = filesystem_for(out)
+    log_dir = None if is_remote(out) else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
     # The run lease: compaction refuses while it is live, and it waits for one already running (workers/output/state.py).
     with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir, triton, run_id) as served:
         version = served.version
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version, face_mode=face_mode,
                           policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder,
                           triton_nodes=served.nodes, segment_minutes=segment_minutes)
-        summary = RunSummary(run_id, out if "://" in out else out_base, version, policy, missing=listing.missing,
+        summary = RunSummary(run_id, out if is_remote(out) else out_base, version, policy, missing=listing.missing,
                              warnings=listing.warnings)
         planner = Planner(cfg, force, summary)
         resources = video_task_resources()
         window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight())
-        print(f"up to {window.limit} videos in flight, each declared to Ray as {resources.describe()}")
+        log.info("up to %d videos in flight, each declared to Ray as %s", window.limit, resources.describe())
         try:
             with remote_options(**resources.ray_options(), **served.task_options()):
                 for batch in itertools.chain([first], batches):
@@ -204,7 +207,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     if summary.changed:
         compacted = compact_if_needed(out, version)
         if compacted is not None:
-            print(compacted.format())
+            log.info("%s", compacted.format())
     text = summary.format()
     print(text)
     publish_artifacts(summary, text)
@@ -232,7 +235,7 @@ def publish_artifacts(summary: RunSummary, text: str) -> None:
         create_markdown_artifact(f"```\n{text}\n```", key=f"{SUMMARY_ARTIFACT}-text",
                                  description=f"run {summary.run_id}: the summary as printed")
     except Exception as exc:  # noqa: BLE001 -- an artifact is a view of what is already written
-        print(f"warning: the run summary was not stored as a Prefect artifact ({type(exc).__name__}: {exc})")
+        log.warning("the run summary was not stored as a Prefect artifact (%s: %s)", type(exc).__name__, exc)
 
 
 class InFlight:
@@ -254,6 +257,7 @@ class InFlight:
         while len(self.pending) >= self.limit:
             self._take(self.finished.get())
         fut = label_one.submit(source, self.cfg)
+        log.debug("submitted %s (%d in flight)", shown(source.uri), len(self.pending) + 1)
         self.pending[fut] = source
         fut.add_done_callback(self.finished.put)
 
@@ -283,6 +287,7 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
     service starts, and nothing of a refused URI reaches Prefect. Then, unless ``check_done_first`` is False
     (the caller did it), a run with nothing to label ends without starting any service
     (flows/run/planning.nothing_to_do)."""
+    configure_logs()  # info unless the caller (the CLI's --log-level) set a level
     preflight(sources, out, kwargs.get("triton_url"))
     if kwargs.get("face_mode", "detect") == "detect":
         # Before anything else, even "nothing to label": a machine whose set-up never ran hears it at once.
@@ -293,7 +298,7 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
             return quick
     swept = sweep()
     if swept:
-        print(f"removed {len(swept)} leftovers of killed emoframe runs (Triton shared memory and work folders)")
+        log.info("removed %d leftovers of killed emoframe runs (Triton shared memory and work folders)", len(swept))
     with prefect_api() as api_url:
         env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}

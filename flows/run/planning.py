@@ -13,12 +13,12 @@ from emoframe.flows.archive.moves import adopt_labels, fingerprinted, remove_mov
 from emoframe.flows.run.records import record_skipped
 from emoframe.flows.run.run_summary import Reused, RunSummary
 from emoframe.flows.archive.sources import Listing, iter_sources
-from emoframe.flows.cli.terminal import shown
+from emoframe.workers.spec.terminal import shown
 from emoframe.workers.spec.contract import MODEL_NAME, PREPROCESSING, fingerprint
 from emoframe.workers.spec.model_versions import default_model_repo, latest_version
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
 from emoframe.workers.output.rows import evict
-from emoframe.workers.output.sink import resolve
+from emoframe.workers.output.storage import filesystem_for, is_remote
 from emoframe.workers.output.state import run_lease
 from emoframe.workers.task.video_job import LabelConfig, Source
 
@@ -61,7 +61,7 @@ class Planner:
         todo = fingerprinted(todo)
         # Rows of videos to (re)label leave the compacted files before any new row of theirs lands, so no
         # reader sees a video twice (workers/output/rows.py).
-        fs, base = resolve(self.cfg.out)
+        fs, base = filesystem_for(self.cfg.out)
         evict(fs, base, self.cfg.model_version, [s.uri for s in todo], on_wait=print)
         left, moved_away = [], []
         for s in todo:
@@ -92,7 +92,7 @@ def write_run_report(out: str, summary: RunSummary) -> None:
     the labels are on disk."""
     from emoframe.flows.analysis.report import DEFAULT_MAX_VIDEOS, PAGES, ReportError, default_dest, write_report
 
-    if "://" in out:
+    if is_remote(out):
         print(f"report: not written for output in a bucket; `emoframe report {shown(out)} --to DIR` writes one")
         return
     dest = Path(default_dest(out))
@@ -131,8 +131,8 @@ def nothing_to_do(sources: list[str], out: str, *, triton_url: str | None = None
     run_id = new_run_id()
     cfg = LabelConfig(out=out, run_id=run_id, triton_url=triton_url or "", model_version=version,
                       face_mode=face_mode, policy=policy)
-    _, out_base = resolve(out)
-    summary = RunSummary(run_id, out if "://" in out else out_base, version, policy)
+    _, out_base = filesystem_for(out)
+    summary = RunSummary(run_id, out if is_remote(out) else out_base, version, policy)
     planner = Planner(cfg, False, summary)
     listing = Listing()
     for batch in iter_sources(sources, listing, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,)):

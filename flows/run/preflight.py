@@ -14,9 +14,9 @@ from collections.abc import Iterable
 import pyarrow.fs as pafs
 
 from emoframe.flows.archive.sources import local_spec_matches
-from emoframe.flows.cli.terminal import shown
+from emoframe.workers.spec.terminal import shown
 from emoframe.workers.spec.errors import EmoframeError
-from emoframe.workers.output.storage import CredentialsInURIError, check_no_credentials, filesystem_for
+from emoframe.workers.output.storage import CredentialsInURIError, check_no_credentials, filesystem_for, is_remote
 
 TRITON_CHECK_S = 5.0  # a wrong host or port should answer within seconds
 
@@ -25,16 +25,12 @@ class PreflightError(EmoframeError):
     """The run cannot start as asked; the message says what to do."""
 
 
-def _is_uri(spec: str) -> bool:
-    return "://" in spec and not spec.startswith("file://")
-
-
 def check_uris(sources: Iterable[str], out: str) -> None:
     """No secret in any URI, and only schemes emoframe reads. Nothing here echoes a URI whole."""
     for what, uri in [*(("source", s) for s in sources), ("--out", out)]:
         try:
             check_no_credentials(uri)
-            if _is_uri(uri):
+            if is_remote(uri):
                 filesystem_for(uri)
         except CredentialsInURIError as exc:
             raise PreflightError(f"{what}: {exc}") from None
@@ -55,7 +51,7 @@ def missing_sources(sources: Iterable[str]) -> list[str]:
     """The named sources that do not exist (a glob that matches nothing counts as missing)."""
     missing = []
     for spec in sources:
-        if _is_uri(spec):
+        if is_remote(spec):
             found = _remote_exists(spec)
         else:
             found = local_spec_matches(spec)
@@ -81,7 +77,7 @@ def check_output(out: str) -> None:
     """``out`` is a folder (or bucket prefix) this process can create files in: a probe file is written and
     removed. A bucket that does not exist is an error here: emoframe never creates buckets."""
     fs, base = filesystem_for(out)
-    if _is_uri(out):
+    if is_remote(out):
         bucket = base.split("/", 1)[0]
         try:
             found = fs.get_file_info(bucket).type
@@ -101,7 +97,7 @@ def check_output(out: str) -> None:
             f.write(b"ok")
         fs.delete_file(probe)
     except OSError as exc:
-        raise PreflightError(f"--out {shown(out if _is_uri(out) else base)} is not writable here: "
+        raise PreflightError(f"--out {shown(out if is_remote(out) else base)} is not writable here: "
                              f"{shown(str(exc).splitlines()[0])}") from None
 
 

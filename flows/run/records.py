@@ -7,10 +7,11 @@ from datetime import datetime, timezone
 
 from emoframe.flows.archive.ledger import Ledger
 from emoframe.flows.archive.sources import skip_code
-from emoframe.workers.spec.errors import ServiceUnavailableError, StorageUnavailableError
+from emoframe.workers.spec.errors import Reason, ServiceUnavailableError, StorageUnavailableError
 from emoframe.workers.spec.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, videos_path
 from emoframe.workers.output.rows import evict, remove_frames
-from emoframe.workers.output.sink import resolve, video_row, videos_table, write_atomic
+from emoframe.workers.output.sink import video_row, videos_table, write_atomic
+from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.task.video_job import LabelConfig, Source, VideoOutcome
 
 WRITE_THREADS = 16  # small files; on an object store each write is a round trip
@@ -20,14 +21,14 @@ def failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> Vide
     """The row of a video whose task kept failing outside the file, after Prefect's retries of an error and
     Ray's of a dead worker (Triton down, workers killed): a transient reason, so the next run tries it
     again. The message keeps the real last error."""
-    reason = ("storage_unavailable" if isinstance(exc, StorageUnavailableError) else
-              "triton_unavailable" if isinstance(exc, ServiceUnavailableError) else "internal_error")
+    reason = (Reason.STORAGE_UNAVAILABLE if isinstance(exc, StorageUnavailableError) else
+              Reason.TRITON_UNAVAILABLE if isinstance(exc, ServiceUnavailableError) else Reason.INTERNAL_ERROR)
     row = video_row(source.uri, status=STATUS_FAILED, model_name=cfg.model_name, run_id=cfg.run_id,
                     started_at=datetime.now(timezone.utc), size_bytes=source.size_bytes, source_mtime=source.mtime,
                     content_hash=source.content_hash, error_reason=reason,
                     error_message=f"the task did not finish after its retries; retried on the next run. Last error: "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}")
-    fs, base = resolve(cfg.out)
+    fs, base = filesystem_for(cfg.out)
     write_atomic(videos_table([row]), fs, videos_path(base, cfg.model_version, source.uri))
     return VideoOutcome(row)
 
@@ -37,7 +38,7 @@ def record_skipped(skipped: dict[str, str], ledger: Ledger, out: str, model_vers
     """A "skipped" row per file seen and not labelled, so the videos table accounts for every file. A row
     already there for the same reason is left alone (no rewrite per run); a file labelled before and
     skipped now (replaced by something that is not a video) loses its stale frames."""
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     now = datetime.now(timezone.utc)
 
     def unchanged(uri: str, why: str) -> bool:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from emoframe.flows.archive.sources import Skip, is_video_name, skip_code
-from emoframe.flows.cli.terminal import shown
+from emoframe.workers.spec.terminal import shown
 from emoframe.workers.spec.contract import CLASSES, NUM_CLASSES
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
 from emoframe.workers.spec.schema import STATUS_LABELLED

@@ -28,7 +28,7 @@ import torch  # noqa: F401  -- imported before decord: the other order can crash
 
 import decord  # noqa: E402
 
-from emoframe.workers.spec.errors import BadInputError  # noqa: E402
+from emoframe.workers.spec.errors import BadInputError, Reason  # noqa: E402
 
 
 CORRUPT_FRAME_TOLERANCE = 1e-9  # fraction of frames decord may "recover" by repetition: effectively none
@@ -160,16 +160,16 @@ def _inspect(path: str) -> _Container:
     except av.error.FFmpegError as exc:
         why = _mp4_cut_short(path)
         if why:
-            raise BadInputError("truncated", f"{path} was cut short: {why}, so nothing in it can be decoded; "
+            raise BadInputError(Reason.TRUNCATED, f"{path} was cut short: {why}, so nothing in it can be decoded; "
                                 "copy or download it again") from None
-        raise BadInputError("not_a_video", f"{path} is not a video FFmpeg can read ({exc})") from None
+        raise BadInputError(Reason.NOT_A_VIDEO, f"{path} is not a video FFmpeg can read ({exc})") from None
     with container:
         video = _video_stream(container)
         if video is None:
-            raise BadInputError("not_a_video", f"{path} has no video stream")
+            raise BadInputError(Reason.NOT_A_VIDEO, f"{path} has no video stream")
         if video.codec_context is None:
             codec = _codec_without_decoder(path, video.index)
-            raise BadInputError("unsupported_codec", f"{path}: its video codec, {codec}, has no decoder in this "
+            raise BadInputError(Reason.UNSUPPORTED_CODEC, f"{path}: its video codec, {codec}, has no decoder in this "
                                 "build of FFmpeg; re-encode it (e.g. to H.264)")
         tb = float(video.time_base or 0)
         packets = hidden = 0
@@ -207,14 +207,14 @@ def _audio_stream(container: av.container.InputContainer) -> av.AudioStream | No
 
 def _check_file(path: str) -> None:
     if not Path(path).is_file():
-        raise BadInputError("not_found", f"{path} does not exist or is not a file")
+        raise BadInputError(Reason.NOT_FOUND, f"{path} does not exist or is not a file")
     if Path(path).stat().st_size == 0:
-        raise BadInputError("empty_file", f"{path} is empty (0 bytes)")
+        raise BadInputError(Reason.EMPTY_FILE, f"{path} is empty (0 bytes)")
 
 
 def _check_fps(path: str, fps: float) -> float:
     if not np.isfinite(fps) or fps <= 0:
-        raise BadInputError("bad_fps", f"{path} reports a frame rate of {fps}")
+        raise BadInputError(Reason.BAD_FPS, f"{path} reports a frame rate of {fps}")
     return fps
 
 
@@ -229,7 +229,7 @@ def _open_video(path: str, **kwargs) -> decord.VideoReader:
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, fault_tol=CORRUPT_FRAME_TOLERANCE,
                                   **kwargs)
     except (decord.DECORDError, RuntimeError, AssertionError) as exc:  # decord asserts on a 0-frame stream
-        raise BadInputError("not_a_video", f"{path} has no decodable video stream ({exc})") from None
+        raise BadInputError(Reason.NOT_A_VIDEO, f"{path} has no decodable video stream ({exc})") from None
 
 
 def _decoder_resize_works(vr: decord.VideoReader) -> bool:
@@ -269,10 +269,10 @@ def _decord_chunks(path: str, width: int, height: int, chunk: int, start: int = 
         try:
             frames = vr.get_batch(idx).asnumpy()
         except decord.DECORDLimitReachedError as exc:
-            raise BadInputError("corrupt_frames", f"frames {idx[0]}-{idx[-1]} include corrupt frames that the "
+            raise BadInputError(Reason.CORRUPT_FRAMES, f"frames {idx[0]}-{idx[-1]} include corrupt frames that the "
                                 f"decoder could only replace by earlier ones ({exc}); re-encode the file") from None
         except (decord.DECORDError, RuntimeError) as exc:
-            raise BadInputError("decode_error", f"frames {idx[0]}-{idx[-1]} could not be decoded "
+            raise BadInputError(Reason.DECODE_ERROR, f"frames {idx[0]}-{idx[-1]} could not be decoded "
                                 f"({str(exc).splitlines()[0][:300]})") from None
         if resize is not None:
             frames = np.stack([cv2.resize(f, resize, interpolation=cv2.INTER_AREA) for f in frames])
@@ -355,7 +355,7 @@ def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int, start: 
             buf = []
         if done == n:
             return
-    raise BadInputError("decode_error", f"{path} ended after {done + len(buf)} frames this time, short of the {n} it had at probe; "
+    raise BadInputError(Reason.DECODE_ERROR, f"{path} ended after {done + len(buf)} frames this time, short of the {n} it had at probe; "
                         "the file may be changing or damaged: re-encode it")
 
 
@@ -407,10 +407,10 @@ class VideoDecoder:
         n = len(frames.times)
         if n == 0:
             if c.short:
-                raise BadInputError("truncated", f"{path} was cut short before its first whole frame "
+                raise BadInputError(Reason.TRUNCATED, f"{path} was cut short before its first whole frame "
                                     f"({c.expected or 'some'} frames declared, none decodable); "
                                     "copy or download it again")
-            raise BadInputError("decode_error", f"no frame of {path} could be decoded ({c.codec}); "
+            raise BadInputError(Reason.DECODE_ERROR, f"no frame of {path} could be decoded ({c.codec}); "
                                 "re-encode the file")
         span = float(frames.times[-1] - frames.times[0])
         fps = c.fps or ((n - 1) / span if span > 0 else 0.0)  # without a rate, from the timestamps
@@ -459,7 +459,7 @@ class VideoDecoder:
         try:
             container = av.open(path)
         except av.error.FFmpegError as exc:
-            raise BadInputError("audio_decode_error", f"audio of {path} could not be read ({exc})") from None
+            raise BadInputError(Reason.AUDIO_DECODE_ERROR, f"audio of {path} could not be read ({exc})") from None
         if _audio_stream(container) is None:
             container.close()
             return None

@@ -17,7 +17,7 @@ import torchaudio
 
 from emoframe.workers.spec.contract import FACE_MODES, PREPROCESSING, FaceMode, Preprocessing
 from emoframe.workers.media.decode import AudioStream, Decoder, VideoDecoder, VideoInfo
-from emoframe.workers.spec.errors import BadInputError
+from emoframe.workers.spec.errors import BadInputError, Reason
 from emoframe.workers.media.faces.align import align_faces, model_face
 from emoframe.workers.media.faces.detector import MTCNN, Faces
 from emoframe.workers.media.faces.tracker import FaceTracker, TrackerSettings
@@ -255,7 +255,7 @@ def iter_video_inputs(
     samples = decoder.read_audio(path, p.sample_rate) if info.has_audio else None
     times = decoder.frame_times(path)
     if len(times) != info.n_frames:
-        raise BadInputError("frame_count_mismatch", f"{len(times)} frame timestamps for {info.n_frames} frames")
+        raise BadInputError(Reason.FRAME_COUNT_MISMATCH, f"{len(times)} frame timestamps for {info.n_frames} frames")
     mids = frame_midpoints(times, info.fps)
     if start > 0 and isinstance(samples, AudioStream):
         # What the whole pass has released by this chunk, decoded and dropped now: neither held in memory

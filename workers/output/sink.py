@@ -16,15 +16,9 @@ import pyarrow.parquet as pq
 from emoframe.workers.spec.contract import CLASSES, NUM_CLASSES
 from emoframe.workers.spec.policy import LabellingPolicy
 from emoframe.workers.spec.schema import FRAMES_SCHEMA, PROB_COLUMNS, SCHEMA_VERSION, VIDEOS_SCHEMA, video_id
-from emoframe.workers.output.storage import filesystem_for
 
 if TYPE_CHECKING:  # emoframe.workers.inference.labeling pulls in torch; the driver writes rows without it
     from emoframe.workers.inference.labeling import Predictions
-
-
-def resolve(dest: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local folder or a URI (s3://, gs://, file://)."""
-    return filesystem_for(dest)
 
 
 def write_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:

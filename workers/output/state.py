@@ -263,9 +263,9 @@ def run_lease(out: str, what: str = "label run", *, on_wait: Callable[[str], Non
     exists. Written first, then the lock is read: a compaction that started before us is waited for (it did
     not see our lease), and one killed half-way is rolled forward or back (under the lock) before we write
     anything: its roll-forward deletes its inputs, which must not be files we rewrote meanwhile."""
-    from emoframe.workers.output.sink import resolve
+    from emoframe.workers.output.storage import filesystem_for
 
-    fs, base = resolve(out)
+    fs, base = filesystem_for(out)
     rec = _record("run", what)
     held = Held(fs, f"{state_path(base, LEASES)}/{rec['id']}.json", rec)
     held.write()

@@ -47,6 +47,12 @@ def check_no_credentials(uri: str) -> None:
             "through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile, or your provider's credential chain)")
 
 
+def is_remote(uri: str) -> bool:
+    """An object-store URI (s3://, gs://): listed and read through its filesystem, downloaded for decord. A
+    local path or a file:// URI is not."""
+    return "://" in uri and not uri.lower().startswith("file://")
+
+
 GCS_RETRY_LIMIT_S = 20.0
 
 

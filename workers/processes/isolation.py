@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from emoframe.workers.spec.errors import BadInputError, ServiceUnavailableError, StorageUnavailableError
+from emoframe.workers.spec.errors import BadInputError, Reason, ServiceUnavailableError, StorageUnavailableError
 from emoframe.workers.processes.lifeline import exit_with_parent
 
 _CTX: mp.context.BaseContext | None = None
@@ -135,9 +135,9 @@ def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits(),
                 now = time.monotonic()
                 _kill(proc)
                 if now - last >= limits.stall_timeout_s:
-                    raise BadInputError("decode_stalled", f"no progress for {limits.stall_timeout_s:g} s: the "
+                    raise BadInputError(Reason.DECODE_STALLED, f"no progress for {limits.stall_timeout_s:g} s: the "
                                                           "decoder hung; killed")
-                raise BadInputError("decode_timeout", f"still working after {limits.describe_overall(frames)}; "
+                raise BadInputError(Reason.DECODE_TIMEOUT, f"still working after {limits.describe_overall(frames)}; "
                                                       "killed. Raise the limit with --video-timeout SECONDS or "
                                                       "a lower --min-fps; the next run tries again")
             try:
@@ -146,9 +146,9 @@ def run_isolated(fn: Callable[..., Any], args: tuple, limits: Limits = Limits(),
                 proc.join(5)
                 code = proc.exitcode
                 if code is not None and code < 0 and -code == signal.SIGKILL:
-                    raise BadInputError("too_large", "the decoder was killed (out of memory?)") from None
+                    raise BadInputError(Reason.TOO_LARGE, "the decoder was killed (out of memory?)") from None
                 name = signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
-                raise BadInputError("decode_crash", f"the decoder process died ({name})") from None
+                raise BadInputError(Reason.DECODE_CRASH, f"the decoder process died ({name})") from None
             kind = msg[0]
             if kind == "progress":
                 last = time.monotonic()

@@ -51,7 +51,7 @@ import numpy as np
 
 from emoframe.workers.spec.contract import MAX_BATCH_SIZE, PREPROCESSING, Preprocessing
 from emoframe.workers.media.decode import VideoInfo
-from emoframe.workers.spec.errors import BadInputError
+from emoframe.workers.spec.errors import BadInputError, Reason
 from emoframe.workers.media.faces.detector import Faces
 from emoframe.workers.media.faces.tracker import FaceTracker, TrackerState
 from emoframe.workers.inference.labeling import _rows
@@ -223,7 +223,7 @@ def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, progress) 
             at += len(frames)
             progress(at - begin)
         if at != seg.stop:
-            raise BadInputError("frame_count_mismatch", f"decoder yielded frames up to {at}, not {seg.stop}")
+            raise BadInputError(Reason.FRAME_COUNT_MISMATCH, f"decoder yielded frames up to {at}, not {seg.stop}")
     return TrackPart(seg, *_rows_arrays(rows), head, tail, tracker.state(), seeded=seed is not None)
 
 
@@ -485,7 +485,7 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
                     for key in [k for k in sound if k < floor[nxt]]:
                         del sound[key]
             if done != work.hi:
-                raise BadInputError("frame_count_mismatch", f"decoder yielded frames up to {done}, not {work.hi}")
+                raise BadInputError(Reason.FRAME_COUNT_MISMATCH, f"decoder yielded frames up to {done}, not {work.hi}")
             if nxt != len(ends):
                 raise RuntimeError(f"{len(ends) - nxt} batches of segment {seg.index} were never complete")
 

@@ -24,15 +24,15 @@ import torch
 
 from emoframe.workers.spec.contract import NUM_CLASSES, PREPROCESSING, fingerprint
 from emoframe.workers.media.decode import Decoder, VideoInfo
-from emoframe.workers.spec.errors import BadInputError, StorageUnavailableError
+from emoframe.workers.spec.errors import RETRYABLE_REASONS, BadInputError, Reason, StorageUnavailableError
 from emoframe.workers.processes.isolation import run_isolated
-from emoframe.workers.output.storage import filesystem_for
+from emoframe.workers.output.storage import filesystem_for, is_remote
 from emoframe.workers.inference.labeling import Predictions, predict_video
 from emoframe.workers.task.progress import VideoProgress
 from emoframe.workers.media.preprocess import InputChunk, check_face_centred, iter_video_inputs
 from emoframe.workers.spec.schema import STATUS_FAILED, STATUS_LABELLED, frames_path, videos_path
 from emoframe.workers.output.rows import remove_frames
-from emoframe.workers.output.sink import frames_table, resolve, video_row, videos_table, write_atomic
+from emoframe.workers.output.sink import frames_table, video_row, videos_table, write_atomic
 from emoframe.workers.inference.triton_client import TritonClient
 from emoframe.workers.inference.windows import FrameCountError
 from emoframe.workers.task.video_job import LabelConfig, Source, VideoOutcome
@@ -40,14 +40,12 @@ from emoframe.workers.task.video_job import LabelConfig, Source, VideoOutcome
 if TYPE_CHECKING:
     from emoframe.workers.task.segments import Probe
 
-# A crash or a hang may be the machine's fault rather than the file's: worth another attempt.
-RETRYABLE_REASONS = frozenset({"decode_crash", "decode_stalled"})
 
 
 @contextlib.contextmanager
 def local_copy(uri: str) -> Iterator[str]:
     """A local path for decord: the file itself, or a temporary download of a remote object."""
-    if "://" not in uri or uri.startswith("file://"):
+    if not is_remote(uri):
         yield uri.removeprefix("file://")
         return
     fs, path = filesystem_for(uri)
@@ -57,7 +55,7 @@ def local_copy(uri: str) -> Iterator[str]:
             with fs.open_input_stream(path) as src:
                 shutil.copyfileobj(src, tmp, length=1 << 22)
         except FileNotFoundError:
-            raise BadInputError("not_found", f"{uri} was deleted after it was listed") from None
+            raise BadInputError(Reason.NOT_FOUND, f"{uri} was deleted after it was listed") from None
         except OSError as exc:  # the store, not the file: retried
             raise StorageUnavailableError(f"reading {uri}: {str(exc).splitlines()[0][:300]}") from None
         tmp.flush()
@@ -138,7 +136,7 @@ def _label_frames(source: Source, cfg: LabelConfig, split_minutes: float = 0.0,
                 infer = functools.partial(client.infer_many, on_wait=lambda: progress(tap.done))
                 pred = predict_video(tap, info.n_frames, info.fps, infer, p=PREPROCESSING, policy=cfg.policy)
             except FrameCountError as exc:
-                raise BadInputError("frame_count_mismatch", str(exc)) from None
+                raise BadInputError(Reason.FRAME_COUNT_MISMATCH, str(exc)) from None
     times = np.concatenate(tap.times) if tap.times else None
     outcome = write_frames(source, cfg, info, pred, times, warning)
     return _Labelled(info, outcome)
@@ -148,7 +146,7 @@ def write_frames(source: Source, cfg: LabelConfig, info: VideoInfo, pred: Predic
                  warning: str | None) -> VideoOutcome:
     """One video's frames file (written atomically), and what its videos row will tell about it."""
     table = frames_table(source.uri, info.fps, pred, cfg.model_name, cfg.run_id, times)
-    out_fs, out_base = resolve(cfg.out)
+    out_fs, out_base = filesystem_for(cfg.out)
     fpath = frames_path(out_base, cfg.model_version, source.uri)
     write_atomic(table, out_fs, fpath)
     counts = np.bincount(pred.labels[pred.evidence], minlength=NUM_CLASSES).tolist()
@@ -166,7 +164,7 @@ def row_base(source: Source, cfg: LabelConfig, started: datetime) -> dict:
 
 def record_labelled(source: Source, cfg: LabelConfig, base: dict, info: VideoInfo, outcome: VideoOutcome) -> VideoOutcome:
     """Writes the videos row of a video whose frames file is written: the record that it is done (last)."""
-    out_fs, out_base = resolve(cfg.out)
+    out_fs, out_base = filesystem_for(cfg.out)
     row = video_row(source.uri, status=STATUS_LABELLED, duration_s=info.duration_s, fps=info.fps,
                     frame_count=info.n_frames, frames_expected=info.frames_expected, has_audio=info.has_audio,
                     width=info.width, height=info.height, face_mode=cfg.face_mode, tracks=outcome.tracks,
@@ -178,7 +176,7 @@ def record_labelled(source: Source, cfg: LabelConfig, base: dict, info: VideoInf
 
 def record_failed(source: Source, cfg: LabelConfig, base: dict, error: BadInputError) -> VideoOutcome:
     """Writes a failed videos row, and removes frames an earlier labelling of the file left."""
-    out_fs, out_base = resolve(cfg.out)
+    out_fs, out_base = filesystem_for(cfg.out)
     row = video_row(source.uri, status=STATUS_FAILED, error_reason=error.reason, error_message=error.message, **base)
     write_atomic(videos_table([row]), out_fs, videos_path(out_base, cfg.model_version, source.uri))
     remove_frames(out_fs, out_base, cfg.model_version, [source.uri])  # labelled once, failed now: no stale labels

@@ -1,0 +1,80 @@
+"""Logging: the `emoframe` logger's level from `--log-level`, and what a run shows at each level."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emoframe.flows.run import logs
+from tests.media import write_video
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fresh_logger(monkeypatch):
+    """The emoframe logger and the Prefect settings as this process had them, restored afterwards."""
+    logger = logging.getLogger(logs.LOGGER)
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    for name in ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"):
+        monkeypatch.delenv(name, raising=False)
+    logger.setLevel(logging.NOTSET)
+    logger.handlers = []
+    yield logger
+    logger.level, logger.handlers, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def test_configure_sets_the_level_once_and_hands_it_to_prefect(fresh_logger, monkeypatch):
+    monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "mylib")
+    logs.configure(None)
+    assert fresh_logger.level == logging.INFO and not logs.quiet()
+    assert "PREFECT_LOGGING_LEVEL" not in os.environ  # no flag given: Prefect keeps its own setting
+    logs.configure("warning")
+    logs.configure(None)  # a later default does not undo the flag
+    assert fresh_logger.level == logging.WARNING and logs.quiet()
+    assert os.environ["PREFECT_LOGGING_LEVEL"] == "WARNING"
+    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "mylib,emoframe"  # the user's extra loggers kept
+    assert len(fresh_logger.handlers) == 1 and not fresh_logger.propagate  # one line per record, not two
+    with pytest.raises(ValueError, match="one of debug, info"):
+        logs.configure("loud")
+
+
+def test_a_record_reaches_stderr_with_its_module_and_level(fresh_logger, capsys):
+    logs.configure("debug")
+    logging.getLogger("emoframe.flows.run.label_archive").debug("submitted %s", "a.mp4")
+    logging.getLogger("emoframe.workers.task.triton_nodes").info("ready")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("| DEBUG   | emoframe.flows.run.label_archive - submitted a.mp4"), err
+    assert err[1].endswith("| INFO    | emoframe.workers.task.triton_nodes - ready"), err
+
+
+def _label(folder: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(folder), "--out", str(out),
+                           "--faces", "centred", "--no-report", *flags], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.integration
+def test_log_level_warning_keeps_the_answer_and_debug_adds_each_video(tmp_path):
+    """The real CLI, Prefect, Ray and Triton. At warning: the summary (the command's answer) and nothing of
+    the run's progress or Prefect's chatter. At debug: each video as it is submitted, besides the progress."""
+    folder = tmp_path / "in"
+    write_video(folder / "clip.mp4", 24)
+    quiet = _label(folder, tmp_path / "quiet", "--log-level", "warning")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    said = quiet.stdout + quiet.stderr
+    assert "1 labelled, 0 failed" in said
+    for chatter in ("videos found", "[1/1]", "in flight", "Finished in state", "Beginning flow run"):
+        assert chatter not in said, f"{chatter!r} shown at --log-level warning:\n{said}"
+    loud = _label(folder, tmp_path / "loud", "--log-level", "debug")
+    assert loud.returncode == 0, loud.stdout + loud.stderr
+    said = loud.stdout + loud.stderr
+    assert said.count("1 labelled, 0 failed") == 1  # the summary once, not also printed by the CLI
+    assert "DEBUG   | emoframe.flows.run.label_archive - submitted" in said and "clip.mp4" in said
+    assert "INFO    | emoframe.flows.run.label_archive - 1 videos found" in said
+    assert "[1/1] labelled" in said
