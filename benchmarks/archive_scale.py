@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.published import publish_state  # noqa: E402
+from emoframe.workers.processes.ports import free_port  # noqa: E402
 
 OUT_JSON = ROOT / "docs" / "archive_scale.json"
 FPS = 15
@@ -103,14 +104,6 @@ def run_cli(args: list[str], env: dict | None = None) -> tuple[float, int, str]:
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"emoframe {' '.join(args)} exited {proc.returncode}:\n{out[-3000:]}")
     return time.perf_counter() - t, round(peak[0] / 2**20), out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrefectServer:

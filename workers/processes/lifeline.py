@@ -8,11 +8,13 @@ carries the pid of the run that made it in its name, and `sweep` removes those w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -116,3 +118,16 @@ def sweep(tmp: Path | None = None, shm: Path = Path("/dev/shm")) -> list[Path]:
             except OSError:  # another user's, or gone meanwhile
                 pass
     return removed
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """End the process group that ``proc`` leads (started with start_new_session=True): SIGTERM, up to
+    ``grace_s`` for a clean exit, then SIGKILL to whatever is left of the group (a stuck leader, children
+    that outlived it). Idempotent: a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -33,7 +32,8 @@ from types import FrameType
 
 from emoframe.workers.spec.contract import MODEL_NAME
 from emoframe.workers.spec.errors import ServiceUnavailableError
-from emoframe.workers.processes.lifeline import SHM_PREFIX, TRITON_WORKDIR_PREFIX, group_guarded
+from emoframe.workers.processes.lifeline import SHM_PREFIX, TRITON_WORKDIR_PREFIX, group_guarded, stop_group
+from emoframe.workers.processes.ports import free_ports
 
 HOST = "127.0.0.1"
 _STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
@@ -66,20 +66,6 @@ def _stub_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"nvidia-pytriton has no Python backend stub for Python {version} ({path})")
     return path
-
-
-def _free_ports(n: int) -> list[int]:
-    # Hold all sockets until every port is chosen so the n ports differ.
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _prepend(env: dict[str, str], key: str, paths: Sequence[str]) -> None:
@@ -220,7 +206,7 @@ class EmbeddedTriton:
                     # Free ports are picked then released, so another process can take one first: retry.
                     if attempt + 1 == _PORT_ATTEMPTS or self._proc is None or not self._port_taken(log_start):
                         raise
-                    _kill_group(self._proc)
+                    stop_group(self._proc, _STOP_GRACE_S)
                     self._proc = None
         except BaseException:
             self.stop()
@@ -241,7 +227,7 @@ class EmbeddedTriton:
         return backends
 
     def _launch(self, binary: Path, backends: Path) -> None:
-        self._http_port, self._grpc_port = self._fixed_ports or _free_ports(2)
+        self._http_port, self._grpc_port = self._fixed_ports or free_ports(2, HOST)
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
         cmd = [
             str(binary),
@@ -315,7 +301,7 @@ class EmbeddedTriton:
         """Terminate the server's process group (SIGTERM, then SIGKILL after a grace period). Idempotent."""
         with self._lock:
             if self._proc is not None:
-                _kill_group(self._proc)  # idempotent, so a re-entrant call from a signal handler is harmless
+                stop_group(self._proc, _STOP_GRACE_S)  # idempotent, so a re-entrant call from a signal handler is harmless
                 self._proc = None
                 # A stub killed mid-shutdown leaves its region behind; nothing uses it once the group is gone.
                 for region in Path("/dev/shm").glob(f"{self._shm_prefix}*") if self._shm_prefix else ():
@@ -352,20 +338,3 @@ class EmbeddedTriton:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)  # die the way the signal would have killed us
 
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    pgid = proc.pid  # start_new_session=True: the server leads its own process group
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=_STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
-    # Whatever is left of the group (a stuck server, stubs that outlived it) goes now.
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
