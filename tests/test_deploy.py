@@ -32,10 +32,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 TAG_VAR = "EMOFRAME_TEST_PROCESSES"
 # What `emoframe serve SOURCE --out OUT --cron CRON --name NAME` runs.
-SERVE = ("import sys; from emoframe.flows.run.deploy import serve; "
-         "serve([sys.argv[1]], sys.argv[2], cron=sys.argv[3], name=sys.argv[4])")
-
-
 def wait_for(what: str, check: Callable[[], object], timeout: float, interval: float = 1.0,
               alive: subprocess.Popen | None = None, log: Path | None = None) -> object:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` s, or at once when the process
@@ -238,13 +234,17 @@ def test_serve_registers_a_cron_deployment_that_labels_on_ray(tmp_path, ray_tmp)
     try:
         server, http, get = start_prefect_server(procs, port, server_log)
         cron = cron_in_two_minutes()
-        served = procs.start([sys.executable, "-c", SERVE, str(tmp_path / "in"), str(out), cron, name], serve_log)
+        # The real command, with the flags that shape each scheduled run.
+        served = procs.start([str(VENV_BIN / "emoframe"), "serve", str(tmp_path / "in"), "--out", str(out), "--cron",
+                              cron, "--name", name, "--max-in-flight", "1", "--segment-minutes", "0"], serve_log)
         deployment = wait_for("deployment registered", lambda: get(f"/deployments/name/label_archive/{name}"),
                               120, alive=served, log=serve_log)
         [schedule] = deployment["schedules"]
         assert schedule["schedule"]["cron"] == cron and schedule["active"] and not deployment["paused"]
         assert deployment["parameters"]["sources"] == [str(tmp_path / "in")]
         assert deployment["parameters"]["out"] == str(out)
+        assert (deployment["parameters"]["max_in_flight"], deployment["parameters"]["segment_minutes"]) == (1, 0)
+        assert deployment["parameters"]["triton"] == "embedded"
 
         def scheduled_run() -> str | None:
             runs = http.post("/flow_runs/filter", json={

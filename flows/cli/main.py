@@ -236,10 +236,16 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from emoframe.flows.run.deploy import ServeSetupError, serve
 
     policy = _policy_kwargs(a, "serve")
+    if a.triton == "per-node" and a.triton_url:
+        usage_error("serve", "--triton per-node starts a Triton on each Ray node; --triton-url names one to use "
+                             "instead: give one of them")
+    if a.model_repo:
+        _check_model_repo("serve", Path(a.model_repo))
     try:
         serve(a.sources, a.out, cron=a.cron, timezone=a.timezone, name=a.name, triton_url=a.triton_url,
               ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude,
-              report=not a.no_report, **policy)
+              report=not a.no_report, model_repo=a.model_repo, triton=a.triton, max_in_flight=a.max_in_flight,
+              segment_minutes=a.segment_minutes, **policy)
     except ServeSetupError as exc:
         usage_error("serve", str(exc))
     return 0
@@ -375,7 +381,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "(default %(default)s)")
     g.add_argument("--video-timeout", type=float, metavar="SECONDS", help="a fixed overall limit per video instead")
 
-    p = sub.add_parser("label", parents=[policy_flags, limit_flags], epilog=LABEL_EXIT_CODES,
+    # What a run is served by and how it spreads over Ray: the same for a run now (label) and scheduled ones (serve).
+    run_flags = argparse.ArgumentParser(add_help=False)
+    g = run_flags.add_argument_group("serving and spreading the work")
+    g.add_argument("--triton", choices=("embedded", "per-node"), default="embedded",
+                   help="embedded (default): one Triton beside this process, on 127.0.0.1; per-node: one on each "
+                        "Ray node (for --ray-address on several machines), each video using its own node's")
+    g.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: "
+                                        f"${MODEL_REPO_SETTING}, else this checkout's model_repo/; with --triton "
+                                        "per-node, its served version is sent to each node's server); ignored "
+                                        "with --triton-url")
+    g.add_argument("--max-in-flight", type=_positive_int, metavar="N",
+                   help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
+                        "cluster: its CPUs, and its memory at 1.5 GB a video)")
+    g.add_argument("--segment-minutes", type=_minutes, metavar="M", default=DEFAULT_SEGMENT_MINUTES,
+                   help="a video at least twice this long is labelled in segments of at least M minutes by "
+                        "parallel Ray tasks when the cluster has free workers (the same rows as one task); "
+                        "0 = never split (default %(default)g)")
+
+    p = sub.add_parser("label", parents=[policy_flags, limit_flags, run_flags], epilog=LABEL_EXIT_CODES,
                        formatter_class=HelpFormatter,
                        help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label: files, folders, globs, s3://, gs://")
@@ -384,9 +408,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "the pipeline, not at the model's quality)")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
-    p.add_argument("--triton", choices=("embedded", "per-node"), default="embedded",
-                   help="embedded (default): one Triton beside this process, on 127.0.0.1; per-node: one on each "
-                        "Ray node (for --ray-address on several machines), each video using its own node's")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")
     p.add_argument("--faces", choices=FACE_MODES, default=None,
                    help="detect (default): raw footage; every face is found (MTCNN), tracked, aligned and labelled; "
@@ -398,23 +419,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="relabel videos already labelled by this model version and unchanged since")
     p.add_argument("--no-report", action="store_true",
                    help="do not write the HTML report (OUT/_report/index.html) at the end of the run")
-    p.add_argument("--model-repo", help="Triton model repository the embedded server serves (default: "
-                                        f"${MODEL_REPO_SETTING}, else this checkout's model_repo/; with --triton "
-                                        "per-node, its served version is sent to each node's server); ignored "
-                                        "with --triton-url")
-    p.add_argument("--max-in-flight", type=_positive_int, metavar="N",
-                   help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
-                        "cluster: its CPUs, and its memory at 1.5 GB a video)")
-    p.add_argument("--segment-minutes", type=_minutes, metavar="M", default=DEFAULT_SEGMENT_MINUTES,
-                   help="a video at least twice this long is labelled in segments of at least M minutes by "
-                        "parallel Ray tasks when the cluster has free workers (the same rows as one task); "
-                        "0 = never split (default %(default)g)")
     p.add_argument("--sample-videos", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
 
-    p = sub.add_parser("serve", parents=[policy_flags, limit_flags], help="label on a cron schedule: a Prefect deployment run by this process "
-                                      "(needs PREFECT_API_URL; see docs/operations.md)")
+    p = sub.add_parser("serve", parents=[policy_flags, limit_flags, run_flags],
+                       help="label on a cron schedule: a Prefect deployment run by this process (needs "
+                            "PREFECT_API_URL; see docs/operations.md)")
     p.add_argument("sources", nargs="+", help="what each run labels: files, folders, globs, s3://, gs://")
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--cron", required=True, help="schedule, e.g. '0 2 * * *' (02:00 every day)")
@@ -485,9 +496,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_training_commands(sub, policy_flags, _policy_kwargs, DEFAULT_MODEL_REPO,
                           with_train_flags=command in TRAINING_COMMANDS)
     for p in sub.choices.values():  # after the command, like its other flags: `emoframe label --log-level debug`
-        p.add_argument("--log-level", choices=LEVELS, default=DEFAULT_LEVEL,
-                       help="what emoframe (and Prefect, where a command runs it) logs on stderr: debug adds each "
-                            "video submitted, warning keeps only problems and the command's own answer")
+        # No parser default: without the flag, Prefect keeps its own PREFECT_LOGGING_LEVEL.
+        p.add_argument("--log-level", choices=LEVELS,
+                       help=f"what emoframe (and Prefect, where a command runs it) logs on stderr: debug adds each "
+                            f"video submitted, warning keeps only problems and the command's own answer (default: "
+                            f"{DEFAULT_LEVEL}, and Prefect's own setting for Prefect)")
     return ap
 
 

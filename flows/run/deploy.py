@@ -28,6 +28,7 @@ from emoframe.workers.spec.errors import EmoframeError
 from emoframe.workers.spec.contract import PREPROCESSING, FaceMode
 from emoframe.workers.processes.isolation import Limits
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
+from emoframe.workers.task.video_job import DEFAULT_SEGMENT_MINUTES
 
 DEFAULT_NAME = "label-archive"
 
@@ -92,7 +93,9 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
           ray_address: str | None = None, face_mode: str = "detect", include: list[str] | None = None,
           exclude: list[str] | None = None, model_repo: str | None = None, timezone: str | None = None,
           stride: int = POLICY.stride, vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
-          min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True) -> None:
+          min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True,
+          triton: str = "embedded", max_in_flight: int | None = None,
+          segment_minutes: float = DEFAULT_SEGMENT_MINUTES) -> None:
     """Register deployment ``label_archive/<name>`` on ``cron`` (in ``timezone``, default UTC) and run its flow
     runs in this process until interrupted. Each run labels ``sources`` into ``out`` on Ray, under the
     labelling policy ``stride``, ``vote_seconds``, ``audio``.
@@ -105,6 +108,11 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
     if face_mode not in get_args(FaceMode):
         raise ServeSetupError(f"face_mode must be one of {get_args(FaceMode)}, not {face_mode!r}")
     _check_cron(cron, timezone)
+    if triton not in ("embedded", "per-node") or (triton == "per-node" and triton_url):
+        raise ServeSetupError(f"triton must be 'embedded' or 'per-node' (and per-node without a Triton URL), "
+                              f"not {triton!r}")
+    if segment_minutes < 0 or (max_in_flight is not None and max_in_flight < 1):
+        raise ServeSetupError("segment_minutes must be >= 0 and max_in_flight >= 1")
     try:
         LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio).check_window(PREPROCESSING.window)
         Limits(min_fps=min_fps, timeout_s=video_timeout_s)
@@ -120,7 +128,8 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
                   "face_mode": face_mode, "include": include or None, "exclude": exclude or None,
                   "model_repo": _absolute(model_repo) if model_repo else None, "stride": stride,
                   "vote_seconds": vote_seconds, "audio": audio, "min_fps": min_fps, "report": report,
-                  "video_timeout_s": video_timeout_s}
+                  "video_timeout_s": video_timeout_s, "triton": triton, "max_in_flight": max_in_flight,
+                  "segment_minutes": segment_minutes}
     # The task runner is not a flow parameter, so it lives on the served flow object itself. Prefect's serve
     # runs this very object (cloudpickled into a subprocess per run), not a fresh import of the entrypoint.
     flow = on_ray(ray_address)
