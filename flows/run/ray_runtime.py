@@ -21,8 +21,10 @@ def worker_env(api_url: str) -> dict[str, str]:
     less what a `ray job submit` job's runtime env already sets: Ray refuses to merge a conflict. The job's
     config reaches its driver in RAY_JOB_CONFIG_JSON_ENV_VAR."""
     env = {"PREFECT_API_URL": api_url}
-    if os.environ.get("PREFECT_LOGGING_TO_API_ENABLED"):
-        env["PREFECT_LOGGING_TO_API_ENABLED"] = os.environ["PREFECT_LOGGING_TO_API_ENABLED"]
+    # Prefect's logging in the workers as in the driver (--log-level sets PREFECT_LOGGING_LEVEL there).
+    for name in ("PREFECT_LOGGING_TO_API_ENABLED", "PREFECT_LOGGING_LEVEL"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     env.update({k: os.environ[k] for k in STORAGE_SETTINGS if os.environ.get(k)})
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
     inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
