@@ -14,6 +14,7 @@ import os
 import queue
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from prefect import flow, task
 from prefect_ray import RayTaskRunner
@@ -29,7 +30,7 @@ from emoframe.flows.run.run_summary import RunSummary
 from emoframe.workers.task.resources import video_task_resources
 from emoframe.flows.archive.sources import PROBE_BATCH, Listing, iter_sources
 from emoframe.flows.cli.terminal import shown
-from emoframe.workers.spec.contract import PREPROCESSING
+from emoframe.workers.spec.contract import PREPROCESSING, FaceMode
 from emoframe.workers.media.faces.weights import MTCNN_WEIGHTS, require
 from emoframe.workers.processes.isolation import Limits
 from emoframe.workers.processes.lifeline import sweep
@@ -176,9 +177,11 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     # The run lease: compaction refuses while it is live, and it waits for one already running (workers/output/state.py).
     with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir, triton, run_id) as served:
         version = served.version
-        cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version, face_mode=face_mode,
-                          policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder,
-                          triton_nodes=served.nodes, segment_minutes=segment_minutes)
+        # face_mode: any string in the flow's parameters; one that is not a FaceMode fails where faces are read.
+        cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version,
+                          face_mode=cast(FaceMode, face_mode), policy=policy, limits=limits,
+                          chunk_frames=chunk_frames, decoder=decoder, triton_nodes=served.nodes,
+                          segment_minutes=segment_minutes)
         summary = RunSummary(run_id, out if "://" in out else out_base, version, policy, missing=listing.missing,
                              warnings=listing.warnings)
         planner = Planner(cfg, force, summary)
