@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -88,5 +89,5 @@ def load_items(items: list[Item], cache_dir: Path | None, desc: str = "features"
         crops = item.cropped
         out.append(load_video(item.video, read_annotation(item.annotation), cache_dir, "centred", p,
                               faces_from=crops,
-                              faces=None if crops is None else (lambda n, c=crops: cropped_faces(c, n, p))))
+                              faces=None if crops is None else partial(cropped_faces, crops, p=p)))
     return out

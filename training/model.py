@@ -160,8 +160,9 @@ class FusionModel(nn.Module):
 
     def forward(self, evidence: Tensor, face_mask: Tensor, mel: Tensor, audio_mask: Tensor) -> Tensor:
         feats = []
-        v = self.visual(self.visual_enc(evidence), face_mask) if self.use_visual else None
-        a = self.audio(self.audio_enc(mel), audio_mask) if self.use_audio else None
+        # The branches are None exactly when their use_* flag is off (TorchScript reads these lines: no asserts).
+        v = self.visual(self.visual_enc(evidence), face_mask) if self.use_visual else None  # type: ignore[misc]
+        a = self.audio(self.audio_enc(mel), audio_mask) if self.use_audio else None  # type: ignore[misc]
         if v is not None and a is not None:
             for v_blk, a_blk in zip(self.v_from_a, self.a_from_v):
                 v, a = v_blk(v, a, audio_mask), a_blk(a, v, face_mask)

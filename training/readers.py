@@ -79,10 +79,13 @@ class FerReader(nn.Module):
         return self
 
     def forward(self, face: Tensor) -> Tensor:
-        logp7 = F.log_softmax(self.net(grey_input(face, self.luma, zoom=self.zoom)), dim=-1) + math.log(1.0 - FER_OTHER_MASS)
+        # Buffers read as Tensor | Module through Module.__getattr__'s type: the ignores below.
+        logp7 = F.log_softmax(self.net(grey_input(face, self.luma, zoom=self.zoom)),  # type: ignore[arg-type]
+                              dim=-1) + math.log(1.0 - FER_OTHER_MASS)
         # Built from logp7 and buffers only: constants made here would be frozen onto the CPU by torch.jit.trace.
         other = torch.zeros_like(logp7[:, :1]) + math.log(FER_OTHER_MASS)
-        return torch.cat([logp7, other], dim=1).index_select(1, self.from_fer).clamp_min(EVIDENCE_FLOOR)
+        return (torch.cat([logp7, other], dim=1)
+                .index_select(1, self.from_fer).clamp_min(EVIDENCE_FLOOR))  # type: ignore[arg-type]
 
 
 class DrawnFaceReader(nn.Module):
@@ -101,7 +104,7 @@ class DrawnFaceReader(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * w, NUM_CLASSES))
 
     def logits(self, face: Tensor) -> Tensor:
-        return self.head(self.net(grey_input(face, self.luma)).mean(dim=(2, 3)))
+        return self.head(self.net(grey_input(face, self.luma)).mean(dim=(2, 3)))  # type: ignore[arg-type]  # a buffer
 
     def forward(self, face: Tensor) -> Tensor:
         return F.log_softmax(self.logits(face), dim=-1).clamp_min(EVIDENCE_FLOOR)

@@ -11,6 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 
 from emoframe.training import model_card
@@ -122,9 +123,18 @@ def compare_with(recorded: dict, measured: dict, tolerance: float = REPRODUCE_TO
     return out
 
 
+class CICheck(TypedDict):
+    """synth.generate's arguments for the CI check set."""
+
+    videos: int
+    seed: int
+    min_seconds: float
+    max_seconds: float
+
+
 # A small set CI regenerates (same generator, same seed) to check the committed model still scores
 # what it scored when it was exported.
-CI_CHECK = {"videos": 8, "seed": 404, "min_seconds": 20.0, "max_seconds": 30.0}
+CI_CHECK: CICheck = {"videos": 8, "seed": 404, "min_seconds": 20.0, "max_seconds": 30.0}
 
 
 def ci_check(vdir: Path, work: Path) -> dict:

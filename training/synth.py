@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, cast
 
 import av
 import cv2
@@ -194,13 +194,20 @@ def _face_params(rng: np.random.Generator, segments: list, n: int, fps: float) -
     return params
 
 
+class _Smooth(TypedDict):
+    """cv2 drawing keywords (antialiased, sub-pixel): typed, so ``**aa`` cannot seem to fill fillPoly's offset."""
+
+    lineType: int
+    shift: int
+
+
 def _pts(points: np.ndarray) -> np.ndarray:
     return np.round(points * 16).astype(np.int32)  # cv2 fixed point, shift=4: sub-pixel motion
 
 
 def _draw_face(img: np.ndarray, p: dict, cx: float, cy: float, a: float, b: float, ident: dict, th: int) -> None:
     """Draw one face (RGB, in place) centred at (cx, cy) with half-axes (a, b) from parameters p."""
-    aa = dict(lineType=cv2.LINE_AA, shift=4)
+    aa: _Smooth = dict(lineType=cv2.LINE_AA, shift=4)
     skin, hair = tuple(ident["skin"]), tuple(ident["hair"])
     dark = tuple(0.35 * np.array(ident["skin"]))
 
@@ -279,7 +286,9 @@ def _render_frames(rng: np.random.Generator, ident: dict, segments: list, n: int
             blob, (pos, ext, colour) = covered[i]
             ox, oy = cx + pos[0] * a, cy + pos[1] * b
             if blob:
-                cv2.ellipse(img, (round(ox), round(oy)), (round(ext[0] * a), round(ext[1] * b)), 0, 0, 360, colour, -1)
+                axes = cast(np.ndarray, ext)  # a blob's two half-axes (a bar's ext: its one height)
+                cv2.ellipse(img, (round(ox), round(oy)), (round(axes[0] * a), round(axes[1] * b)), 0, 0, 360,
+                            colour, -1)
             else:
                 cv2.rectangle(img, (0, round(oy - ext * b / 2)), (size, round(oy + ext * b / 2)), colour, -1)
         yield np.clip(img * gain[i] + offset[i] + noise, 0, 255).astype(np.uint8)
@@ -335,7 +344,7 @@ def _render_audio(rng: np.random.Generator, ident: dict, segments: list, n_sampl
     return np.clip(out, -1, 1).astype(np.float32)
 
 
-def _encode(path: Path, frames, fps: int, size: int, crf: int, audio: np.ndarray | None, sr: int | None) -> None:
+def _encode(path: Path, frames, fps: int, size: int, crf: int, audio: np.ndarray | None, sr: int) -> None:
     """Mux H.264 (yuv420p) video and AAC audio into an MP4, interleaving audio with video by time."""
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=fps)

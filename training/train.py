@@ -133,7 +133,7 @@ class WindowSampler:
         self.rng = np.random.default_rng(seed)
 
     def batch(self, size: int) -> dict[str, torch.Tensor]:
-        rows = []
+        rows: list[tuple[np.ndarray, ...]] = []
         while len(rows) < size:
             i = self.rng.choice(len(self.videos), p=self.p)
             v = self.videos[i]
@@ -235,8 +235,8 @@ def train(cfg: TrainConfig, train_videos: list[VideoArrays], val_videos: list[Vi
                 g["lr"] = lr_at(step, cfg)
             b = sampler.batch(cfg.batch_size)
             fm, am = modality_dropout(b["face_mask"], b["audio_mask"], cfg.modality_drop, cfg.frame_drop, gen)
-            evidence = soften(b["evidence"], cfg.evidence_soften, gen)
-            logits = model(evidence.to(device), fm.to(device), b["mel"].to(device), am.to(device))
+            soft = soften(b["evidence"], cfg.evidence_soften, gen)
+            logits = model(soft.to(device), fm.to(device), b["mel"].to(device), am.to(device))
             loss = focal_loss(logits.reshape(-1, NUM_CLASSES), b["labels"].reshape(-1).to(device), gamma, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -11,7 +11,7 @@ import contextlib
 import glob
 import json
 import os
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import duckdb
 import pyarrow as pa
@@ -153,12 +153,13 @@ def run_query(sql: str, out: str, *, fmt: str = "table", max_rows: int = 200, de
             return text + (f"\n(first {max_rows} rows shown: --max-rows 0 shows all, --format csv|json|parquet "
                            "writes all)" if more else "")
         if fmt == "parquet":
-            rel.write_parquet(output)
+            rel.write_parquet(cast(str, output))  # parquet without --output was refused above
             return f"wrote {output}"
         table = rel.to_arrow_table()
     except duckdb.Error as exc:
         raise QueryError(str(exc).splitlines()[0]) from None
-    with (open(output, "wb") if output else contextlib.nullcontext(dest)) as f:
+    # Without output the caller gives dest (the CLI: stdout); the signature cannot say "one of the two".
+    with (open(output, "wb") if output else contextlib.nullcontext(cast(BinaryIO, dest))) as f:
         if fmt == "csv":
             pa_csv.write_csv(table, f)
         else:

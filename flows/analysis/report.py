@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import duckdb
@@ -151,7 +151,8 @@ def class_frames(con: duckdb.DuckDBPyConnection) -> dict[int | None, dict[str, i
 
 
 def _bin_frames(con: duckdb.DuckDBPyConnection) -> int:
-    last = con.execute("SELECT max(frame_index) FROM vf").fetchone()[0]
+    # An aggregate without GROUP BY: always one row.
+    last = cast("tuple[Any, ...]", con.execute("SELECT max(frame_index) FROM vf").fetchone())[0]
     return max(1, -(-((last or 0) + 1) // MAX_BINS))
 
 

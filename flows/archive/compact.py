@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
@@ -199,14 +200,19 @@ def _write_outputs(fs: pafs.FileSystem, reader: pa.RecordBatchReader, table: str
     """Write the stream into files of at most MAX_FILE_ROWS rows, row groups of ROW_GROUP_ROWS. Returns the
     staged paths and the rows written."""
     schema = SCHEMAS[table]
-    paths, rows, writer, out, in_file = [], 0, None, None, 0
+    paths: list[str] = []
+    rows = in_file = 0
+    # The open file's writer and stream: set together, None between files.
+    writer: pq.ParquetWriter | None = None
+    out: pa.NativeFile | None = None
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
 
     def flush() -> None:
         nonlocal pending, pending_rows
         if pending:
-            writer.write_table(_conform(pending, schema), row_group_size=ROW_GROUP_ROWS)
+            # Rows are pending only while a file is open.
+            cast(pq.ParquetWriter, writer).write_table(_conform(pending, schema), row_group_size=ROW_GROUP_ROWS)
         pending, pending_rows = [], 0
 
     try:
@@ -230,12 +236,12 @@ def _write_outputs(fs: pafs.FileSystem, reader: pa.RecordBatchReader, table: str
                 if in_file == MAX_FILE_ROWS[table]:
                     flush()
                     writer.close()
-                    out.close()
+                    cast(pa.NativeFile, out).close()
                     writer = out = None
         if writer is not None:
             flush()
             writer.close()
-            out.close()
+            cast(pa.NativeFile, out).close()
     except BaseException:
         if out is not None:
             out.close()
@@ -252,8 +258,8 @@ def _compact_partition(fs: pafs.FileSystem, base: str, mv: str, min_files: int,
             return None
         gen = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
         staging = state_path(base, STAGING, gen)
-        journal = {"gen": gen, "phase": PHASE_STAGING, "model_version": mv, "staging": staging, "moves": [],
-                   "deletes": []}
+        journal: dict[str, Any] = {"gen": gen, "phase": PHASE_STAGING, "model_version": mv, "staging": staging,
+                                   "moves": [], "deletes": []}
         journal_path = write_journal(fs, base, journal)
         result = PartitionResult(mv, own_files=plan.own_files, compacted_inputs=len(plan.comp_f) + len(plan.comp_v))
         for table in ("frames", "videos"):

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pyarrow.fs as pafs
 
@@ -219,7 +219,8 @@ def _expand_remote(spec: str, ours: _Ours) -> list[_Found | _Skipped] | None:
     fs, path = filesystem_for(spec)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        found = [_Found(f"{scheme}://{path}", info.base_name, info, fs, True, f"{scheme}://{path}")]
+        found: list[_Found | _Skipped] = [_Found(f"{scheme}://{path}", info.base_name, info, fs, True,
+                                                 f"{scheme}://{path}")]
     elif info.type == pafs.FileType.Directory:
         found = [_remote_entry(f"{scheme}://{path}", fi.path[len(path):].lstrip("/"), fi, fs)
                  for fi in _walk(fs, path)]
@@ -466,7 +467,7 @@ def iter_sources(specs: list[str], listing: Listing, include: tuple[str, ...] = 
                 elif why:
                     listing.skipped[f.uri] = why
                 else:
-                    candidates.append(f)
+                    candidates.append(cast(_Found, f))  # a _Skipped always has a reason
                 if len(candidates) >= batch:
                     yield _probed(candidates, pool, listing)
                     candidates = []

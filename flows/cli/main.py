@@ -399,7 +399,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "parallel Ray tasks when the cluster has free workers (the same rows as one task); "
                         "0 = never split (default %(default)g)")
 
-    p = sub.add_parser("label", parents=[policy_flags, limit_flags, run_flags], epilog=LABEL_EXIT_CODES,
+    # typeshed wants parents of the subparsers' own class (_Parser); argparse copies any parser's arguments.
+    p = sub.add_parser("label", parents=[policy_flags, limit_flags, run_flags],  # type: ignore[list-item]
+                       epilog=LABEL_EXIT_CODES,
                        formatter_class=HelpFormatter,
                        help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label: files, folders, globs, s3://, gs://")
@@ -423,7 +425,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sample-seed", type=int, default=7, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_label)
 
-    p = sub.add_parser("serve", parents=[policy_flags, limit_flags, run_flags],
+    p = sub.add_parser("serve", parents=[policy_flags, limit_flags, run_flags],  # type: ignore[list-item]
                        help="label on a cron schedule: a Prefect deployment run by this process (needs "
                             "PREFECT_API_URL; see docs/operations.md)")
     p.add_argument("sources", nargs="+", help="what each run labels: files, folders, globs, s3://, gs://")
@@ -531,7 +533,8 @@ def _check_command(ap: argparse.ArgumentParser, command: str | None) -> None:
 def _unknown_flags(ap: argparse.ArgumentParser, command: str, unknown: list[str]) -> NoReturn:
     import difflib
 
-    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    sub: argparse.ArgumentParser = next(a for a in ap._actions
+                                        if isinstance(a, argparse._SubParsersAction)).choices[command]
     flags = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for word in unknown:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import get_args
+from typing import Any, get_args
 
 from prefect import Flow
 from prefect.client.orchestration import get_client
@@ -124,12 +124,13 @@ def serve(sources: list[str], out: str, *, cron: str, name: str = DEFAULT_NAME, 
         raise ServeSetupError(str(exc)) from None
     api = _require_api()
 
-    parameters = {"sources": [_absolute(s) for s in sources], "out": _absolute(out), "triton_url": triton_url,
-                  "face_mode": face_mode, "include": include or None, "exclude": exclude or None,
-                  "model_repo": _absolute(model_repo) if model_repo else None, "stride": stride,
-                  "vote_seconds": vote_seconds, "audio": audio, "min_fps": min_fps, "report": report,
-                  "video_timeout_s": video_timeout_s, "triton": triton, "max_in_flight": max_in_flight,
-                  "segment_minutes": segment_minutes}
+    parameters: dict[str, Any] = {
+        "sources": [_absolute(s) for s in sources], "out": _absolute(out), "triton_url": triton_url,
+        "face_mode": face_mode, "include": include or None, "exclude": exclude or None,
+        "model_repo": _absolute(model_repo) if model_repo else None, "stride": stride,
+        "vote_seconds": vote_seconds, "audio": audio, "min_fps": min_fps, "report": report,
+        "video_timeout_s": video_timeout_s, "triton": triton, "max_in_flight": max_in_flight,
+        "segment_minutes": segment_minutes}
     # The task runner is not a flow parameter, so it lives on the served flow object itself. Prefect's serve
     # runs this very object (cloudpickled into a subprocess per run), not a fresh import of the entrypoint.
     flow = on_ray(ray_address)

@@ -15,6 +15,7 @@ import os
 import queue
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from prefect import flow, task
 from prefect_ray import RayTaskRunner
@@ -31,7 +32,7 @@ from emoframe.flows.run.run_summary import RunSummary
 from emoframe.workers.task.resources import video_task_resources
 from emoframe.flows.archive.sources import PROBE_BATCH, Listing, iter_sources
 from emoframe.workers.spec.terminal import shown
-from emoframe.workers.spec.contract import PREPROCESSING
+from emoframe.workers.spec.contract import PREPROCESSING, FaceMode
 from emoframe.workers.media.faces.weights import MTCNN_WEIGHTS, require
 from emoframe.workers.processes.isolation import Limits
 from emoframe.workers.processes.lifeline import sweep
@@ -44,7 +45,7 @@ from emoframe.workers.task.video_job import DEFAULT_SEGMENT_MINUTES, LabelConfig
 from emoframe.workers.task.video_task import label_video
 
 TASK_RETRIES = 3
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 # Videos finished (labelled or failed, and recorded) by flows run in this process: what an interrupted CLI
@@ -112,9 +113,9 @@ def triton_endpoint(triton_url: str | None, model_repo: Path, log_dir: Path | No
         return
     from emoframe.workers.serving.triton_server import EmbeddedTriton
 
-    log = (log_dir / "tritonserver.log") if log_dir else None
-    with EmbeddedTriton(model_repo, log_path=log, stop_on_signals=False) as server:
-        log.info("embedded Triton ready at %s (log: %s)", server.grpc_url, server.log_path)
+    log_path = (log_dir / "tritonserver.log") if log_dir else None
+    with EmbeddedTriton(model_repo, log_path=log_path, stop_on_signals=False) as server:
+        logger.info("embedded Triton ready at %s (log: %s)", server.grpc_url, server.log_path)
         with TritonClient(server.grpc_url) as client:
             client.check_ready()
             yield Served(client.served_version(), url=server.grpc_url)
@@ -172,22 +173,24 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                              "AWS_* in the environment of its `ray start`, or ~/.aws); endpoint and region "
                              "travel with the run")
     more = " so far (the rest is listed batch by batch as the run goes)" if len(first) >= PROBE_BATCH else ""
-    log.info("%d videos found%s, %d files skipped", len(first), more, len(listing.skipped))
+    logger.info("%d videos found%s, %d files skipped", len(first), more, len(listing.skipped))
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = filesystem_for(out)
     log_dir = None if is_remote(out) else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
     # The run lease: compaction refuses while it is live, and it waits for one already running (workers/output/state.py).
     with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir, triton, run_id) as served:
         version = served.version
-        cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version, face_mode=face_mode,
-                          policy=policy, limits=limits, chunk_frames=chunk_frames, decoder=decoder,
-                          triton_nodes=served.nodes, segment_minutes=segment_minutes)
+        # face_mode: any string in the flow's parameters; one that is not a FaceMode fails where faces are read.
+        cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version,
+                          face_mode=cast(FaceMode, face_mode), policy=policy, limits=limits,
+                          chunk_frames=chunk_frames, decoder=decoder, triton_nodes=served.nodes,
+                          segment_minutes=segment_minutes)
         summary = RunSummary(run_id, out if is_remote(out) else out_base, version, policy, missing=listing.missing,
                              warnings=listing.warnings)
         planner = Planner(cfg, force, summary)
         resources = video_task_resources()
         window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight())
-        log.info("up to %d videos in flight, each declared to Ray as %s", window.limit, resources.describe())
+        logger.info("up to %d videos in flight, each declared to Ray as %s", window.limit, resources.describe())
         try:
             with remote_options(**resources.ray_options(), **served.task_options()):
                 for batch in itertools.chain([first], batches):
@@ -207,7 +210,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     if summary.changed:
         compacted = compact_if_needed(out, version)
         if compacted is not None:
-            log.info("%s", compacted.format())
+            logger.info("%s", compacted.format())
     text = summary.format()
     print(text)
     publish_artifacts(summary, text)
@@ -235,7 +238,7 @@ def publish_artifacts(summary: RunSummary, text: str) -> None:
         create_markdown_artifact(f"```\n{text}\n```", key=f"{SUMMARY_ARTIFACT}-text",
                                  description=f"run {summary.run_id}: the summary as printed")
     except Exception as exc:  # noqa: BLE001 -- an artifact is a view of what is already written
-        log.warning("the run summary was not stored as a Prefect artifact (%s: %s)", type(exc).__name__, exc)
+        logger.warning("the run summary was not stored as a Prefect artifact (%s: %s)", type(exc).__name__, exc)
 
 
 class InFlight:
@@ -257,7 +260,7 @@ class InFlight:
         while len(self.pending) >= self.limit:
             self._take(self.finished.get())
         fut = label_one.submit(source, self.cfg)
-        log.debug("submitted %s (%d in flight)", shown(source.uri), len(self.pending) + 1)
+        logger.debug("submitted %s (%d in flight)", shown(source.uri), len(self.pending) + 1)
         self.pending[fut] = source
         fut.add_done_callback(self.finished.put)
 
@@ -298,7 +301,8 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
             return quick
     swept = sweep()
     if swept:
-        log.info("removed %d leftovers of killed emoframe runs (Triton shared memory and work folders)", len(swept))
+        logger.info("removed %d leftovers of killed emoframe runs (Triton shared memory and work folders)",
+                    len(swept))
     with prefect_api() as api_url:
         env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 from emoframe.flows.archive.ledger import DoneKey, Ledger, read_ledger
 from emoframe.flows.archive.moves import adopt_labels, fingerprinted, remove_moved
@@ -14,7 +15,7 @@ from emoframe.flows.run.records import record_skipped
 from emoframe.flows.run.run_summary import Reused, RunSummary
 from emoframe.flows.archive.sources import Listing, iter_sources
 from emoframe.workers.spec.terminal import shown
-from emoframe.workers.spec.contract import MODEL_NAME, PREPROCESSING, fingerprint
+from emoframe.workers.spec.contract import MODEL_NAME, PREPROCESSING, FaceMode, fingerprint
 from emoframe.workers.spec.model_versions import default_model_repo, latest_version
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
 from emoframe.workers.output.rows import evict
@@ -63,7 +64,8 @@ class Planner:
         # reader sees a video twice (workers/output/rows.py).
         fs, base = filesystem_for(self.cfg.out)
         evict(fs, base, self.cfg.model_version, [s.uri for s in todo], on_wait=print)
-        left, moved_away = [], []
+        left: list[Source] = []
+        moved_away: list[str] = []
         for s in todo:
             same = None if self.force else self.ledger.same_content(s.content_hash, self.key, s.uri)
             moved = None if same is None else adopt_labels(self.cfg.out, self.cfg.model_version, same, s,
@@ -71,7 +73,7 @@ class Planner:
             if moved is None:
                 left.append(s)
             else:
-                self.summary.reused.add(Reused(s.uri, same["source_uri"], moved))
+                self.summary.reused.add(Reused(s.uri, cast(dict, same)["source_uri"], moved))  # moved: from same
         remove_moved(self.cfg.out, self.cfg.model_version, moved_away)  # one rewrite of a compacted file
         return left
 
@@ -130,7 +132,7 @@ def nothing_to_do(sources: list[str], out: str, *, triton_url: str | None = None
     policy = LabellingPolicy(stride=stride, vote_seconds=vote_seconds, audio=audio)
     run_id = new_run_id()
     cfg = LabelConfig(out=out, run_id=run_id, triton_url=triton_url or "", model_version=version,
-                      face_mode=face_mode, policy=policy)
+                      face_mode=cast(FaceMode, face_mode), policy=policy)  # checked where the faces are read
     _, out_base = filesystem_for(out)
     summary = RunSummary(run_id, out if is_remote(out) else out_base, version, policy)
     planner = Planner(cfg, False, summary)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -132,10 +134,11 @@ def load_mini_xception(path: Path) -> MiniXception:
     bns = [v for k, v in layers.items() if k.startswith("batch_normalization")]
     net = MiniXception()
     # Creation order in the Keras model: conv1 bn1 conv2 bn2, then per module: sep1 bn sep2 bn, shortcut conv, bn.
-    conv_targets = [net.conv1, net.conv2] + [b.shortcut for b in net.blocks] + [net.classifier]
+    blocks = cast("Sequence[ResidualModule]", net.blocks)  # a ModuleList holds Modules, as far as its types say
+    conv_targets = [net.conv1, net.conv2] + [b.shortcut for b in blocks] + [net.classifier]
     bn_targets = [net.bn1, net.bn2]
-    sep_targets = []
-    for b in net.blocks:
+    sep_targets: list[SeparableConv] = []
+    for b in blocks:
         bn_targets += [b.bn1, b.bn2, b.shortcut_bn]
         sep_targets += [b.sep1, b.sep2]
     if (len(convs), len(seps), len(bns)) != (len(conv_targets), len(sep_targets), len(bn_targets)):
@@ -143,21 +146,22 @@ def load_mini_xception(path: Path) -> MiniXception:
                          f"{len(bns)} batch-norm layers)")
 
     def put(param: Tensor, value: np.ndarray) -> None:
-        value = torch.from_numpy(np.ascontiguousarray(value)).float()
-        if param.shape != value.shape:
-            raise ValueError(f"{path}: tensor of shape {tuple(value.shape)} where {tuple(param.shape)} belongs")
-        param.data.copy_(value)
+        tensor = torch.from_numpy(np.ascontiguousarray(value)).float()
+        if param.shape != tensor.shape:
+            raise ValueError(f"{path}: tensor of shape {tuple(tensor.shape)} where {tuple(param.shape)} belongs")
+        param.data.copy_(tensor)
 
-    for target, w in zip(conv_targets, convs):
-        put(target.weight, w["kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
+    for conv, w in zip(conv_targets, convs):
+        put(conv.weight, w["kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
         if "bias" in w:
-            put(target.bias, w["bias"])
-    for target, w in zip(sep_targets, seps):
-        put(target.depthwise.weight, w["depthwise_kernel"].transpose(2, 3, 0, 1))  # HWC1 -> C1HW
-        put(target.pointwise.weight, w["pointwise_kernel"].transpose(3, 2, 0, 1))
-    for target, w in zip(bn_targets, bns):
-        put(target.weight, w["gamma"])
-        put(target.bias, w["beta"])
-        put(target.running_mean, w["moving_mean"])
-        put(target.running_var, w["moving_variance"])
+            put(cast(Tensor, conv.bias), w["bias"])  # mini-Xception: only the classifier, here and in the file
+    for sep, w in zip(sep_targets, seps):
+        put(sep.depthwise.weight, w["depthwise_kernel"].transpose(2, 3, 0, 1))  # HWC1 -> C1HW
+        put(sep.pointwise.weight, w["pointwise_kernel"].transpose(3, 2, 0, 1))
+    for bn, w in zip(bn_targets, bns):
+        # Optional in the types; _bn's layers are affine and keep running statistics (the defaults).
+        put(bn.weight, w["gamma"])
+        put(cast(Tensor, bn.bias), w["beta"])
+        put(cast(Tensor, bn.running_mean), w["moving_mean"])
+        put(cast(Tensor, bn.running_var), w["moving_variance"])
     return net.eval()

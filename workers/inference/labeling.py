@@ -71,8 +71,8 @@ def _rows(segments: list[Segment], accs: dict[int, WindowAccumulator], fps: floa
         parts["audio"].append(np.asarray(seg.audio, bool))
         parts["probs"].append(probs)
     if not segments:
-        return Predictions(*(np.zeros(0, d) for d in (np.int32, np.int32, bool)), np.zeros((0, 4), np.float32),
-                           np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
+        return Predictions(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, bool),
+                           np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
                            np.zeros((0, NUM_CLASSES), np.float32), np.zeros(0, np.int16), np.zeros(0, np.float32))
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     order = np.lexsort((cat["track"], cat["frame"]))

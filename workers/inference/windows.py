@@ -86,7 +86,7 @@ class _Builder:
 
     def __init__(self, seg: Segment, window: int, stride: int):
         self.seg, self.window, self.stride = seg, window, stride
-        self.buf: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
+        self.buf: dict[str, list[np.ndarray | np.bool_]] = {k: [] for k in FIELDS}
         self.offset = 0  # segment position of buf[...][0]
         self.next_start = 0
 
@@ -95,7 +95,7 @@ class _Builder:
         arrays = {k: np.stack(v[lo:hi]) for k, v in self.buf.items()}
         return Window(self.seg.number, s, e - s, pad_window(arrays, self.window))
 
-    def push(self, inputs: dict[str, np.ndarray]) -> Iterator[Window]:
+    def push(self, inputs: dict[str, np.ndarray | np.bool_]) -> Iterator[Window]:  # masks: numpy bool scalars
         for k in FIELDS:
             self.buf[k].append(inputs[k])
         count = len(self.seg)
@@ -133,7 +133,7 @@ def iter_windows(chunks: Iterable[InputChunk], n_frames: int, segments: list[Seg
         empty_face = np.zeros(f.face.shape[1:], np.uint8)
         for i in range(len(chunk)):
             frame = chunk.start + i
-            audio = {"mel": chunk.mel[i], "audio_mask": chunk.audio_mask[i] & audio_on}
+            sound = {"mel": chunk.mel[i], "audio_mask": chunk.audio_mask[i] & audio_on}
             rows = range(bounds[i], bounds[i + 1])
             here = {int(f.track[r]) for r in rows}
             for t in [t for t in open_tracks if t not in here]:
@@ -151,7 +151,7 @@ def iter_windows(chunks: Iterable[InputChunk], n_frames: int, segments: list[Seg
                 b.seg.box.append(f.box[r])
                 b.seg.score.append(float(f.score[r]))
                 b.seg.audio.append(bool(chunk.audio_mask[i]))
-                yield from b.push({"face": f.face[r], "face_mask": f.present[r], **audio})
+                yield from b.push({"face": f.face[r], "face_mask": f.present[r], **sound})
             if not rows:
                 if no_face is None:
                     segments.append(Segment(len(segments), NO_TRACK, frame))
@@ -160,7 +160,7 @@ def iter_windows(chunks: Iterable[InputChunk], n_frames: int, segments: list[Seg
                 no_face.seg.box.append(np.full(4, np.nan, np.float32))
                 no_face.seg.score.append(float("nan"))
                 no_face.seg.audio.append(bool(chunk.audio_mask[i]))
-                yield from no_face.push({"face": empty_face, "face_mask": np.False_, **audio})
+                yield from no_face.push({"face": empty_face, "face_mask": np.False_, **sound})
         decoded += len(chunk)
     if decoded != n_frames:
         raise FrameCountError(f"decoder yielded {decoded} frames but the video reported {n_frames}")

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast, overload
 
 import av
 import av.logging
@@ -113,7 +113,8 @@ def _mp4_cut_short(path: str) -> str | None:
     """Why an MP4/MOV file that FFmpeg cannot open looks cut short (a box runs past the end of the file, or
     the index box, moov, is missing), or None when it does not look like MP4 at all."""
     size = Path(path).stat().st_size
-    pos, seen = 0, []
+    pos = 0
+    seen: list[bytes] = []  # the kinds of the boxes read so far
     with open(path, "rb") as f:
         while pos + 8 <= size:
             f.seek(pos)
@@ -190,15 +191,16 @@ def _inspect(path: str) -> _Container:
 
 def _video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
     try:
-        return container.streams.best("video")
+        return container.streams.best("video")  # type: ignore[return-value]  # PyAV's stubs: a Stream for any type
     except (ValueError, av.error.FFmpegError):
         return container.streams.video[0] if container.streams.video else None
 
 
 def _audio_stream(container: av.container.InputContainer) -> av.AudioStream | None:
     """The audio track to hear: FFmpeg's pick among those it can decode (None: the video is treated as silent)."""
+    best: av.AudioStream | None
     try:
-        best = container.streams.best("audio")
+        best = container.streams.best("audio")  # type: ignore[assignment]  # PyAV's stubs: a Stream for any type
     except (ValueError, av.error.FFmpegError):
         best = None
     usable = [a for a in ([best] if best is not None else []) + list(container.streams.audio) if a.codec_context]
@@ -291,7 +293,12 @@ def _decord_sample(path: str, indices: list[int], width: int, height: int) -> np
 # ---- PyAV ----------------------------------------------------------------------------------------
 
 
-def _decode_tolerant(container: av.container.InputContainer, stream: av.stream.Stream) -> Iterator[av.frame.Frame]:
+@overload
+def _decode_tolerant(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]: ...
+@overload
+def _decode_tolerant(container: av.container.InputContainer, stream: av.AudioStream) -> Iterator[av.AudioFrame]: ...
+def _decode_tolerant(container: av.container.InputContainer, stream: av.VideoStream | av.AudioStream
+                     ) -> Iterator[av.VideoFrame | av.AudioFrame]:
     """The frames of ``stream`` as ``ffmpeg -i f -f null -`` decodes them (edit lists applied): a packet that
     fails to decode is skipped, and the data ending mid-packet (a file cut short) ends the stream."""
     packets = container.demux(stream)
@@ -303,7 +310,7 @@ def _decode_tolerant(container: av.container.InputContainer, stream: av.stream.S
         except av.error.FFmpegError:
             break
         try:
-            yield from packet.decode()
+            yield from packet.decode()  # type: ignore[misc]  # PyAV's stubs: subtitles too, for a union of streams
         except av.error.FFmpegError:
             continue
     try:
@@ -315,7 +322,7 @@ def _decode_tolerant(container: av.container.InputContainer, stream: av.stream.S
 def _pyav_frames(path: str) -> Iterator[av.VideoFrame]:
     """Every frame FFmpeg displays, in order."""
     with av.open(path) as container:
-        video = _video_stream(container)
+        video = cast(av.VideoStream, _video_stream(container))  # probe() refused a file without one
         video.codec_context.thread_count = 1  # one core per video task, like decord's num_threads=1
         yield from _decode_tolerant(container, video)
 
@@ -484,7 +491,8 @@ class AudioStream:
 
     def __init__(self, container: av.container.InputContainer, sample_rate: int, zero_s: float = 0.0):
         self._container = container
-        self._frames = _decode_tolerant(container, _audio_stream(container))
+        # read_audio() gives no AudioStream for a file without an audio track.
+        self._frames = _decode_tolerant(container, cast(av.AudioStream, _audio_stream(container)))
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         self._rate = sample_rate
         self._zero_s = zero_s
@@ -498,10 +506,12 @@ class AudioStream:
 
     def _next_input(self) -> av.AudioFrame | None:
         """The next frame for the resampler: pending silence, the frame it delays, or a decoded frame."""
+        frame: av.AudioFrame | None
         if self._gap:
-            piece = min(self._gap, self._held.sample_rate)  # at most 1 s at a time: memory stays bounded
+            held = cast(av.AudioFrame, self._held)  # set together with _gap
+            piece = min(self._gap, held.sample_rate)  # at most 1 s at a time: memory stays bounded
             self._gap -= piece
-            return _silence(self._held, piece)
+            return _silence(held, piece)
         if self._held is not None:
             frame, self._held = self._held, None
             return frame
@@ -534,6 +544,8 @@ class AudioStream:
                     self._origin = 0
             else:
                 out = self._resampler.resample(frame)
+            # Provably set: _next_input() sets it with the first frame, and a track without one got 0 above.
+            assert self._origin is not None
             for r in out:
                 a = r.to_ndarray().reshape(-1).astype(np.float32, copy=False)
                 if len(parts) == 1 and not len(self._buf) and self._origin + len(a) <= max(0, self._released):

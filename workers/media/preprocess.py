@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
@@ -275,7 +276,7 @@ def iter_video_inputs(
             face = np.ascontiguousarray(frames)
             rows = centred_rows(face, blank_mask(face, p), info.width, info.height)
         else:
-            rows = front(start, frames)
+            rows = cast(FrontEnd, front)(start, frames)  # "detect": set above
         mel, audio_mask = audio_features(samples, info.fps, start, n, p, mids[start : start + n])
         if isinstance(samples, AudioStream) and start + n < len(mids):  # later frames need nothing earlier
             samples.release(int(round(mids[start + n] * p.sample_rate)) - p.audio_context)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,7 +71,7 @@ def _groups_holding(pf: pq.ParquetFile, uris: set[str]) -> list[int]:
     """Row groups whose source_uri range holds one of ``uris`` (then read to be sure)."""
     hits = []
     for i, (lo, hi) in enumerate(_uri_column_stats(pf)):
-        if lo is None or any(lo <= u <= hi for u in uris):
+        if lo is None or any(lo <= u <= cast(str, hi) for u in uris):  # lo and hi are None together
             col = pf.read_row_group(i, columns=["source_uri"]).column(0)
             if pc.any(pc.is_in(col, pa.array(sorted(uris), pa.string()))).as_py():
                 hits.append(i)
@@ -103,7 +104,7 @@ def compacted_holding(fs: pafs.FileSystem, base: str, model_version: str, uris: 
                       tables: Iterable[str] = ("videos", "frames")) -> list[str]:
     """The compacted files (of ``tables``) holding a row of one of ``uris``."""
     wanted = set(uris)
-    found = []
+    found: list[str] = []
     if not wanted:
         return found
     for table in tables:

@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import pyarrow.fs as pafs
 import psutil
@@ -121,7 +122,7 @@ class Held:
         interval = float(self.record["ttl_s"]) / 6
 
         def beat() -> None:
-            while not self._stop.wait(interval):
+            while not cast(threading.Event, self._stop).wait(interval):  # set above, never unset
                 try:
                     self.write()
                 except OSError:
@@ -133,7 +134,7 @@ class Held:
     def release(self) -> None:
         if self._stop is not None:
             self._stop.set()
-            self._thread.join(timeout=30)
+            cast(threading.Thread, self._thread).join(timeout=30)  # started right after _stop was set
         delete_quietly(self.fs, self.path)
 
 

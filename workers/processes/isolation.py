@@ -23,15 +23,21 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol, cast
 
 from emoframe.workers.spec.errors import BadInputError, Reason, ServiceUnavailableError, StorageUnavailableError
 from emoframe.workers.processes.lifeline import exit_with_parent
 
-_CTX: mp.context.BaseContext | None = None
+_CTX: mp.context.ForkServerContext | None = None
 
 
-def _context() -> mp.context.BaseContext:
+class Progress(Protocol):
+    """The ``progress`` an isolated function gets: ``progress(frames_done)``, with the total once known."""
+
+    def __call__(self, n: int, total: int | None = None, /) -> None: ...
+
+
+def _context() -> mp.context.ForkServerContext:
     global _CTX
     if _CTX is None:
         ctx = mp.get_context("forkserver")
@@ -109,7 +115,7 @@ def _child(conn: Connection, fn: Callable[..., Any], args: tuple, memory_mb: int
 
 def _kill(proc: mp.process.BaseProcess) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(cast(int, proc.pid), signal.SIGKILL)  # started before any kill: it has a pid
     except (ProcessLookupError, PermissionError):
         pass
     proc.kill()

@@ -26,9 +26,10 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from emoframe.workers.spec.contract import MODEL_NAME
 from emoframe.workers.spec.errors import ServiceUnavailableError
@@ -145,7 +146,8 @@ class EmbeddedTriton:
         # The address both ports listen on: loopback for the embedded server, any for `emoframe triton`.
         self.host = host
         self._lock = threading.RLock()  # re-entrant: a signal may arrive while stop() runs on the main thread
-        self._prev_handlers: dict[int, object] = {}
+        # What signal.signal() gave back for each signal: a handler, SIG_DFL/SIG_IGN, or None (set outside Python).
+        self._prev_handlers: dict[int, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
 
     # -- properties -------------------------------------------------------------------------------
     @property

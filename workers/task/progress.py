@@ -79,7 +79,8 @@ def _prefect_artifact(desc: str) -> Callable[[float], None] | None:
 
     def update(pct: float) -> None:
         try:
-            update_progress_artifact(artifact, progress=pct)
+            # Prefect types its sync-or-async call UUID | Coroutine; called from sync code it is a UUID.
+            update_progress_artifact(artifact, progress=pct)  # type: ignore[arg-type]
         except Exception:
             pass
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import ContextManager
+from typing import Any, ContextManager, cast
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -227,7 +227,11 @@ def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, progress) 
     return TrackPart(seg, *_rows_arrays(rows), head, tail, tracker.state(), seeded=seed is not None)
 
 
-def _rows_arrays(rows: list[tuple[int, np.ndarray, Faces]]) -> tuple[np.ndarray, ...]:
+# TrackPart's frame, track, boxes, scores and landmarks.
+_RowArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _rows_arrays(rows: list[tuple[int, np.ndarray, Faces]]) -> _RowArrays:
     if not rows:
         return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 4), np.float32),
                 np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
@@ -356,7 +360,8 @@ class Work:
 def _face_rows_of(n_frames: int, cfg, tracks: Tracks | None) -> tuple[np.ndarray, np.ndarray]:
     if cfg.face_mode == "centred":  # every frame is track 0 (a blank frame too: its face is masked)
         return np.arange(n_frames, dtype=np.int32), np.zeros(n_frames, np.int32)
-    return tracks.frame, tracks.track
+    faces = cast(Tracks, tracks)  # detect mode: the joined faces are given
+    return faces.frame, faces.track
 
 
 def plan_work(probe: Probe, cfg, segments: list[VideoSegment], tracks: Tracks | None = None,
@@ -430,7 +435,7 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
     seg = work.segment
     decoder = make_decoder(cfg.decoder)
     audio_on = np.bool_(cfg.policy.audio)
-    mine = {"frame": [], "track": [], "present": [], "box": [], "score": []}
+    mine: dict[str, list[Any]] = {"frame": [], "track": [], "present": [], "box": [], "score": []}
     audio = np.zeros(len(seg), bool)
     with local_copy(source.uri) as path:
         info = decoder.probe(path)
@@ -438,7 +443,8 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
         warning = None
         if cfg.face_mode == "centred" and seg.index == 0:
             warning = check_face_centred(path, info, decoder)
-        front = _Given(info, work.faces, p) if cfg.face_mode == "detect" else None
+        # Work.faces: given in detect mode.
+        front = _Given(info, cast(Tracks, work.faces), p) if cfg.face_mode == "detect" else None
         chunks = iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames, decoder=decoder,
                                    p=p, start=work.lo, stop=work.hi, front=front, tick=lambda: progress(0))
         # Frames (and faces) the batches not yet sent still need; each batch goes as soon as its last frame is in.
@@ -482,8 +488,8 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
                     nxt += 1
                     for key in [k for k in faces if k[0] < floor[nxt]]:
                         del faces[key]
-                    for key in [k for k in sound if k < floor[nxt]]:
-                        del sound[key]
+                    for frame_no in [k for k in sound if k < floor[nxt]]:
+                        del sound[frame_no]
             if done != work.hi:
                 raise BadInputError(Reason.FRAME_COUNT_MISMATCH, f"decoder yielded frames up to {done}, not {work.hi}")
             if nxt != len(ends):

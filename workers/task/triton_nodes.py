@@ -46,7 +46,7 @@ from emoframe.workers.spec.model_versions import latest_version
 from emoframe.workers.serving.triton_config import CONFIG_NAME, instance_kind
 from emoframe.workers.task.video_job import LabelConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # CPUs a server declares to Ray. With KIND_CPU the model runs on the node's cores, and model version 3 is
 # not cheap there: about 30 ms of CPU per labelled frame (benchmarks/triton_node.py here; triton_bench.py's
@@ -260,7 +260,7 @@ def per_node_tritons(model_repo: Path, run_id: str, *, ready_timeout_s: float = 
     task = video_task_resources()
     plans, left_out = plan_servers(ray.nodes(), model.kind, task.cpus, task.memory_mb, memory_mb)
     for why in left_out:
-        log.warning("no Triton and no video on %s", why)
+        logger.warning("no Triton and no video on %s", why)
     if not plans:
         raise ServiceUnavailableError(
             "no Ray node can run a per-node Triton: " + "; ".join(left_out) +
@@ -281,7 +281,8 @@ def per_node_tritons(model_repo: Path, run_id: str, *, ready_timeout_s: float = 
             raise ServiceUnavailableError(f"the per-node servers serve versions {sorted(versions)}, the run shipped "
                                           f"version {model.version}")
         for i in infos:
-            log.info("Triton on node %s (%s) ready at %s (log there: %s)", i["node_id"][:8], i["host"], i["url"], i["log"])
+            logger.info("Triton on node %s (%s) ready at %s (log there: %s)", i["node_id"][:8], i["host"], i["url"],
+                        i["log"])
         served = Served(model.version, nodes=tuple((i["node_id"], i["url"]) for i in infos), servers=infos)
         last_servers = infos
         yield served
@@ -325,7 +326,7 @@ def _stop_all(actors: dict) -> None:
     for info in last_servers:
         info["inferences"] = counts.get(info["node_id"])
         n = info["inferences"]
-        log.info("Triton on node %s (%s) stopped; %s", info["node_id"][:8], info["host"],
+        logger.info("Triton on node %s (%s) stopped; %s", info["node_id"][:8], info["host"],
                  "its count is unknown" if n is None else f"it ran {n} windows")
     for actor in actors.values():
         with contextlib.suppress(Exception):

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from emoframe.workers.spec.contract import NUM_CLASSES, PREPROCESSING, fingerprint
 from emoframe.workers.media.decode import Decoder, VideoInfo
 from emoframe.workers.spec.errors import RETRYABLE_REASONS, BadInputError, Reason, StorageUnavailableError
-from emoframe.workers.processes.isolation import run_isolated
+from emoframe.workers.processes.isolation import Progress, run_isolated
 from emoframe.workers.output.storage import filesystem_for, is_remote
 from emoframe.workers.inference.labeling import Predictions, predict_video
 from emoframe.workers.task.progress import VideoProgress
@@ -109,8 +109,12 @@ def one_core() -> None:
     cv2.setNumThreads(1)
 
 
+def _no_progress(n: int, total: int | None = None, /) -> None:
+    pass
+
+
 def _label_frames(source: Source, cfg: LabelConfig, split_minutes: float = 0.0,
-                  progress: Callable[[int], None] = lambda n: None) -> _Labelled | Probe:
+                  progress: Progress = _no_progress) -> _Labelled | Probe:
     """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError.
     ``split_minutes`` > 0: a video long enough for two segments of that length is not labelled here; its
     ``Probe`` is returned instead (the probe that labelling needs anyway: a short video costs nothing more)."""
@@ -207,8 +211,8 @@ def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: 
     minutes = cfg.segment_minutes if split is not None else 0.0
     try:
         done = run_with_retries(_label_frames, (source, cfg, minutes), cfg, progress)
-        if not isinstance(done, _Labelled):
-            outcome = split(done)
+        if not isinstance(done, _Labelled):  # a Probe: asked for (minutes > 0) only with a split
+            outcome = cast("Callable[[Probe], VideoOutcome | None]", split)(done)
             if outcome is not None:
                 return outcome
             done = run_with_retries(_label_frames, (source, cfg), cfg, progress)
@@ -219,14 +223,14 @@ def _label_with_retries(source: Source, cfg: LabelConfig, base: dict, progress: 
 
 
 def run_with_retries(fn: Callable[..., Any], args: tuple, cfg: LabelConfig,
-                     progress: Callable[[int, int | None], None] | None = None) -> Any:
+                     progress: Progress | None = None) -> Any:
     """``fn(*args, progress=...)`` in the isolated child (unless ``cfg.isolate`` is off), tried again up to
     ``cfg.max_attempts`` times while the child crashes or hangs; the last BadInputError is raised."""
     for attempt in range(1, cfg.max_attempts + 1):
         try:
             if cfg.isolate:
                 return run_isolated(fn, args, cfg.limits, progress)
-            return fn(*args, progress=progress or (lambda n, total=None: None))
+            return fn(*args, progress=progress or _no_progress)
         except BadInputError as exc:
             if exc.reason in RETRYABLE_REASONS and attempt < cfg.max_attempts:
                 continue  # a crash or a hang may not repeat

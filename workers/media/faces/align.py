@@ -52,7 +52,8 @@ def align_faces(frame: np.ndarray, landmarks: np.ndarray, a: FaceAlignment = ALI
         while np.hypot(m[0, 0], m[1, 0]) < 0.5 and min(roi.shape[:2]) >= 4:
             roi = cv2.pyrDown(roi)
             m[:, :2] *= 2.0
-        cv2.warpAffine(roi, m, (a.size, a.size), dst=out[k], flags=cv2.INTER_LINEAR,
+        # cv2's stubs want a sequence for borderValue; OpenCV takes a plain number too.
+        cv2.warpAffine(roi, m, (a.size, a.size), dst=out[k], flags=cv2.INTER_LINEAR,  # type: ignore[call-overload]
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out
 

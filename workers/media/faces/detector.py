@@ -121,7 +121,7 @@ def _load(net: nn.Module, name: str) -> torch.jit.ScriptModule:
 
 
 @lru_cache(maxsize=1)
-def _nets() -> tuple[PNet, RNet, ONet]:
+def _nets() -> tuple[torch.jit.ScriptModule, torch.jit.ScriptModule, torch.jit.ScriptModule]:  # P-, R-, O-Net
     return _load(PNet(), "pnet.pt"), _load(RNet(), "rnet.pt"), _load(ONet(), "onet.pt")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import time
 
@@ -65,7 +66,8 @@ class TrackerState:
                 and np.array_equal(self.faces.scores, other.faces.scores)
                 and np.array_equal(self.faces.landmarks, other.faces.landmarks)
                 and (self.thumb is None) == (other.thumb is None)
-                and (self.thumb is None or np.array_equal(self.thumb, other.thumb)))
+                # other.thumb is None exactly when self.thumb is (the line above)
+                and (self.thumb is None or np.array_equal(self.thumb, cast(np.ndarray, other.thumb))))
 
 
 class FaceTracker:
@@ -200,7 +202,8 @@ class FaceTracker:
         for k in keys:
             out[k] = self.update(frames[k], elapsed=1 if prev is None else k - prev)
             if prev is not None and k - prev > 1:
-                (ids_a, fa), (ids_b, fb) = out[prev], out[k]
+                ids_a, fa = cast("tuple[np.ndarray, Faces]", out[prev])  # both passes ran: out[prev], out[k] set
+                ids_b, fb = cast("tuple[np.ndarray, Faces]", out[k])
                 common, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
                 for j in range(prev + 1, k):
                     w = (j - prev) / (k - prev)
