@@ -13,8 +13,9 @@ from emoframe.workers.task.resources import TASK_CPUS, TASK_MEMORY_MB
 from emoframe.workers.spec.contract import MODEL_NAME
 from emoframe.workers.spec.model_versions import latest_version
 from emoframe.workers.serving.triton_config import instance_kind, set_instance_kind
-from emoframe.workers.task.triton_nodes import (TRITON_GPU_NODE_CPUS, TRITON_MEMORY_MB, Served, pack_model, plan_servers,
-                                  server_cpus, server_id)
+from emoframe.workers.task.resources import VideoTaskResources
+from emoframe.workers.task.triton_nodes import (TRITON_GPU_NODE_CPUS, TRITON_MEMORY_MB, Served, _room, pack_model,
+                                                plan_servers, server_cpus, server_id)
 from emoframe.workers.task.video_job import LabelConfig
 
 GB = 2**30
@@ -55,6 +56,18 @@ def test_cpu_servers_take_half_a_node_and_leave_room_for_videos():
     # One CPU, or 2 GB: a server alone, no video could run beside it. The dead node is not mentioned.
     assert len(left_out) == 2 and "10.0.0.3" in left_out[0] and "10.0.0.4" in left_out[1]
     assert "less than a Triton and one video need" in left_out[0]
+
+
+def test_videos_in_flight_count_what_the_servers_leave_on_their_nodes_only():
+    nodes = [node(1, 16, 64), node(2, 4, 4), node(3, 1, 64)]  # node 3: too small for a server and a video
+    plans, _ = plan_servers(nodes, "KIND_CPU", TASK_CPUS, TASK_MEMORY_MB)
+    room = _room(nodes, plans)
+    assert room == ({"CPU": 8.0, "memory": 64 * GB - TRITON_MEMORY_MB * 2**20},
+                    {"CPU": 2.0, "memory": 4 * GB - TRITON_MEMORY_MB * 2**20})
+    task = VideoTaskResources(cpus=TASK_CPUS, memory_mb=TASK_MEMORY_MB)
+    # Node 1: 8 videos by CPU; node 2: 2.5 GB left, one 1.5 GB video. Twice that in flight (one queued per slot);
+    # the whole cluster's 21 CPUs would have said 42.
+    assert task.default_in_flight(room) == (8 + 1) * 2
 
 
 def test_a_gpu_config_takes_every_gpu_of_gpu_nodes_only():

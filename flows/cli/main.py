@@ -393,7 +393,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                         "with --triton-url")
     g.add_argument("--max-in-flight", type=_positive_int, metavar="N",
                    help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
-                        "cluster: its CPUs, and its memory at 1.5 GB a video)")
+                        "cluster: its CPUs, and its memory at 1.5 GB a video; with --triton per-node, what the "
+                        "servers leave on their nodes)")
     g.add_argument("--segment-minutes", type=_minutes, metavar="M", default=DEFAULT_SEGMENT_MINUTES,
                    help="a video at least twice this long is labelled in segments of at least M minutes by "
                         "parallel Ray tasks when the cluster has free workers (the same rows as one task); "

@@ -189,7 +189,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                              warnings=listing.warnings)
         planner = Planner(cfg, force, summary)
         resources = video_task_resources()
-        window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight())
+        window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight(served.room))
         logger.info("up to %d videos in flight, each declared to Ray as %s", window.limit, resources.describe())
         try:
             with remote_options(**resources.ray_options(), **served.task_options()):

@@ -33,10 +33,17 @@ class VideoTaskResources:
         by_memory = int(cluster.get("memory", 0) // (self.memory_mb * 2**20))
         return max(1, min(by_cpu, by_memory))
 
-    def default_in_flight(self) -> int:
-        import ray
+    def default_in_flight(self, room: tuple[dict[str, float], ...] = ()) -> int:
+        """Videos a run keeps in flight: per video slot, the running one and QUEUED_PER_SLOT waiting. ``room``:
+        what each node that takes videos has left for them (with a Triton per node, its node's CPUs and
+        memory less the server's, and only nodes with a server); empty: the whole cluster's resources."""
+        if room:
+            slots = sum(self.slots(node) for node in room)
+        else:
+            import ray
 
-        return self.slots(ray.cluster_resources()) * (1 + QUEUED_PER_SLOT)
+            slots = self.slots(ray.cluster_resources())
+        return slots * (1 + QUEUED_PER_SLOT)
 
     def describe(self) -> str:
         return f"{self.cpus:g} CPU and {self.memory_mb} MB"

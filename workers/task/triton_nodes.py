@@ -164,6 +164,13 @@ def plan_servers(nodes: list[dict], kind: str, task_cpus: float, task_memory_mb:
     return plans, left_out
 
 
+def _room(nodes: list[dict], plans: list[NodePlan]) -> tuple[dict[str, float], ...]:
+    """Per node with a server: its CPUs and memory (``ray.nodes()`` totals) less what the server declared."""
+    total = {n["NodeID"]: n.get("Resources", {}) for n in nodes}
+    return tuple({"CPU": total.get(p.node_id, {}).get("CPU", 0.0) - p.num_cpus,
+                  "memory": total.get(p.node_id, {}).get("memory", 0.0) - p.memory_mb * 2**20} for p in plans)
+
+
 # -- the server on one node ---------------------------------------------------------------------------
 def _http_json(url: str) -> dict:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
@@ -234,6 +241,8 @@ class Served:
     url: str = ""  # one server for every task
     nodes: tuple[tuple[str, str], ...] = ()  # node id -> that node's gRPC URL (on its loopback)
     servers: list[dict] = field(default_factory=list)  # each server's info(), and its count when stopped
+    # What each node with a server has left for video tasks (Ray's "CPU" and "memory", less the server's).
+    room: tuple[dict[str, float], ...] = ()
 
     def task_options(self) -> dict:
         """Ray options of the video tasks: only onto nodes with a server."""
@@ -283,7 +292,8 @@ def per_node_tritons(model_repo: Path, run_id: str, *, ready_timeout_s: float = 
         for i in infos:
             logger.info("Triton on node %s (%s) ready at %s (log there: %s)", i["node_id"][:8], i["host"], i["url"],
                         i["log"])
-        served = Served(model.version, nodes=tuple((i["node_id"], i["url"]) for i in infos), servers=infos)
+        served = Served(model.version, nodes=tuple((i["node_id"], i["url"]) for i in infos), servers=infos,
+                        room=_room(ray.nodes(), plans))
         last_servers = infos
         yield served
     finally:
