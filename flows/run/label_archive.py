@@ -139,7 +139,7 @@ def _cancel_in_flight(futures) -> None:
 def label_archive(sources: list[str], out: str, triton_url: str | None = None, face_mode: str = "detect",
                   include: list[str] | None = None, exclude: list[str] | None = None,
                   model_repo: str | None = None, chunk_frames: int = 256, force: bool = False,
-                  decoder: str = "emoframe.workers.media.decode:VideoDecoder", stride: int = POLICY.stride,
+                  stride: int = POLICY.stride,
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
                   min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True,
                   max_in_flight: int | None = None, triton: str = "embedded",
@@ -183,7 +183,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         # face_mode: any string in the flow's parameters; one that is not a FaceMode fails where faces are read.
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version,
                           face_mode=cast(FaceMode, face_mode), policy=policy, limits=limits,
-                          chunk_frames=chunk_frames, decoder=decoder, triton_nodes=served.nodes,
+                          chunk_frames=chunk_frames, triton_nodes=served.nodes,
                           segment_minutes=segment_minutes)
         summary = RunSummary(run_id, out if is_remote(out) else out_base, version, policy, missing=listing.missing,
                              warnings=listing.warnings)
