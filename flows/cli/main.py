@@ -381,7 +381,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "(default %(default)s)")
     g.add_argument("--video-timeout", type=float, metavar="SECONDS", help="a fixed overall limit per video instead")
 
-    # What a run is served by and how it spreads over Ray: the same for a run now (label) and scheduled ones (serve).
+    # What serves a run and how it spreads over Ray: the same for a run now (label) and scheduled ones (serve).
     run_flags = argparse.ArgumentParser(add_help=False)
     g = run_flags.add_argument_group("serving and spreading the work")
     g.add_argument("--triton", choices=("embedded", "per-node"), default="embedded",
