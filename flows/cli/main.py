@@ -492,7 +492,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="DIR", help="local folder for the report (default: OUT/_report; required for a "
                                                "bucket)")
     p.add_argument("--max-videos", type=int, metavar="N",
-                   # 200: emoframe.flows.analysis.report.DEFAULT_MAX_VIDEOS, written out so that --help does not import the report
+                   # 200: report.DEFAULT_MAX_VIDEOS, written out so that --help does not import the report
                    help="pages for the N most recently labelled videos (default 200; 0: the archive page only)")
     p.set_defaults(fn=cmd_report)
 
