@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test env browser model ablation bench reliability
+.PHONY: run test test-fast env browser model ablation bench reliability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "emoframe needs Python 3.11 ($(PYTHON) not found); set PYTHON=..."; exit 1; }
@@ -33,6 +33,11 @@ browser:
 
 test: env browser
 	$(PY) -m pytest
+
+# The fast tier: unit tests and checks (ruff, mypy, the layers), none of the tests marked integration, which
+# start the real services (tritonserver, Ray, Prefect, SeaweedFS, chromium) or train. CI runs `make test`.
+test-fast: env
+	$(PY) -m pytest -m "not integration"
 
 model: env
 	$(VENV)/bin/emoframe build-model

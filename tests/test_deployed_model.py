@@ -32,6 +32,7 @@ def test_deployed_model_matches_the_contract_and_config():
     assert meta["data"]["dataset"].startswith("emoframe synthetic") and meta["reader"] == "FerReader"
 
 
+@pytest.mark.integration  # the deployed model over a regenerated synthetic test set: half a minute
 def test_deployed_model_reaches_its_recorded_macro_f1(tmp_path):
     vdir = deployed_version()
     recorded = json.loads((vdir / "metrics.json").read_text())

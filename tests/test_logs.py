@@ -17,29 +17,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def fresh_logger(monkeypatch):
+def fresh_logger():
     """The emoframe logger and the Prefect settings as this process had them, restored afterwards."""
     logger = logging.getLogger(logs.LOGGER)
     saved = (logger.level, list(logger.handlers), logger.propagate)
-    for name in ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"):
-        monkeypatch.delenv(name, raising=False)
+    # configure() writes os.environ itself; restored by hand (monkeypatch.delenv of an absent name records
+    # nothing, and a PREFECT_LOGGING_LEVEL left behind would quieten every later test's services).
+    names = ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")
+    env = {name: os.environ.pop(name, None) for name in names}
     logger.setLevel(logging.NOTSET)
     logger.handlers = []
     yield logger
     logger.level, logger.handlers, logger.propagate = saved[0], saved[1], saved[2]
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
-def test_configure_sets_the_level_once_and_hands_it_to_prefect(fresh_logger, monkeypatch):
-    monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "mylib")
+def test_configure_sets_the_level_once_and_hands_it_to_prefect(fresh_logger):
+    os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = "mylib"  # the fixture restores the environment
     logs.configure(None)
-    assert fresh_logger.level == logging.INFO and not logs.quiet()
+    assert fresh_logger.level == logging.INFO
     assert "PREFECT_LOGGING_LEVEL" not in os.environ  # no flag given: Prefect keeps its own setting
     logs.configure("warning")
     logs.configure(None)  # a later default does not undo the flag
-    assert fresh_logger.level == logging.WARNING and logs.quiet()
+    assert fresh_logger.level == logging.WARNING
     assert os.environ["PREFECT_LOGGING_LEVEL"] == "WARNING"
     assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "mylib,emoframe"  # the user's extra loggers kept
-    assert len(fresh_logger.handlers) == 1 and not fresh_logger.propagate  # one line per record, not two
+    # One line per record, not two: one handler of ours (Prefect may add its API handler), no propagation.
+    assert sum(isinstance(h, logs._Handler) for h in fresh_logger.handlers) == 1 and not fresh_logger.propagate
     with pytest.raises(ValueError, match="one of debug, info"):
         logs.configure("loud")
 
@@ -68,13 +76,13 @@ def test_log_level_warning_keeps_the_answer_and_debug_adds_each_video(tmp_path):
     quiet = _label(folder, tmp_path / "quiet", "--log-level", "warning")
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
     said = quiet.stdout + quiet.stderr
-    assert "1 labelled, 0 failed" in said
+    assert quiet.stdout.count("1 labelled, 0 failed") == 1  # the answer, once, on stdout
     for chatter in ("videos found", "[1/1]", "in flight", "Finished in state", "Beginning flow run"):
         assert chatter not in said, f"{chatter!r} shown at --log-level warning:\n{said}"
     loud = _label(folder, tmp_path / "loud", "--log-level", "debug")
     assert loud.returncode == 0, loud.stdout + loud.stderr
     said = loud.stdout + loud.stderr
-    assert said.count("1 labelled, 0 failed") == 1  # the summary once, not also printed by the CLI
+    assert loud.stdout.count("1 labelled, 0 failed") == 1 and "clip.mp4: 24 frames" in loud.stdout
     assert "DEBUG   | emoframe.flows.run.label_archive - submitted" in said and "clip.mp4" in said
     assert "INFO    | emoframe.flows.run.label_archive - 1 videos found" in said
-    assert "[1/1] labelled" in said
+    assert "INFO    | emoframe.flows.run.label_archive - [1/1] labelled" in loud.stderr

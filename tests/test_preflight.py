@@ -119,6 +119,7 @@ def test_the_model_repository_comes_from_its_setting(tmp_path):
     assert f"default:{tmp_path / 'models'}" in "".join(helped.stdout.split()), helped.stdout  # wrapped at hyphens
 
 
+@pytest.mark.integration  # waits out pyarrow's GCS retries (about 22 s)
 def test_a_bucket_without_credentials_is_an_answer_not_a_hang(tmp_path):
     """gs:// on a machine without Google credentials: pyarrow's default retried in silence for 15 minutes;
     bounded (workers/output/storage.py), the user hears why within a minute."""

@@ -293,6 +293,7 @@ def _chromium() -> str:
 
 
 @pytest.mark.parametrize("which", ["index", "two faces.mp4"])
+@pytest.mark.integration  # starts Debian's chromium (`make test` installs it)
 def test_pages_render_in_a_real_browser_with_every_image(report, tmp_path, which):
     page = report if which == "index" else _video_pages(report)[which]
     probe = page.with_name(f"probe-{which.replace(' ', '_')}.html")  # beside it: relative image paths still resolve

@@ -183,7 +183,7 @@ def test_bad_input_in_one_segment_fails_the_video_with_a_row_and_no_frames(trito
 
 
 @pytest.mark.timeout(600)
-def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(triton, face_media, tmp_path, caplog):
+def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(triton, face_media, tmp_path, capfd):
     """Through run_label_archive: real Prefect, the run's own local Ray, the real Triton. With segments of at
     least 0.05 minute (72 frames at 24 fps), a 240-frame real clip (WolfgangLanger_Pexels.mp4's first 10 s)
     is long enough for three; the video task holds one CPU and the placement group it asks for gets another
@@ -201,8 +201,8 @@ def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(trit
     result = run_label_archive([str(tmp_path / "in")], str(tmp_path / "split"), triton_url=url, chunk_frames=64,
                                segment_minutes=0.05, report=False)
     assert result["labelled"] == 1 and result["failed"] == 0, result["text"]
-    # The log record, not the terminal: Prefect's console handler may write after the flow returns.
-    assert "(in 2 segments)" in caplog.text
+    # emoframe's log handler writes each record as it is made (flows/run/logs.py), on stderr.
+    assert "[1/1] labelled" in (err := capfd.readouterr().err) and "(in 2 segments)" in err, err[-3000:]
     fs = pafs.LocalFileSystem()
     video = read_rows(fs, str(tmp_path / "split"), version, str(clip), "videos")
     assert video is not None and video.column("status").to_pylist() == ["labelled"], video

@@ -334,18 +334,18 @@ def test_failed_start_reports_log_tail(tmp_path: Path):
 def test_port_taken_is_retried(tmp_path: Path, monkeypatch):
     import emoframe.workers.serving.triton_server as ts
 
-    real = ts._free_ports
+    real = ts.free_ports
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         calls = []
 
-        def first_busy(n: int) -> list[int]:
+        def first_busy(n: int, host: str = ts.HOST) -> list[int]:
             calls.append(n)
-            ports = real(n)
+            ports = real(n, host)
             return [busy.getsockname()[1]] + ports[1:] if len(calls) == 1 else ports
 
-        monkeypatch.setattr(ts, "_free_ports", first_busy)
+        monkeypatch.setattr(ts, "free_ports", first_busy)
         log = tmp_path / "server.log"
         with EmbeddedTriton(tmp_path, log_path=log, model_names=()) as srv:  # no models: starts in a second
             assert srv.running and len(calls) == 2

@@ -15,7 +15,6 @@ from typing import NoReturn
 from emoframe.workers.spec.contract import FACE_MODES
 from emoframe.flows.run.logs import DEFAULT_LEVEL, LEVELS
 from emoframe.flows.run.logs import configure as configure_logs
-from emoframe.flows.run.logs import quiet as quiet_logs
 from emoframe.training.commands import TRAINING_COMMANDS, add_training_commands
 from emoframe.workers.spec.model_versions import MODEL_REPO_SETTING, default_model_repo
 
@@ -193,8 +192,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         print(f"\n{stop.name}: {label_archive.finished_in_this_process} videos finished; rerun the same command "
               "to continue", file=sys.stderr)
         return 128 + stop.signum
-    if quiet_logs():  # the flow's summary was an info record, not shown: it is still the command's answer
-        print(result["text"])
+    print(result["text"])  # the command's answer, on stdout (the log on stderr has its first line)
     return 1 if result["problems"] else 0
 
 

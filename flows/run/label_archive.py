@@ -212,7 +212,9 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         if compacted is not None:
             logger.info("%s", compacted.format())
     text = summary.format()
-    print(text)
+    # One line for the run's log (the Prefect server keeps the whole text as an artifact); the full summary
+    # is the command's answer, which the CLI prints on stdout.
+    logger.info("%s", text.splitlines()[0])
     publish_artifacts(summary, text)
     if report:
         write_run_report(out, summary)
@@ -280,7 +282,8 @@ class InFlight:
         finished_in_this_process += 1
         self.done += 1
         parts = f" (in {outcome.segments} segments)" if outcome.segments > 1 else ""
-        print(f"[{self.done}/{self.done + len(self.pending)}] {outcome.row['status']}: {shown(src.uri)}{parts}")
+        logger.info("[%d/%d] %s: %s%s", self.done, self.done + len(self.pending), outcome.row["status"],
+                    shown(src.uri), parts)
 
 
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None,

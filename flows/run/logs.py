@@ -54,7 +54,3 @@ def configure(level: str | None = None) -> logging.Logger:
         os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join([*extra, LOGGER])
     return logger
 
-
-def quiet() -> bool:
-    """Whether info records are dropped: then the CLI prints the run's summary itself."""
-    return not logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
