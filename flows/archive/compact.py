@@ -32,8 +32,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from emoframe.workers.output.rows import COMPACTED_PREFIX, SCHEMAS, folder, partition_files
-from emoframe.workers.spec.schema import PARTITION_KEY, STATUS_LABELLED, video_key
+from emoframe.workers.output.rows import COMPACTED_PREFIX, SCHEMAS, partition_files
+from emoframe.workers.spec.schema import PARTITION_KEY, STATUS_LABELLED, table_folder, video_key
 from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.output.state import (COMPACT, PHASE_PUBLISH, PHASE_STAGING, LockBusy, delete_quietly, exclusive, live_leases,
                            publish, recover_journals, state_path, write_journal, STAGING)
@@ -270,7 +270,7 @@ def _compact_partition(fs: pafs.FileSystem, base: str, mv: str, min_files: int,
                 paths, rows = _write_outputs(fs, reader, table, f"{staging}/{table}", gen, 0)
             result.rows[table] = rows
             result.dropped_frames += dropped
-            journal["moves"] += [[p, f"{folder(base, table, mv)}/{p.rsplit('/', 1)[1]}"] for p in paths]
+            journal["moves"] += [[p, f"{table_folder(base, table, mv)}/{p.rsplit('/', 1)[1]}"] for p in paths]
             step(f"staged {table}")
     journal["deletes"] = plan.inputs()
     journal["phase"] = PHASE_PUBLISH

@@ -17,7 +17,8 @@ import pyarrow.fs as pafs
 
 from emoframe.workers.spec.errors import TRANSIENT_REASONS
 from emoframe.workers.spec.policy import LabellingPolicy
-from emoframe.workers.spec.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, VIDEOS_SCHEMA, partition
+from emoframe.workers.spec.schema import (STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, VIDEOS_SCHEMA,
+                                         table_folder)
 from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.task.video_job import Source
 
@@ -82,7 +83,7 @@ def read_ledger(out: str, model_version: str) -> Ledger:
     """The videos rows of this model version; empty when nothing was written yet. Rows of files written
     before schema version 4 read their new columns as NULL (and are then labelled again: no contract)."""
     fs, base = filesystem_for(out)
-    folder = f"{base.rstrip('/')}/videos/{partition(model_version)}"
+    folder = table_folder(base, "videos", model_version)
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return Ledger()
     table = ds.dataset(folder, filesystem=fs, format="parquet", schema=VIDEOS_SCHEMA).to_table(columns=_COLUMNS)

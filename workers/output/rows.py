@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from emoframe.workers.spec.schema import FRAMES_SCHEMA, VIDEOS_SCHEMA, frames_path, partition, videos_path
+from emoframe.workers.spec.schema import (FRAMES_SCHEMA, VIDEOS_SCHEMA, frames_path, table_folder,
+                                         videos_path)
 from emoframe.workers.output.state import EVICT, exclusive, journals, recover_journals
 
 TABLES = ("frames", "videos")
@@ -31,10 +32,6 @@ COMPACTED_PREFIX = "compacted."
 # file's name has dots, so the two can never be confused.
 _OWN = re.compile(r"^[A-Za-z0-9_-]+-[0-9a-f]{16}\.parquet$")
 _COMPACTED = re.compile(r"^compacted\.[0-9A-Za-z-]+\.\d{4}\.parquet$")
-
-
-def folder(base: str, table: str, model_version: str) -> str:
-    return f"{base.rstrip('/')}/{table}/{partition(model_version)}"
 
 
 def own_path(base: str, table: str, model_version: str, uri: str) -> str:
@@ -51,7 +48,7 @@ def is_compacted(name: str) -> bool:
 
 def partition_files(fs: pafs.FileSystem, base: str, table: str, model_version: str) -> tuple[list[str], list[str]]:
     """(own files, compacted files) of a table's partition; other names (temporaries, hidden) are not listed."""
-    infos = fs.get_file_info(pafs.FileSelector(folder(base, table, model_version), allow_not_found=True))
+    infos = fs.get_file_info(pafs.FileSelector(table_folder(base, table, model_version), allow_not_found=True))
     files = [i for i in infos if i.type == pafs.FileType.File]
     return (sorted(i.path for i in files if is_own(i.base_name)),
             sorted(i.path for i in files if is_compacted(i.base_name)))

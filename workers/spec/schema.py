@@ -135,9 +135,14 @@ def partition(model_version: str) -> str:
     return f"{PARTITION_KEY}={model_version}"
 
 
+def table_folder(base: str, table: str, model_version: str) -> str:
+    """``<out>/<table>/model_version=<v>``: the folder of one table's files for one model version."""
+    return f"{base.rstrip('/')}/{table}/{partition(model_version)}"
+
+
 def frames_path(base: str, model_version: str, source_uri: str) -> str:
-    return f"{base.rstrip('/')}/frames/{partition(model_version)}/{video_key(source_uri)}.parquet"
+    return f"{table_folder(base, 'frames', model_version)}/{video_key(source_uri)}.parquet"
 
 
 def videos_path(base: str, model_version: str, source_uri: str) -> str:
-    return f"{base.rstrip('/')}/videos/{partition(model_version)}/{video_key(source_uri)}.parquet"
+    return f"{table_folder(base, 'videos', model_version)}/{video_key(source_uri)}.parquet"
