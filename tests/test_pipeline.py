@@ -383,16 +383,18 @@ def test_compacted_output_relabels_one_copy_and_reads_with_plain_readers(run, co
 
 
 def test_the_readmes_first_command_labels_its_sample_videos_and_writes_a_report(tmp_path):
-    """`make run` is `emoframe label --demo`: sample videos generated under --out, labelled by the real CLI
-    (Prefect, Ray, the embedded Triton), exit 0, a report written. Two samples instead of six, to keep it short."""
+    """`make run` is `emoframe label --demo`: sample videos generated once into the cache (here a fresh one),
+    labelled by the real CLI (Prefect, Ray, the embedded Triton), exit 0, a report written. Two samples
+    instead of six, to keep it short. (Samples under --out were never labelled: a run does not list its
+    own output.)"""
     out = tmp_path / "demo"
     root = Path(__file__).resolve().parent.parent
     res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "label", "--demo", "--out", str(out),
                           "--sample-videos", "2"], capture_output=True, text=True, timeout=600, cwd=root,
-                         env={**os.environ, "PYTHONPATH": str(root)})
+                         env={**os.environ, "PYTHONPATH": str(root), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "2 labelled, 0 failed" in res.stdout, res.stdout
-    assert len(list((out / "_sample_videos" / "videos").glob("*.mp4"))) == 2
+    assert len(list((tmp_path / "cache" / "emoframe" / "samples" / "seed7-2" / "videos").glob("*.mp4"))) == 2
     assert (out / "_report" / "index.html").is_file()
-    labelled = duckdb.sql(f"SELECT count(DISTINCT source_uri) FROM read_parquet('{out}/frames/*/*.parquet')").fetchone()
-    assert labelled == (2,)
+    labelled = duckdb.sql(f"SELECT count(DISTINCT source_uri) FROM read_parquet('{out}/frames/*/*.parquet')")
+    assert labelled.fetchall() == [(2,)]

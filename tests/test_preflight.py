@@ -103,7 +103,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("emoframe label: ") and re.search(why, lines[0]), res.stderr
         assert "Traceback" not in res.stdout + res.stderr
-        assert "Triton ready" not in res.stdout and not (tmp_path / "o" / "_sample_videos").exists()
+        assert "Triton ready" not in res.stdout and not (tmp_path / "o" / "frames").exists()
 
 
 def test_the_model_repository_comes_from_its_setting(tmp_path):

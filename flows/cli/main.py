@@ -138,16 +138,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         usage_error("label", "no videos named: give files, folders, globs or s3:// / gs:// URIs (or --demo to "
                              "label a few generated sample videos)")
     if a.demo:
-        from emoframe.training.synth import generate
-
-        if "://" in a.out:
-            usage_error("label", "sample videos are only generated for a local --out")
-        sample = Path(a.out) / "_sample_videos"
-        print(f"--demo: generating sample videos in {sample} (synthetic set, seed {a.sample_seed})")
-        # A third without an audio track, so the summary shows the missing-modality path too.
-        generate(sample, a.sample_videos, a.sample_seed, min_seconds=8, max_seconds=20, no_audio_fraction=0.34,
-                 progress=True)
-        sources = [str(sample / "videos")]
+        sources = [str(_demo_videos(a.sample_videos, a.sample_seed))]
         faces = a.faces or "centred"  # the synthetic set's frames are the face (drawn, not for a detector)
     from emoframe.flows.run.preflight import PreflightError, preflight
 
@@ -194,6 +185,24 @@ def cmd_label(a: argparse.Namespace) -> int:
         return 128 + stop.signum
     print(result["text"])  # the command's answer, on stdout (the log on stderr has its first line)
     return 1 if result["problems"] else 0
+
+
+def _demo_videos(n: int, seed: int) -> Path:
+    """The --demo sample videos: generated once into a cache folder, outside any output (a run never lists
+    its own output, so samples under --out would never be labelled)."""
+    import shutil
+
+    from emoframe.training.synth import generate
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "emoframe" / "samples"
+    folder = cache / f"seed{seed}-{n}"
+    videos = folder / "videos"
+    if len(list(videos.glob("*.mp4"))) != n:
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"--demo: generating {n} sample videos in {folder} (synthetic set, seed {seed}; once)")
+        # A third without an audio track, so the summary shows the missing-modality path too.
+        generate(folder, n, seed, min_seconds=8, max_seconds=20, no_audio_fraction=0.34, progress=True)
+    return videos
 
 
 def _check_model_repo(command: str, repo: Path, named: bool = True) -> None:
@@ -405,8 +414,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        help="label videos (files, folders, globs, s3://...) into Parquet")
     p.add_argument("sources", nargs="*", help="videos to label: files, folders, globs, s3://, gs://")
     p.add_argument("--demo", action="store_true",
-                   help="generate a few synthetic sample videos under --out and label them (drawn faces: a look at "
-                        "the pipeline, not at the model's quality)")
+                   help="label a few synthetic sample videos, generated once into ~/.cache/emoframe/samples "
+                        "(drawn faces: a look at the pipeline, not at the model's quality)")
     p.add_argument("--out", default="emoframe_out", help="output folder or s3://bucket/prefix (Parquet)")
     p.add_argument("--triton-url", help="gRPC host:port of a running Triton; default: start the embedded server")
     p.add_argument("--ray-address", help="address of a running Ray cluster; default: a local Ray")
