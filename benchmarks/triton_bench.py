@@ -1,13 +1,16 @@
 """Triton serving benchmark: the deployed model through the real tritonserver, CPU instance vs GPU instance.
 
     .venv/bin/python benchmarks/triton_bench.py [--batches 200] [--cpu-batches 40] [--out PATH]
-    .venv/bin/python benchmarks/triton_bench.py --publish          # writes docs/triton_bench.json (refused on a
-                                                                   # dirty tree or outside a git checkout)
+    .venv/bin/python benchmarks/triton_bench.py --publish          # writes docs/triton_bench.json with a GPU,
+                                                                   # docs/triton_bench_cpu.json without (refused
+                                                                   # on a dirty tree or outside a git checkout)
     python3 benchmarks/triton_bench.py --out /tmp/t.json --allow-dirty   # a plain copy of the tree (no .git)
 
-model_repo/ is copied into a temp folder (the committed one is never touched). For each instance kind in
-the run (KIND_CPU always; KIND_GPU when ``torch.cuda.is_available()``) the copy's config is switched with
-``emoframe.workers.serving.triton_config.set_instance_kind``, EmbeddedTriton serves the deployed ``model.pt`` with the real
+model_repo/ is copied into a temp folder (the committed one is never touched). For each row of the run
+(``KIND_CPU forward``: a CPU instance serving the exported forward as is, the baseline of the face-reader
+split; ``KIND_CPU``: the CPU instance as deployed, each distinct face crop read once; ``KIND_GPU`` when
+``torch.cuda.is_available()``) the copy's config is switched with
+``emoframe.workers.serving.triton_config.set_instance_kind`` (and ``set_parameter``), EmbeddedTriton serves the deployed ``model.pt`` with the real
 ``model.py``, and TritonClient (the workers' client) then:
 
 - checks the server is ready and serves our contract, warms up with ``--warmup`` full batches;
@@ -17,9 +20,12 @@ the run (KIND_CPU always; KIND_GPU when ``torch.cuda.is_available()``) the copy'
   window - stride frames when a video is labelled, so each window labels ``stride`` new frames);
 - latency: ``--latency-reps`` sequential ``infer`` calls of one full batch, and of one window: p50/p90 ms.
 
-Inputs are valid per the contract (``input_specs``) with a realistic mask mix: most frames have a face and
-audio; faces drop out in runs, audio goes silent in runs, and some windows have no audio at all; a masked
-frame's tensor is zeros, as the preprocessing leaves it. The same inputs go to every kind. The CPU row is the
+Inputs are valid per the contract (``input_specs``) and shaped like a video's: a batch is consecutive windows
+of one stream of frames, each starting ``stride`` frames after the last (so a frame is in window / stride
+windows, as when a video is labelled), with a realistic mask mix: most frames have a face and audio; faces
+drop out in runs, audio goes silent in runs, and some windows have no audio at all; a masked frame's tensor
+is zeros, as the preprocessing leaves it. Face pixels are random (no two frames alike). The same inputs go
+to every kind. The CPU row is the
 baseline of the ratios (GPU/CPU), measured in the same run.
 """
 
@@ -52,15 +58,17 @@ from emoframe.training.export import latest_version  # noqa: E402
 from emoframe.workers.spec.contract import MAX_BATCH_SIZE, MODEL_NAME, PREPROCESSING, input_specs  # noqa: E402
 from emoframe.workers.spec.policy import POLICY  # noqa: E402
 from emoframe.workers.inference.triton_client import TritonClient  # noqa: E402
-from emoframe.workers.serving.triton_config import set_instance_kind  # noqa: E402
+from emoframe.workers.serving.triton_config import set_instance_kind, set_parameter  # noqa: E402
 from emoframe.workers.serving.triton_server import EmbeddedTriton  # noqa: E402
 
 MODEL_REPO = ROOT / "model_repo"
-PUBLISHED = ROOT / "docs" / "triton_bench.json"
+PUBLISHED = ROOT / "docs" / "triton_bench.json"  # a run with a GPU row (a lent GPU machine)
+PUBLISHED_CPU = ROOT / "docs" / "triton_bench_cpu.json"  # a run without one (the project's 2-core machine)
+FORWARD = "KIND_CPU forward"  # the row served without the face-reader split
 POOL = 8  # distinct batches, cycled: the inputs stay varied without holding every batch in memory
 
-# Realistic mask mix (per window): a face missing for a run of frames, audio silent for a run, a video
-# without an audio track, and isolated frames whose face crop is blank.
+# Realistic mask mix (per window's span of the stream): a face missing for a run of frames, audio silent for
+# a run, stretches without audio, and isolated frames whose face crop is blank.
 P_FACE_GAP, P_AUDIO_GAP, P_NO_AUDIO, P_FACE_DROP = 0.25, 0.25, 0.05, 0.03
 
 
@@ -109,23 +117,27 @@ def _runs(rng: np.random.Generator, t: int, p_gap: float, mask: np.ndarray) -> N
 
 
 def make_batch(b: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One batch of ``b`` windows, valid per input_specs, with the mask mix above (masked frames are zeros)."""
+    """``b`` consecutive windows of one stream of frames (``stride`` apart), valid per input_specs, with the
+    mask mix above (masked frames are zeros)."""
     specs = {s.name: s for s in input_specs()}
-    t = PREPROCESSING.window
-    face_mask = np.ones((b, t), bool)
-    audio_mask = np.ones((b, t), bool)
-    for i in range(b):
-        _runs(rng, t, P_FACE_GAP, face_mask[i])
-        face_mask[i] &= rng.random(t) >= P_FACE_DROP
+    t, stride = PREPROCESSING.window, POLICY.stride
+    starts = [k * stride for k in range(b)]
+    n = starts[-1] + t
+    face_mask = np.ones(n, bool)
+    audio_mask = np.ones(n, bool)
+    for lo in range(0, n, t):
+        _runs(rng, min(t, n - lo), P_FACE_GAP, face_mask[lo:lo + t])
         if rng.random() < P_NO_AUDIO:
-            audio_mask[i] = False
+            audio_mask[lo:lo + t] = False
         else:
-            _runs(rng, t, P_AUDIO_GAP, audio_mask[i])
-    face = rng.integers(0, 256, (b, *specs["face"].shape), dtype=np.uint8)
+            _runs(rng, min(t, n - lo), P_AUDIO_GAP, audio_mask[lo:lo + t])
+    face_mask &= rng.random(n) >= P_FACE_DROP
+    face = rng.integers(0, 256, (n, *specs["face"].shape[1:]), dtype=np.uint8)
     face[~face_mask] = 0
-    mel = (rng.normal(size=(b, *specs["mel"].shape)) * 2.0 - 6.0).astype(np.float32)  # log-mel-like values
+    mel = (rng.normal(size=(n, *specs["mel"].shape[1:])) * 2.0 - 6.0).astype(np.float32)  # log-mel-like values
     mel[~audio_mask] = 0.0
-    batch = {"face": face, "face_mask": face_mask, "mel": mel, "audio_mask": audio_mask}
+    stream = {"face": face, "face_mask": face_mask, "mel": mel, "audio_mask": audio_mask}
+    batch = {name: np.stack([a[lo:lo + t] for lo in starts]) for name, a in stream.items()}
     for name, s in specs.items():  # the contract, not this function, decides what is valid
         a = batch[name]
         assert a.dtype == np.dtype(s.numpy_dtype) and a.shape[1:] == s.shape, (name, a.dtype, a.shape)
@@ -164,17 +176,27 @@ def throughput(client: TritonClient, pool: list[dict[str, np.ndarray]], n: int) 
             "labelled_frames_per_s": windows * POLICY.stride / s}
 
 
+def label_dir(label: str) -> str:
+    return label.lower().replace(" ", "_").replace(",", "")
+
+
 def bench_kind(r: dict[str, Any], pool: list[dict[str, np.ndarray]], a: argparse.Namespace, workdir: Path) -> None:
     """Fills ``r`` (kind, batches) as it goes, so a failure part-way still leaves what was measured."""
-    kind, n_batches = r["kind"], r["batches"]
-    repo = workdir / kind.lower() / "model_repo"
+    kind, n_batches, label = r["kind"], r["batches"], r["label"]
+    repo = workdir / label_dir(label) / "model_repo"
     shutil.copytree(MODEL_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
     set_instance_kind(repo / MODEL_NAME, kind)
-    log = workdir / kind.lower() / "tritonserver.log"
+    if not r["split"]:
+        set_parameter(repo / MODEL_NAME, "face_reader_split", "off")
+    log = workdir / label_dir(label) / "tritonserver.log"
     t0 = time.perf_counter()
     with EmbeddedTriton(repo, log_path=log, ready_timeout_s=a.ready_timeout) as srv:
         r["start_s"] = time.perf_counter() - t0
-        print(f"  {kind}: tritonserver ready in {r['start_s']:.1f} s", flush=True)
+        print(f"  {label}: tritonserver ready in {r['start_s']:.1f} s", flush=True)
+        r["split_in_use"] = "reads each distinct crop once" in log.read_text(errors="replace")
+        if r["split_in_use"] != r["split"]:
+            raise RuntimeError(f"{label}: the face-reader split is {'' if r['split_in_use'] else 'not '}in use "
+                               f"(wanted {'on' if r['split'] else 'off'}); see {log}")
         with TritonClient(srv.grpc_url, max_in_flight=a.in_flight, timeout_s=a.request_timeout) as client:
             client.check_ready()
             r["served_version"] = client.served_version()
@@ -185,13 +207,13 @@ def bench_kind(r: dict[str, Any], pool: list[dict[str, np.ndarray]], a: argparse
             ref = client.infer(pool[0])  # compared across kinds below
             row_sums = ref.sum(axis=-1)
             if not np.all(np.isfinite(ref)) or not np.allclose(row_sums, 1.0, atol=1e-3):
-                raise RuntimeError(f"{kind}: outputs are not per-frame probabilities (row sums {row_sums.min()}"
+                raise RuntimeError(f"{label}: outputs are not per-frame probabilities (row sums {row_sums.min()}"
                                    f"..{row_sums.max()})")
             r["reference_output"] = ref
             passes = []
             for i in range(a.repeats):
                 passes.append(throughput(client, pool, n_batches))
-                print(f"  {kind}: pass {i + 1}/{a.repeats}: {n_batches} batches in {passes[-1]['seconds']:.2f} s, "
+                print(f"  {label}: pass {i + 1}/{a.repeats}: {n_batches} batches in {passes[-1]['seconds']:.2f} s, "
                       f"{passes[-1]['model_frames_per_s']:.0f} model frames/s", flush=True)
             r["throughput"] = max(passes, key=lambda x: x["windows_per_s"])
             r["passes"] = passes
@@ -238,28 +260,40 @@ def table(rows: dict[str, dict[str, Any]], ratios: dict[str, float]) -> str:
 
 
 START, END = "<!-- triton-bench:start -->", "<!-- triton-bench:end -->"
+START_CPU, END_CPU = "<!-- triton-bench-cpu:start -->", "<!-- triton-bench-cpu:end -->"
+
+
+def published_blocks() -> list[tuple[Path, str, str]]:
+    return [(PUBLISHED, START, END), (PUBLISHED_CPU, START_CPU, END_CPU)]
 
 
 def render(report: dict) -> str:
-    """The README's table: the published JSON's figures per instance kind, and the GPU/CPU ratios."""
-    rows, ratios, st = report["kinds"], report.get("ratios_gpu_over_cpu") or {}, report["stamp"]
+    """The README's table: the published JSON's figures per row, the split/forward and GPU/CPU ratios."""
+    rows, st = report["kinds"], report["stamp"]
+    columns = [("CPU split/forward", report.get("ratios_split_over_forward") or {}),
+               ("GPU/CPU", report.get("ratios_gpu_over_cpu") or {})]
+    columns = [(name, r) for name, r in columns if r]
     kinds = [k for k in rows if "error" not in rows[k]]
-    lines = ["| | " + " | ".join(kinds) + (" | GPU/CPU |" if ratios else " |"),
-             "|---|" + "---|" * (len(kinds) + (1 if ratios else 0))]
+    lines = ["| | " + " | ".join(kinds + [name for name, _ in columns]) + " |",
+             "|---|" + "---|" * (len(kinds) + len(columns))]
     for label, get, key in (
             ("model frames/s", lambda r: f"{r['throughput']['model_frames_per_s']:,.0f}", "model_frames_per_s"),
             ("labelled frames/s (stride 16)", lambda r: f"{r['throughput']['labelled_frames_per_s']:,.0f}",
              "labelled_frames_per_s"),
             ("batch of 16 windows, p50 ms", lambda r: f"{r['latency_batch_ms']['p50']:.1f}", "latency_batch_p50"),
             ("one window, p50 ms", lambda r: f"{r['latency_window_ms']['p50']:.1f}", "latency_window_p50")):
-        cells = [get(rows[k]) for k in kinds] + ([f"{ratios[key]:.2f}x"] if ratios else [])
+        cells = [get(rows[k]) for k in kinds] + [f"{r[key]:.2f}x" if key in r else "" for _, r in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cpu = st["cpu_count"]["usable"]
     diff = rows.get("KIND_GPU", {}).get("max_abs_diff_vs_cpu")
     agree = f" GPU and CPU probabilities on the same batch differ by at most {diff:.1e}." if diff is not None else ""
+    split_diff = rows.get("KIND_CPU", {}).get("max_abs_diff_vs_forward")
+    if split_diff is not None:
+        agree += (f" `{FORWARD}` serves the exported forward as is (every frame of every window read); the other "
+                  f"rows read each distinct face crop once, with probabilities within {split_diff:.1e} of it.")
     lines += ["", f"Model version {rows[kinds[0]].get('served_version')} through the real tritonserver, measured by "
                   f"`benchmarks/triton_bench.py --publish` at commit `{st['commit'][:12]}` ({st['date'][:10]}) on "
-                  f"{st['gpu_name'] or 'no GPU'} with {cpu} CPU cores; KIND_CPU uses those cores. Figures in "
+                  f"{st['gpu_name'] or 'no GPU'} with {cpu} CPU cores; the CPU rows use those cores. Figures in "
                   f"`docs/triton_bench.json`.{agree}"]
     return "\n".join(lines)
 
@@ -276,13 +310,16 @@ def main() -> int:
     ap.add_argument("--cpu-only", action="store_true", help="leave out the GPU row even where CUDA is available")
     ap.add_argument("--ready-timeout", type=float, default=300, help="seconds for tritonserver to become ready")
     ap.add_argument("--request-timeout", type=float, default=120, help="seconds per request")
-    ap.add_argument("--out", type=Path, help=f"write the figures as JSON here (with --publish: {PUBLISHED.relative_to(ROOT)})")
+    ap.add_argument("--out", type=Path, help=f"write the figures as JSON here (with --publish: "
+                                             f"{PUBLISHED.relative_to(ROOT)} when a GPU row is measured, else "
+                                             f"{PUBLISHED_CPU.relative_to(ROOT)})")
     ap.add_argument("--publish", action="store_true",
                     help="write the JSON (refused on a tree with uncommitted changes, or not a git checkout)")
     ap.add_argument("--code", metavar="COMMIT:TREE",
                     help="for a copy whose .git is older than its files (a device machine's): the commit these "
                          "files are and its tree id (git rev-parse COMMIT^{tree}); checked against the files")
-    ap.add_argument("--render", action="store_true", help=f"only re-render the README table from {PUBLISHED.name}")
+    ap.add_argument("--render", action="store_true",
+                    help=f"only re-render the README tables from {PUBLISHED.name} and {PUBLISHED_CPU.name}")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="publish anyway from a dirty tree or a plain copy (stamped with its commit or 'unknown')")
     a = ap.parse_args()
@@ -293,7 +330,9 @@ def main() -> int:
         ap.error("--warmup must be >= 0")
 
     if a.render:
-        write_readme_block(START, END, render(json.loads(PUBLISHED.read_text())))
+        for path, start, end in published_blocks():
+            if path.exists():
+                write_readme_block(start, end, render(json.loads(path.read_text())))
         return 0
     git = git_stamp()  # the code measured: taken before the run, as the tree may change while it runs
     if a.code:
@@ -308,13 +347,15 @@ def main() -> int:
             why = git.get("why") or f"uncommitted changes to {', '.join(git['changed'])}"
             sys.exit(f"triton_bench --publish: {why}; published figures must come from a commit "
                      "(commit, then rerun; or pass --allow-dirty for a scratch run)")
-        a.out = a.out or PUBLISHED
+        a.out = a.out or (PUBLISHED if torch.cuda.is_available() and not a.cpu_only else PUBLISHED_CPU)
 
     binary = ensure_tritonserver()
     gpu = torch.cuda.is_available() and not a.cpu_only
-    kinds = {"KIND_CPU": a.cpu_batches}
+    # label -> (instance kind, batches timed, face-reader split). "forward" is the baseline of the split: the
+    # TorchScript forward as exported, every frame of every window read.
+    kinds = {FORWARD: ("KIND_CPU", a.cpu_batches, False), "KIND_CPU": ("KIND_CPU", a.cpu_batches, True)}
     if gpu:
-        kinds["KIND_GPU"] = a.batches
+        kinds["KIND_GPU"] = ("KIND_GPU", a.batches, True)
     gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     cpus = cpu_count()
     print(f"commit {git['head'][:12]}{' (dirty)' if git['dirty'] else ''}; python {platform.python_version()}, "
@@ -339,15 +380,15 @@ def main() -> int:
     rows: dict[str, dict[str, Any]] = {}
     failed = False
     with tempfile.TemporaryDirectory(prefix="emoframe-triton-bench-") as tmp:
-        for kind, n in kinds.items():
-            print(f"{kind}: {n} batches timed, {a.warmup} warm-up, {a.latency_reps} latency requests", flush=True)
-            rows[kind] = {"kind": kind, "batches": n}
+        for label, (kind, n, split) in kinds.items():
+            print(f"{label}: {n} batches timed, {a.warmup} warm-up, {a.latency_reps} latency requests", flush=True)
+            rows[label] = {"kind": kind, "label": label, "batches": n, "split": split}
             try:
-                bench_kind(rows[kind], pool, a, Path(tmp))
+                bench_kind(rows[label], pool, a, Path(tmp))
             except Exception as e:  # a failed kind is reported; the other row still counts
                 failed = True
-                rows[kind]["error"] = f"{type(e).__name__}: {e}"
-                print(f"  {kind} FAILED: {type(e).__name__}: {e}", flush=True)
+                rows[label]["error"] = f"{type(e).__name__}: {e}"
+                print(f"  {label} FAILED: {type(e).__name__}: {e}", flush=True)
     load_after = os.getloadavg()
 
     ratios: dict[str, float] = {}
@@ -360,6 +401,15 @@ def main() -> int:
         diff = float(np.abs(gpu_row["reference_output"] - cpu["reference_output"]).max())
         gpu_row["max_abs_diff_vs_cpu"] = diff
         print(f"GPU vs CPU outputs on the same batch: max abs difference {diff:.2e}")
+    base = rows.get(FORWARD, {})
+    split_ratios: dict[str, float] = {}
+    if "latency_window_ms" in cpu and "latency_window_ms" in base:
+        for key in ("windows_per_s", "model_frames_per_s", "labelled_frames_per_s"):
+            split_ratios[key] = cpu["throughput"][key] / base["throughput"][key]
+        diff = float(np.abs(cpu["reference_output"] - base["reference_output"]).max())
+        cpu["max_abs_diff_vs_forward"] = diff
+        print(f"split vs forward outputs on the same batch: max abs difference {diff:.2e}; KIND_CPU/{FORWARD} "
+              f"labelled frames/s {split_ratios['labelled_frames_per_s']:.2f}x")
     for r in rows.values():
         r.pop("reference_output", None)
 
@@ -394,12 +444,14 @@ def main() -> int:
                          "model": str((latest_version(MODEL_REPO / MODEL_NAME) / "model.pt").relative_to(ROOT))},
             "kinds": rows,
             "ratios_gpu_over_cpu": ratios,
+            "ratios_split_over_forward": split_ratios,
         }
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"\nwrote {a.out}")
-        if a.out == PUBLISHED:
-            write_readme_block(START, END, render(report))
+        for path, start, end in published_blocks():
+            if a.out == path:
+                write_readme_block(start, end, render(report))
     return 1 if failed else 0
 
 

@@ -59,7 +59,8 @@ def test_every_version_carries_the_current_backend_source():
 def test_triton_answers_what_the_deployed_model_computes_in_process_on_the_same_windows(tmp_path):
     """The deployed version served by a real tritonserver (its model.py backend, the gRPC client's encoding)
     gives the probabilities the TorchScript file gives in process, on the windows the pipeline builds from a
-    real MP4: any drift in the backend (dtype, mask or axis handling, a stale copy) shows here."""
+    real MP4: any drift in the backend (dtype, mask or axis handling, a stale copy, the face-reader split that
+    reads each distinct crop once) shows here."""
     import numpy as np
     import torch
 
@@ -95,6 +96,8 @@ def test_triton_answers_what_the_deployed_model_computes_in_process_on_the_same_
         client.check_ready()
         assert client.served_version() == vdir.name
         got = list(client.infer_many(iter(batches)))
+    # served split (each distinct crop read once: workers/serving/triton_backend.py), compared with forward
+    assert "reads each distinct crop once" in (tmp_path / "triton.log").read_text(errors="replace")
     assert [g.shape for g in got] == [w.shape for w in want]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)

@@ -78,6 +78,16 @@ def test_readme_triton_benchmark_is_rendered_from_its_json():
     assert "KIND_GPU" in report["kinds"] and report["ratios_gpu_over_cpu"]["model_frames_per_s"] > 1
 
 
+def test_readme_triton_cpu_benchmark_is_rendered_from_its_json_and_the_split_agrees_with_forward():
+    tb = _load("triton_bench")
+    report = json.loads(tb.PUBLISHED_CPU.read_text())
+    assert _load("published").readme_block(tb.START_CPU, tb.END_CPU) == tb.render(report).strip()
+    assert report["stamp"]["dirty"] is False and report["stamp"]["commit"] != "unknown"
+    rows = report["kinds"]
+    assert rows["KIND_CPU"]["split_in_use"] and not rows[tb.FORWARD]["split_in_use"]
+    assert rows["KIND_CPU"]["max_abs_diff_vs_forward"] < 1e-4
+
+
 def test_ablation_page_is_rendered_from_its_json_of_three_seeds_under_this_contract():
     from emoframe.training import ablation
     from emoframe.workers.spec.contract import fingerprint

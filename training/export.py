@@ -54,9 +54,17 @@ def example_inputs(batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 
 def to_torchscript(pipeline: ExportWrapper) -> torch.jit.ScriptModule:
+    """Traced ``forward`` and ``fuse``: with ``fuse`` (and the ``reader`` submodule) the Triton backend reads
+    each distinct face crop of a batch once (workers/serving/triton_backend.py)."""
     wrapper = pipeline.eval().cpu()
+
+    def methods(batch: int, seed: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        face, *rest = example_inputs(batch, seed)
+        evidence = wrapper.reader(face.reshape(-1, *face.shape[2:])).view(*face.shape[:2], -1)
+        return {"forward": (face, *rest), "fuse": (evidence, *rest)}
+
     with torch.no_grad():
-        return torch.jit.trace(wrapper, example_inputs(), check_inputs=[example_inputs(3, 1), example_inputs(1, 2)])
+        return torch.jit.trace_module(wrapper, methods(2, 0), check_inputs=[methods(3, 1), methods(1, 2)])
 
 
 def next_version(model_dir: Path) -> int:

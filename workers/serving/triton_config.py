@@ -123,6 +123,15 @@ def set_instance_kind(model_dir: Path, kind: str) -> Path:
     return path
 
 
+def set_parameter(model_dir: Path, key: str, value: str) -> Path:
+    """Set one string parameter of an existing config (read by model.py's initialize), leaving the rest as is."""
+    cfg = read_config(model_dir)
+    cfg.parameters[key].string_value = value
+    path = Path(model_dir) / CONFIG_NAME
+    path.write_text(_text(cfg))
+    return path
+
+
 def instance_kind(model_dir: Path) -> str:
     """The instance kind (KIND_CPU or KIND_GPU) of a ``config.pbtxt``: where the model runs."""
     kind = mc.ModelInstanceGroup.Kind.Name(_one_group(model_dir, read_config(model_dir)).kind)
