@@ -57,8 +57,8 @@ def render(report: dict[str, Any]) -> str:
     g = report["git"]
     return ("```text\n" + table(report["clips"]) + "\n```\n\n"
             f"Measured by `make bench` (`benchmarks/face_bench.py`, {report['settings']['seconds']:g} s clips) at "
-            f"commit `{g['head'][:12]}` on {report['nproc']} cores, load average {_fmt_load(report['loadavg']['before'])} "
-            f"before; figures in `docs/face_bench.json`.")
+            f"commit `{g['head'][:12]}` on {report['nproc']} cores, "
+            f"load average {_fmt_load(report['loadavg']['before'])} before; figures in `docs/face_bench.json`.")
 
 
 def write_readme(report: dict[str, Any]) -> None:
@@ -246,7 +246,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     add("decord 640x360 fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["decord_small_fps"]))
     add("tracker ms/frame (API)", lambda r: "{ms_per_frame:.2f} ({api})".format(**r["tracker"]))
     add("  of which detection / tracking ms/frame",
-        lambda r: f"{_fmt(r['tracker']['detect_ms_per_frame'], '.2f')} / {_fmt(r['tracker']['follow_ms_per_frame'], '.2f')}")
+        lambda r: f"{_fmt(r['tracker']['detect_ms_per_frame'], '.2f')} / "
+                  f"{_fmt(r['tracker']['follow_ms_per_frame'], '.2f')}")
     add("  tracker fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["tracker"]["tracker_fps"]))
     add("  full detections / O-Net refines", lambda r: "{detections} / {refines}".format(**r["tracker"]))
     add("  frames with >=1 face", lambda r: "{frames_with_face} / {frames}".format(**r["tracker"]))

@@ -176,7 +176,8 @@ def main() -> None:
                       "segments": segments, "segment_minutes": split.segment_minutes,
                       "one_worker_s": round(results["one_s"], 1), "split_s": round(results["split_s"], 1),
                       "ratio": round(ratio, 3), "identical": identical,
-                      **{k: round(v, 1) for k, v in results.items() if "cpu" in k}, "steps_s": steps, "retracked": outcome2.retracked,
+                      **{k: round(v, 1) for k, v in results.items() if "cpu" in k},
+                      "steps_s": steps, "retracked": outcome2.retracked,
                       "commit": git["head"], "dirty": git["dirty"]}))
     if not identical:
         sys.exit(1)

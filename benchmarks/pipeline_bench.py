@@ -129,10 +129,13 @@ import json, time, resource
 import torch
 from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 t = time.perf_counter()
-o = label_video(Source({str(path)!r}), LabelConfig(out={str(out)!r}, run_id='bench', triton_url={triton_url!r}, model_version='bench', isolate=False))
+o = label_video(Source({str(path)!r}),
+                LabelConfig(out={str(out)!r}, run_id='bench', triton_url={triton_url!r}, model_version='bench',
+                            isolate=False))
 wall = time.perf_counter() - t
 hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
-print(json.dumps({{"wall_s": wall, "frames": o.row["frame_count"], "status": o.row["status"], "peak_rss_mb": int(hwm) / 1024}}))
+print(json.dumps({{"wall_s": wall, "frames": o.row["frame_count"], "status": o.row["status"],
+                  "peak_rss_mb": int(hwm) / 1024}}))
 """
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])

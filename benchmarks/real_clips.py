@@ -90,7 +90,9 @@ def render(data: dict) -> str:
         lines.append(f"| {s['clip']} | {s['frames'][0]}-{s['frames'][1] - 1} | {s['expression']} | "
                      f"{100 * s['share']:.0f}% of {s['labelled_frames']} | {top} | {100 * s['share_audio_on']:.0f}% |")
     right = sum(v["right"] for v in data["stills"].values())
-    lines += ["", f"Single-expression stills (30-frame clips of each photo): {right} of {len(data['stills'])} right.", "",
+    lines += ["",
+              f"Single-expression stills (30-frame clips of each photo): {right} of {len(data['stills'])} right.",
+              "",
               "| photo | shows | labelled |", "| --- | --- | --- |"]
     lines += [f"| {k} | {v['expression']} | {v['label']} |" for k, v in data["stills"].items()]
     smiles = [x for x in data["stretches"] if x["expression"] == "Happiness"]

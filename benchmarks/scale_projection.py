@@ -48,7 +48,10 @@ def render(m: dict, a: dict = ASSUMED) -> str:
     per_video_ledger_before = out_before["ledger_s"] / out["settings"]["videos"]
     frames_rows = n * a["video_seconds"] * a["fps"]
     compacted_files = -(-frames_rows // a["frames_rows_per_compacted_file"])
-    stamps = ", ".join(f"{name} at {(d.get('commit') or d.get('git', {}).get('head', ''))[:7]}" for name, d in m.items())
+    stamps = ", ".join(f"{name} at {(d.get('commit') or d.get('git', {}).get('head', ''))[:7]}"
+                       for name, d in m.items())
+    first_run = s3["first_run_per_video"]
+    writes_per_video = first_run.get("PUT", 0) + first_run.get("COPY", 0) + first_run.get("PUT (multipart)", 0)
     lines = [
         "# emoframe at a million videos: a projection",
         "",
@@ -70,13 +73,15 @@ def render(m: dict, a: dict = ASSUMED) -> str:
         f"| Prefect objects written (task runs, states, logs, artifacts) | {prefect_per_video:.1f} "
         f"({', '.join(f'{k} {v:g}' for k, v in prefect.items())}) | archive_scale.json, "
         f"{arch['runs'][0]['videos']} videos against a Prefect server |",
-        f"| S3 requests, first run | {first:.1f} ({', '.join(f'{k} {v:g}' for k, v in s3['first_run_per_video'].items())}) "
+        f"| S3 requests, first run | {first:.1f} "
+        f"({', '.join(f'{k} {v:g}' for k, v in s3['first_run_per_video'].items())}) "
         f"| s3_requests.json, {s3['videos']} videos |",
         f"| S3 requests, rerun with nothing new | {rerun:.1f} | s3_requests.json |",
         f"| ledger read before compaction | {per_video_ledger_before * 1000:.2f} ms | output_scale.json, "
         f"{out['settings']['videos']:,} videos |",
         f"| fixed cost of a short video beyond its own work (steady state) | "
-        f"{arch['runs'][-1]['overhead_s_per_video']:.2f} s of wall time on {arch['slots']} slots | archive_scale.json |",
+        f"{arch['runs'][-1]['overhead_s_per_video']:.2f} s of wall time on {arch['slots']} slots "
+        "| archive_scale.json |",
         "",
         f"## At {n:,} videos",
         "",
@@ -94,21 +99,24 @@ def render(m: dict, a: dict = ASSUMED) -> str:
         "## Where the first bottleneck is",
         "",
         f"1. **The driver's memory and the run's start**, before anything else: the ledger is read whole into "
-        f"the flow process (a dict of 13 fields per video; estimated, not measured: about 1 KB each, 1 GB at {n:,}), and an S3 prefix is listed in "
+        "the flow process (a dict of 13 fields per video; estimated, not measured: "
+        f"about 1 KB each, 1 GB at {n:,}), and an S3 prefix is listed in "
         "one pyarrow call (every entry in memory at once). Uncompacted, the ledger read alone is the figure "
         "above; compacted, it is seconds. Next step: read the ledger per listing batch (the compacted videos "
         "table is sorted by source_uri, so a batch's rows are a range read) and list prefixes page by page.",
         f"2. **Prefect's API**: {prefect_per_video * rate:,.0f} writes/s while running. A Prefect server on "
         "PostgreSQL is built for that; the temporary SQLite server a local run starts was not measured at that "
-        "rate, so cluster runs should report to a real server (`serve`, or PREFECT_API_URL). Beyond that, short videos would be labelled "
+        "rate, so cluster runs should report to a real server (`serve`, or PREFECT_API_URL). "
+        "Beyond that, short videos would be labelled "
         "several to a task.",
         f"3. **The object store**: {first * rate:,.0f} requests/s is far under S3's per-prefix limits (3,500 "
         "writes/s, 5,500 reads/s); the writes of a run are spread over one prefix per model version, so "
         "they are the first to meet that limit, at about "
-        f"{3500 / max(1e-9, (s3['first_run_per_video'].get('PUT', 0) + s3['first_run_per_video'].get('COPY', 0) + s3['first_run_per_video'].get('PUT (multipart)', 0))):,.0f} "
+        f"{3500 / max(1e-9, writes_per_video):,.0f} "
         "videos/s.",
         "4. **Triton** on GPU nodes (one per node, `--triton per-node`) serves that node's videos only; on CPU "
-        "instances model version 3 costs about 29 ms of CPU per labelled frame (docs/triton_bench.json), as much as the face front end, "
+        "instances model version 3 costs about 29 ms of CPU per labelled frame (docs/triton_bench.json), "
+        "as much as the face front end, "
         "so CPU-only nodes give Triton half their cores.",
         "",
     ]

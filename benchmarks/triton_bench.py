@@ -10,8 +10,8 @@ model_repo/ is copied into a temp folder (the committed one is never touched). F
 (``KIND_CPU forward``: a CPU instance serving the exported forward as is, the baseline of the face-reader
 split; ``KIND_CPU``: the CPU instance as deployed, each distinct face crop read once; ``KIND_GPU`` when
 ``torch.cuda.is_available()``) the copy's config is switched with
-``emoframe.workers.serving.triton_config.set_instance_kind`` (and ``set_parameter``), EmbeddedTriton serves the deployed ``model.pt`` with the real
-``model.py``, and TritonClient (the workers' client) then:
+``emoframe.workers.serving.triton_config.set_instance_kind`` (and ``set_parameter``), EmbeddedTriton serves the
+deployed ``model.pt`` with the real ``model.py``, and TritonClient (the workers' client) then:
 
 - checks the server is ready and serves our contract, warms up with ``--warmup`` full batches;
 - throughput: ``--batches`` (GPU) / ``--cpu-batches`` (CPU) full batches of MAX_BATCH_SIZE windows through

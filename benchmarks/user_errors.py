@@ -62,7 +62,8 @@ def setup(tmp: Path) -> None:
     (tmp / "notes.txt").write_text("not a folder")
     row = video_row(str(tmp / "clip.mp4"), status=STATUS_FAILED, model_name="expression_fusion", run_id="errors",
                     started_at=datetime.now(timezone.utc), error_reason="not_a_video", error_message="example")
-    write_atomic(videos_table([row]), pafs.LocalFileSystem(), videos_path(str(tmp / "labelled"), "1", row["source_uri"]))
+    write_atomic(videos_table([row]), pafs.LocalFileSystem(),
+                 videos_path(str(tmp / "labelled"), "1", row["source_uri"]))
 
 
 def measure(tmp: Path) -> list[dict]:
@@ -78,8 +79,8 @@ def _measure(tmp: Path, env: dict[str, str], busy_port: int) -> list[dict]:
     rows = []
     for what, args in cases(tmp, busy_port):
         t = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", *args], capture_output=True, text=True, env=env,
-                             cwd=tmp, timeout=300)
+        res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", *args],
+                             capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
         wall = time.perf_counter() - t
         lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
         message = (lines[-1] if lines else res.stdout.strip().splitlines()[-1]).replace(str(tmp), "<tmp>")

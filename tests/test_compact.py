@@ -58,7 +58,8 @@ def _pred(n: int, seed: int) -> Predictions:
 def write_labelled(fs: pafs.FileSystem, base: str, uri: str, n: int, run_id: str = "run-1",
                    src: Source | None = None, mv: str = MV) -> None:
     """What a task writes: the frames file, then the videos row."""
-    write_atomic(frames_table(uri, 25.0, _pred(n, zlib.crc32(uri.encode())), "m", run_id), fs, frames_path(base, mv, uri))
+    write_atomic(frames_table(uri, 25.0, _pred(n, zlib.crc32(uri.encode())), "m", run_id), fs,
+                 frames_path(base, mv, uri))
     row = video_row(uri, status="labelled", model_name="m", run_id=run_id, started_at=datetime.now(timezone.utc),
                     fps=25.0, frame_count=n, face_mode=KEY.face_mode, policy=KEY.policy, contract=KEY.contract,
                     size_bytes=src.size_bytes if src else None, source_mtime=src.mtime if src else None,
@@ -121,8 +122,8 @@ def local() -> pafs.LocalFileSystem:
 def test_compaction_keeps_every_row_and_the_ledger_answer(out, local):
     archive(local, out)
     before = snapshot(out)
-    res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "compact", out], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "compact", out],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "45 per-video files" in res.stdout  # 24 videos rows + 21 frames files
     assert own_files(out) == [] and len(compacted_files(out)) == 2
@@ -303,8 +304,8 @@ def test_compaction_refuses_while_a_run_holds_a_lease_and_a_run_waits_for_a_comp
     with run_lease(out, "test run") as lease:
         result = compact(out)
         assert result.refused and "label run" in result.refused and own_files(out)
-        cli = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "compact", out], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        cli = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "compact", out],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
         assert cli.returncode == 75 and "compaction waits for them" in cli.stderr and own_files(out)
         assert compact(out, ignore_leases=frozenset({lease.record["id"]})).refused is None  # the run's own call
     write_labelled(local, out, "/archive/after.mp4", 10)

@@ -325,7 +325,8 @@ def test_a_work_pool_worker_runs_the_scheduled_deployment(tmp_path, ray_tmp):
                               json.dumps(params)], 180)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         deployment = get("/deployments/name/label_archive/nightly-pool")
-        assert deployment["work_pool_name"] == "emoframe-test" and deployment["schedules"][0]["schedule"]["cron"] == cron
+        assert (deployment["work_pool_name"] == "emoframe-test"
+                and deployment["schedules"][0]["schedule"]["cron"] == cron)
         worker = procs.start([prefect, "worker", "start", "--pool", "emoframe-test"], worker_log)
 
         def scheduled_run_finished() -> str | None:

@@ -186,7 +186,8 @@ def test_label_without_the_weights_is_one_clear_error(tmp_path):
     import sys
 
     env = {**os.environ, "EMOFRAME_WEIGHTS": str(tmp_path / "empty")}
-    res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(tmp_path), "--out", str(tmp_path / "o")],
+    res = subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(tmp_path),
+                          "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2
     assert "emoframe fetch-weights" in res.stderr and "Traceback" not in res.stderr

@@ -77,7 +77,8 @@ def test_triton_urls_that_cannot_be_grpc_are_refused_before_connecting(url, why)
 
 
 def _emoframe(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", *args],
+                          capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, cwd=cwd)
 
 

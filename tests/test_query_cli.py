@@ -43,8 +43,8 @@ def test_a_table_shows_every_column_and_says_when_rows_were_left_out(out):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "query", *args], capture_output=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "query", *args],
+                          capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_csv_json_and_parquet_carry_every_row(out, tmp_path):

@@ -246,8 +246,8 @@ def test_max_videos_keeps_the_most_recent_and_drops_stale_pages(out, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "report", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "report", *args],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_cli_writes_beside_the_output_and_mistakes_are_one_line(out, tmp_path):

@@ -17,8 +17,9 @@ import pytest
 from tests.media import fit, read_image, still_clip, write_frames, write_video
 from emoframe.workers.spec.policy import SYNTHETIC_POLICY
 from emoframe.workers.spec.schema import frames_path, videos_path
-from emoframe.workers.task.segments import (SegmentFailure, TrackPart, fixed_workers, label_in_segments, label_long_video,
-                              plan_segments, probe_video, ray_map, segment_count, serial_map, track_segment)
+from emoframe.workers.task.segments import (SegmentFailure, TrackPart, fixed_workers, label_in_segments,
+                                            label_long_video, plan_segments, probe_video, ray_map, segment_count,
+                                            serial_map, track_segment)
 from emoframe.workers.inference.triton_client import TritonClient
 from emoframe.workers.serving.triton_server import EmbeddedTriton
 from emoframe.workers.task.video_task import LabelConfig, Source, label_video

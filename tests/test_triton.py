@@ -392,7 +392,8 @@ def test_signal_leaves_no_processes(tmp_path: Path, sig: signal.Signals):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="KIND_GPU instance: needs a CUDA GPU, which these machines and CI do not have")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="KIND_GPU instance: needs a CUDA GPU, which these machines and CI do not have")
 def test_gpu_instances(tmp_path: Path):
     repo = make_repo(tmp_path / "repo")
     set_instance_kind(repo / MODEL_NAME, "KIND_GPU")

@@ -168,6 +168,7 @@ def test_iter_windows_detects_a_short_decode():
 
     p = replace(PREPROCESSING, window=4)
     z = np.zeros(6, bool)
-    chunk = _chunk(0, np.zeros((6, 2, 2), np.float32), z, np.arange(6), np.zeros(6), np.zeros((6, 2, 2, 3), np.uint8), z)
+    chunk = _chunk(0, np.zeros((6, 2, 2), np.float32), z, np.arange(6), np.zeros(6),
+                   np.zeros((6, 2, 2, 3), np.uint8), z)
     with pytest.raises(RuntimeError, match="decoder yielded 6 frames but the video reported 10"):
         list(iter_windows([chunk], 10, [], 2, p))

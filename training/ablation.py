@@ -145,8 +145,10 @@ def _ms(x: np.ndarray) -> str:
 
 # (claim, (variant, condition, metric) that should be higher, (variant, condition, metric) it should beat)
 CLAIMS = (
-    ("fusion beats the visual branch alone", ("full model", "full", "macro_f1"), ("visual branch only", "full", "macro_f1")),
-    ("fusion beats the audio branch alone", ("full model", "full", "macro_f1"), ("audio branch only", "full", "macro_f1")),
+    ("fusion beats the visual branch alone", ("full model", "full", "macro_f1"),
+     ("visual branch only", "full", "macro_f1")),
+    ("fusion beats the audio branch alone", ("full model", "full", "macro_f1"),
+     ("audio branch only", "full", "macro_f1")),
     ("cross-attention beats late fusion", ("full model", "full", "macro_f1"),
      ("late fusion (no cross-attention)", "full", "macro_f1")),
     ("cross-attention beats late fusion with faces missing", ("full model", "faces_hidden_50", "macro_f1"),

@@ -79,7 +79,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace, policy_kwargs: dict) -> int:
     from emoframe.training.datasets import load_items
-    from emoframe.training.evaluate import CONDITIONS, ModelFileError, evaluate_infer, format_report, load_for_evaluation
+    from emoframe.training.evaluate import (CONDITIONS, ModelFileError, evaluate_infer, format_report,
+                                            load_for_evaluation)
 
     try:
         infer_many, what = load_for_evaluation(a.model)

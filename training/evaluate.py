@@ -166,7 +166,8 @@ def load_for_evaluation(path: Path) -> tuple[InferMany, str]:
 
 
 def format_report(result: dict) -> str:
-    lines = ["condition          voting  macroF1  acc     flips/min  per-class F1 (" + " ".join(c[:3] for c in CLASSES) + ")"]
+    lines = ["condition          voting  macroF1  acc     flips/min  per-class F1 ("
+             + " ".join(c[:3] for c in CLASSES) + ")"]
     for cond, by_vote in result.items():
         for key, m in by_vote.items():
             pcf = " ".join(f"{x:.2f}" for x in m["per_class_f1"])

@@ -72,8 +72,9 @@ def render(vdir: Path) -> str:
         "",
         *_table(metrics["deployed_on_synthetic"]),
         "",
-        f"CI check (`tests/test_deployed_model.py`): the exported TorchScript file on a regenerated {ci['videos']}-video "
-        f"set (seed {ci['seed']}) scored macro F1 {ci['macro_f1']:.3f} at export; CI requires the same within 0.02.",
+        "CI check (`tests/test_deployed_model.py`): the exported TorchScript file "
+        f"on a regenerated {ci['videos']}-video set (seed {ci['seed']}) scored macro F1 {ci['macro_f1']:.3f} "
+        "at export; CI requires the same within 0.02.",
     ]
     return "\n".join(lines)
 

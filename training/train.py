@@ -19,7 +19,8 @@ from tqdm import tqdm
 from emoframe.training.features import VideoArrays
 from emoframe.training.evaluate import infer_fn, score
 from emoframe.training.model import ExportWrapper, FusionModel, ModelConfig, load_backbone
-from emoframe.training.readers import EVIDENCE_FLOOR, READERS, DrawnFaceReader, FerReader, read_evidence, train_drawn_reader
+from emoframe.training.readers import (EVIDENCE_FLOOR, READERS, DrawnFaceReader, FerReader, read_evidence,
+                                       train_drawn_reader)
 from emoframe.workers.spec.contract import INPUT_NAMES, NUM_CLASSES, UNANNOTATED
 
 # What the fusion model reads per window: the reader's evidence in the face tensor's place.
@@ -155,7 +156,8 @@ def _drawn_reader(videos: list[VideoArrays], cfg: TrainConfig, seed: int) -> Dra
                               seed=seed, epochs=cfg.reader_epochs)
 
 
-def prepare_reader(cfg: TrainConfig, videos: list[VideoArrays], run_dir: Path) -> tuple[torch.nn.Module, list[np.ndarray]]:
+def prepare_reader(cfg: TrainConfig, videos: list[VideoArrays],
+                   run_dir: Path) -> tuple[torch.nn.Module, list[np.ndarray]]:
     """The reader and the training videos' evidence. A drawn-face reader is trained twice more on halves of the
     training videos (cross-fitting), so each video's evidence comes from a reader that never saw it: evidence
     on its own training frames would be more certain than on new faces, and fusion would learn to over-trust it.
@@ -244,7 +246,8 @@ def train(cfg: TrainConfig, train_videos: list[VideoArrays], val_videos: list[Vi
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        val = evaluate_videos(pipeline, val_videos, device) if val_videos else {"macro_f1": float("nan"), "accuracy": float("nan")}
+        val = (evaluate_videos(pipeline, val_videos, device) if val_videos
+               else {"macro_f1": float("nan"), "accuracy": float("nan")})
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_macro_f1": val["macro_f1"],
                   "val_accuracy": val["accuracy"], "seconds": round(time.time() - t0, 1)}
         history.append(record)

@@ -46,7 +46,8 @@ _SECONDS = [summary_column("seconds", c) for c in CLASSES]
 _SUM_SECONDS = ",\n".join(f"         sum(dur) FILTER (WHERE label = {_sql_text(c)}) AS {col}"
                            for c, col in zip(CLASSES, _SECONDS))
 _PER_CLASS = ",\n".join([*(f"       coalesce(c.{col}, 0) AS {col}" for col in _SECONDS),
-                          *(f"       coalesce(c.{col}, 0) / nullif(c.labelled_seconds, 0) AS {summary_column('share', k)}"
+                          *(f"       coalesce(c.{col}, 0) / nullif(c.labelled_seconds, 0) "
+                            f"AS {summary_column('share', k)}"
                             for k, col in zip(CLASSES, _SECONDS))])
 SUMMARY_SQL = f"""CREATE VIEW summary AS
 WITH per_frame AS (

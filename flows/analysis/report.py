@@ -1,11 +1,11 @@
 """`emoframe report`: a static HTML report of an output folder (index.html plus one page per labelled video),
 readable from disk with no server.
 
-Everything is read through the query layer (emoframe.flows.analysis.query.connect: local folders and buckets alike). The archive
-page's aggregates are DuckDB queries; a video page reads only that video's frames file (load_video), binned in
-DuckDB to at most MAX_BINS points per track, so memory and time per page stay bounded by one video however large
-the archive is. Pages are made
-for the ``max_videos`` most recently finished labelled videos (what a report after a nightly run wants to see).
+Everything is read through the query layer (emoframe.flows.analysis.query.connect: local folders and buckets
+alike). The archive page's aggregates are DuckDB queries; a video page reads only that video's frames file
+(load_video), binned in DuckDB to at most MAX_BINS points per track, so memory and time per page stay bounded
+by one video however large the archive is. Pages are made for the ``max_videos`` most recently finished
+labelled videos (what a report after a nightly run wants to see).
 """
 
 from __future__ import annotations

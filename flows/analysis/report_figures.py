@@ -1,5 +1,5 @@
-"""The report's PNG figures (matplotlib, Agg). Imported only by flows/analysis/report.py when a report is written, so the
-CLI never pays for matplotlib at start."""
+"""The report's PNG figures (matplotlib, Agg). Imported only by flows/analysis/report.py when a report is written,
+so the CLI never pays for matplotlib at start."""
 
 from __future__ import annotations
 

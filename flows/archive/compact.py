@@ -9,7 +9,8 @@ How it stays correct beside everything else that writes (README "Compaction and 
 - It never overwrites or deletes a row before its copy is published. Outputs are written under
   ``_state/staging/``; a journal names outputs and inputs; then outputs are moved into the partition
   folders and inputs deleted. A compaction killed before the journal says "publish" is rolled back (staging
-  deleted); after, rolled forward, by the next compaction, eviction or run (emoframe.workers.output.state.recover_journals).
+  deleted); after, rolled forward, by the next compaction, eviction or run
+  (emoframe.workers.output.state.recover_journals).
 - A video's own file wins over its compacted rows (there should never be both; if there are, the own file is
   the newer), and frames rows survive only for videos whose videos row says labelled: the frames rows an
   eviction killed half-way left behind are dropped here.
@@ -35,8 +36,8 @@ import pyarrow.parquet as pq
 from emoframe.workers.output.rows import COMPACTED_PREFIX, SCHEMAS, partition_files
 from emoframe.workers.spec.schema import PARTITION_KEY, STATUS_LABELLED, table_folder, video_key
 from emoframe.workers.output.storage import filesystem_for
-from emoframe.workers.output.state import (COMPACT, PHASE_PUBLISH, PHASE_STAGING, LockBusy, delete_quietly, exclusive, live_leases,
-                           publish, recover_journals, state_path, write_journal, STAGING)
+from emoframe.workers.output.state import (COMPACT, PHASE_PUBLISH, PHASE_STAGING, LockBusy, delete_quietly, exclusive,
+                                           live_leases, publish, recover_journals, state_path, write_journal, STAGING)
 
 ROW_GROUP_ROWS = 100_000
 # Rows per output file: frames rows are ~40 bytes compressed (about 160 MB a file), videos rows ~100.

@@ -177,7 +177,8 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     repo = Path(model_repo) if model_repo else DEFAULT_MODEL_REPO
     _, out_base = filesystem_for(out)
     log_dir = None if is_remote(out) else Path(out_base) / STATE_DIR  # the embedded server's log: in the state area
-    # The run lease: compaction refuses while it is live, and it waits for one already running (workers/output/state.py).
+    # The run lease: compaction refuses while it is live, and it waits for one already running
+    # (workers/output/state.py).
     with run_lease(out, f"label run {run_id}"), triton_endpoint(triton_url, repo, log_dir, triton, run_id) as served:
         version = served.version
         # face_mode: any string in the flow's parameters; one that is not a FaceMode fails where faces are read.

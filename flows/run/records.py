@@ -43,7 +43,8 @@ def record_skipped(skipped: dict[str, str], ledger: Ledger, out: str, model_vers
 
     def unchanged(uri: str, why: str) -> bool:
         old = ledger.get(uri)
-        return old is not None and old["status"] == STATUS_SKIPPED and old["error_reason"] == why.partition(":")[0].strip()
+        return (old is not None and old["status"] == STATUS_SKIPPED
+                and old["error_reason"] == why.partition(":")[0].strip())
 
     todo = {uri: why for uri, why in skipped.items() if not unchanged(uri, why)}
     # An earlier row that lives in a compacted file leaves it before the new row lands (workers/output/rows.py).

@@ -362,7 +362,8 @@ def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int, start: 
             buf = []
         if done == n:
             return
-    raise BadInputError(Reason.DECODE_ERROR, f"{path} ended after {done + len(buf)} frames this time, short of the {n} it had at probe; "
+    raise BadInputError(Reason.DECODE_ERROR,
+                        f"{path} ended after {done + len(buf)} frames this time, short of the {n} it had at probe; "
                         "the file may be changing or damaged: re-encode it")
 
 

@@ -28,8 +28,8 @@ from emoframe.workers.output.state import EVICT, exclusive, journals, recover_jo
 TABLES = ("frames", "videos")
 SCHEMAS = {"frames": FRAMES_SCHEMA, "videos": VIDEOS_SCHEMA}
 COMPACTED_PREFIX = "compacted."
-# A video's own file is "<slug>-<16 hex>.parquet" with no dot in its stem (emoframe.workers.spec.schema.video_key); a compacted
-# file's name has dots, so the two can never be confused.
+# A video's own file is "<slug>-<16 hex>.parquet" with no dot in its stem (emoframe.workers.spec.schema.video_key);
+# a compacted file's name has dots, so the two can never be confused.
 _OWN = re.compile(r"^[A-Za-z0-9_-]+-[0-9a-f]{16}\.parquet$")
 _COMPACTED = re.compile(r"^compacted\.[0-9A-Za-z-]+\.\d{4}\.parquet$")
 

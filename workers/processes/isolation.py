@@ -42,7 +42,8 @@ def _context() -> mp.context.ForkServerContext:
     if _CTX is None:
         ctx = mp.get_context("forkserver")
         # Imported once in the forkserver, so each child starts in milliseconds instead of seconds.
-        ctx.set_forkserver_preload(["torch", "emoframe.workers.task.video_task", "emoframe.workers.task.segments", "emoframe.workers.media.faces.preload"])
+        ctx.set_forkserver_preload(["torch", "emoframe.workers.task.video_task", "emoframe.workers.task.segments",
+                                    "emoframe.workers.media.faces.preload"])
         _CTX = ctx
     return _CTX
 

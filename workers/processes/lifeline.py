@@ -2,7 +2,8 @@
 
 A SIGKILL (the OOM killer, a scheduler's hard stop) runs no handler and no atexit, so the children must
 notice on their own: Linux's PR_SET_PDEATHSIG makes the kernel signal a child when the thread that started it
-dies (`die_with_parent` for a single process, `group_guarded` for a service with children of its own). Whatever still outlives a run (a /dev/shm segment of Triton's Python backend, a private backend folder)
+dies (`die_with_parent` for a single process, `group_guarded` for a service with children of its own).
+Whatever still outlives a run (a /dev/shm segment of Triton's Python backend, a private backend folder)
 carries the pid of the run that made it in its name, and `sweep` removes those whose run is gone.
 """
 

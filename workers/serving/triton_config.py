@@ -104,8 +104,8 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
 def _one_group(model_dir: Path, cfg: mc.ModelConfig) -> mc.ModelInstanceGroup:
     if len(cfg.instance_group) != 1:
         raise ValueError(f"{Path(model_dir) / CONFIG_NAME}: expected one instance_group, found "
-                         f"{len(cfg.instance_group)}; regenerate it with `python -m emoframe.workers.serving.triton_config write "
-                         f"{model_dir}`")
+                         f"{len(cfg.instance_group)}; regenerate it with "
+                         f"`python -m emoframe.workers.serving.triton_config write {model_dir}`")
     return cfg.instance_group[0]
 
 
@@ -142,7 +142,8 @@ def instance_kind(model_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m emoframe.workers.serving.triton_config", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m emoframe.workers.serving.triton_config",
+                                 description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write", help="generate config.pbtxt from the contract")
     w.add_argument("model_dir", type=Path)

@@ -221,7 +221,8 @@ class EmbeddedTriton:
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{TRITON_WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
         shutil.copytree(
-            binary.parent.parent / "backends" / "python", backends / "python", ignore=shutil.ignore_patterns("__pycache__")
+            binary.parent.parent / "backends" / "python", backends / "python",
+            ignore=shutil.ignore_patterns("__pycache__")
         )
         stub = backends / "python" / "triton_python_backend_stub"
         shutil.copy2(_stub_path(), stub)
@@ -303,7 +304,8 @@ class EmbeddedTriton:
         """Terminate the server's process group (SIGTERM, then SIGKILL after a grace period). Idempotent."""
         with self._lock:
             if self._proc is not None:
-                stop_group(self._proc, _STOP_GRACE_S)  # idempotent, so a re-entrant call from a signal handler is harmless
+                # Idempotent, so a re-entrant call from a signal handler is harmless.
+                stop_group(self._proc, _STOP_GRACE_S)
                 self._proc = None
                 # A stub killed mid-shutdown leaves its region behind; nothing uses it once the group is gone.
                 for region in Path("/dev/shm").glob(f"{self._shm_prefix}*") if self._shm_prefix else ():

@@ -38,10 +38,12 @@ REASON_HELP: dict[Reason, str] = {
     Reason.TRUNCATED: "cut short before anything could be decoded (an MP4 without its index, a box past the end)",
     Reason.UNSUPPORTED_CODEC: "a video codec this FFmpeg build cannot decode",
     Reason.BAD_FPS: "the stream reports an unusable frame rate (0, negative, absurd)",
-    Reason.CORRUPT_FRAMES: "damaged frames in the middle that the decoder could only replace by earlier ones; re-encode",
+    Reason.CORRUPT_FRAMES: "damaged frames in the middle that the decoder could only replace by earlier ones; "
+                           "re-encode",
     Reason.DECODE_ERROR: "another error of the decoder",
     Reason.AUDIO_DECODE_ERROR: "the audio track could not be read",
-    Reason.FRAME_COUNT_MISMATCH: "the decoded frames and their timestamps (or a segment's frames) disagree on the count",
+    Reason.FRAME_COUNT_MISMATCH: "the decoded frames and their timestamps (or a segment's frames) "
+                                 "disagree on the count",
     Reason.DECODE_CRASH: "the decoding child process died (tried again, up to the attempt limit)",
     Reason.DECODE_STALLED: "the decoding child made no progress for the stall limit (tried again)",
     Reason.DECODE_TIMEOUT: "over the overall limit per video (--min-fps, --video-timeout)",
@@ -64,7 +66,8 @@ def reasons_markdown() -> str:
     """The README's table of failure reasons."""
     rows = ["| reason | what happened | next run |", "|---|---|---|"]
     for r in Reason:
-        rows.append(f"| `{r}` | {REASON_HELP[r]} | {'tried again' if r in TRANSIENT_REASONS else 'done, unless the file changes'} |")
+        rows.append(f"| `{r}` | {REASON_HELP[r]} | "
+                    f"{'tried again' if r in TRANSIENT_REASONS else 'done, unless the file changes'} |")
     return "\n".join(rows)
 
 

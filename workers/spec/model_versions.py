@@ -1,8 +1,9 @@
 """Which model version a Triton model repository serves, read from its folders (no server, no torch).
 
 Triton's default version policy serves the highest numeric version folder; a folder counts once it holds
-the exported model file (beside a copy of the backend's source, workers/serving/triton_backend.py). The served version names the output
-partition (model_version=<v>), so the driver can tell what is already done before any service starts.
+the exported model file (beside a copy of the backend's source, workers/serving/triton_backend.py). The served
+version names the output partition (model_version=<v>), so the driver can tell what is already done before any
+service starts.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ the driver chose, and the servers' versions are checked equal before any video s
 
 What each server declares to Ray (so that Ray does not place more video tasks beside it than the node holds):
 CPUs (half the node with a KIND_CPU config, one with KIND_GPU; see TRITON_CPU_SHARE), ``TRITON_MEMORY_MB``
-(measured by benchmarks/triton_node.py), and with a KIND_GPU config every GPU of its node (one model instance per visible GPU; Ray's CUDA_VISIBLE_DEVICES for the actor
-reaches the server). A KIND_GPU config gets servers on GPU nodes only; a KIND_CPU one never holds a GPU.
+(measured by benchmarks/triton_node.py), and with a KIND_GPU config every GPU of its node (one model instance
+per visible GPU; Ray's CUDA_VISIBLE_DEVICES for the actor reaches the server). A KIND_GPU config gets servers
+on GPU nodes only; a KIND_CPU one never holds a GPU.
 
 Servers stop when the run ends: the flow stops them on the way out (also when a signal unwinds it), and
 they are non-detached actors, so Ray kills them when the driver dies; the server process group is guarded

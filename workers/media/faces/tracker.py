@@ -3,14 +3,14 @@
 A full MTCNN detection (image pyramid, 40-70 ms a frame here) runs at the first frame seen after each
 multiple of ``detect_every`` (absolute frame indices: the schedule does not depend on where tracking started
 or on earlier detections, so a tracker started mid-video detects on the same frames as one that saw the whole
-video; workers/task/segments.py relies on it), again as soon as a track is lost, and at a cut (a frame that differs from the last one seen by more than
-``cut_diff`` grey levels on average, measured on a 32x18 thumbnail): faces appear and disappear at cuts. In between, each track is carried by O-Net alone on the square around
-its last box: the face has moved little, so one O-Net pass gives the new box, landmarks and a face score
-(about 2 ms per face instead of a pyramid). O-Net runs on every ``refine_every``-th frame of a chunk
-(and its last); the frames in between get boxes and landmarks interpolated linearly between the two
-passes, which cuts the cost to a third for the sub-pixel error of smooth motion. A track ends when its score
-drops below ``keep_score`` (the face left, turned away or was covered); a face that comes back gets a
-new id.
+video; workers/task/segments.py relies on it), again as soon as a track is lost, and at a cut (a frame that
+differs from the last one seen by more than ``cut_diff`` grey levels on average, measured on a 32x18
+thumbnail): faces appear and disappear at cuts. In between, each track is carried by O-Net alone on the square
+around its last box: the face has moved little, so one O-Net pass gives the new box, landmarks and a face
+score (about 2 ms per face instead of a pyramid). O-Net runs on every ``refine_every``-th frame of a chunk
+(and its last); the frames in between get boxes and landmarks interpolated linearly between the two passes,
+which cuts the cost to a third for the sub-pixel error of smooth motion. A track ends when its score drops
+below ``keep_score`` (the face left, turned away or was covered); a face that comes back gets a new id.
 
 Detections are matched to live tracks by IoU; a detection that matches none starts a new track. Two
 tracks that converge on one face (IoU above ``merge_iou``) are merged into the older one.
@@ -161,7 +161,8 @@ class FaceTracker:
                 keep.append(i)
         idx = order[keep]
         if len(idx) > self.s.max_faces:
-            area = (self.faces.boxes[idx, 2] - self.faces.boxes[idx, 0]) * (self.faces.boxes[idx, 3] - self.faces.boxes[idx, 1])
+            area = ((self.faces.boxes[idx, 2] - self.faces.boxes[idx, 0])
+                    * (self.faces.boxes[idx, 3] - self.faces.boxes[idx, 1]))
             idx = idx[np.argsort(-area, kind="stable")[: self.s.max_faces]]
         idx = np.sort(idx)
         self.ids, self.faces = self.ids[idx], self.faces.take(idx)
