@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-fast env browser model ablation bench reliability
+.PHONY: run test test-fast env browser ffmpeg model ablation bench reliability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "emoframe needs Python 3.11 ($(PYTHON) not found); set PYTHON=..."; exit 1; }
@@ -31,6 +31,11 @@ browser:
 	@command -v chromium >/dev/null || { sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The benchmarks compare every rate with the ffmpeg command line's own decode of the same file.
+ffmpeg:
+	@command -v ffmpeg >/dev/null || { sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+
 test: env browser
 	$(PY) -m pytest
 
@@ -46,7 +51,7 @@ ablation: env
 	$(VENV)/bin/emoframe ablate
 
 # Published figures: refused on a dirty tree (they must come from a commit). Commit, then `make bench`.
-bench: env
+bench: env ffmpeg
 	$(PY) benchmarks/face_bench.py --publish
 	$(PY) benchmarks/face_accuracy.py
 	$(PY) benchmarks/pipeline_bench.py
