@@ -7,6 +7,7 @@ boundaries fall inside model windows and voting spans and just after cuts; chunk
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import av
@@ -312,7 +313,7 @@ def test_segment_workers_are_reserved_whole_or_not_at_all():
     try:
         with ray_workers(3, options) as (granted, pmap):
             assert granted == 2
-            pids = pmap(_pid, [(None, cfg)] * 3)
+            pids = pmap(_pid, [(Source("local.mp4"), cfg)] * 3)
             assert pids[0] == os.getpid() and os.getpid() not in pids[1:]
             with ray_workers(1, options) as (more, _):
                 assert more == 0
@@ -325,3 +326,61 @@ def test_segment_workers_are_reserved_whole_or_not_at_all():
         assert ray.available_resources().get("CPU", 0) == 2  # every group given back on the way out
     finally:
         ray.shutdown()
+
+
+def _read_copy(source, cfg) -> str:
+    """A segment's use of the video: this node's copy of it, read whole."""
+    from emoframe.workers.task.video_task import local_copy
+
+    with local_copy(source) as path:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_segments_on_reserved_workers_share_one_download_until_the_video_task_lets_go(
+        s3_server, tmp_path, monkeypatch):
+    """``ray_workers``' tasks (``_on_its_node``) and the video task itself, holding the video as
+    ``label_in_segments`` does: both waves read a remote video (SeaweedFS, every request through a counting
+    proxy), the second after the first's tasks ended: one download; the Ray task's lingering hold (what keeps
+    the copy between waves on another node) ends when the video task lets go, and the last user removes it."""
+    import os
+    import time
+
+    import ray
+
+    from emoframe.workers.output import download_cache
+    from emoframe.workers.task.segments import _let_go_everywhere, ray_workers
+    from emoframe.workers.task.video_task import hold_copy
+    from tests.s3_proxy import CountingProxy
+
+    data = np.random.default_rng(5).bytes(3 << 20)
+    key = "waves/video.mp4"
+    with s3_server.filesystem().open_output_stream(f"{s3_server.bucket}/{key}") as f:
+        f.write(data)
+    src = Source(s3_server.uri(key), len(data), f"etag-{os.getpid()}-{time.time()}")  # a fresh entry
+    proxy = CountingProxy(s3_server.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # this process's reads and the Ray workers started below
+    cfg = LabelConfig(out="unused", run_id="r", triton_url="", model_version="1")
+    entry = download_cache.entry_key(src.uri, src.size_bytes, src.mtime)
+
+    def entries() -> list[str]:
+        return sorted(p.name[33:].split("-")[0].split(".")[0] for p in download_cache.cache_root().iterdir()
+                      if p.name.startswith(entry))
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        with ray_workers(1, {"num_cpus": 1, "memory": 64 * 2**20}) as (granted, pmap), hold_copy(src):
+            assert granted == 1
+            segs = [None, None]  # two segments: this task's and one reserved worker's
+            for _ in range(2):  # two waves
+                assert pmap(_read_copy, [(src, cfg)] * 2) == [hashlib.sha256(data).hexdigest()] * 2
+                # Held by this task (as label_in_segments holds it) and, for the next wave, by the Ray task's
+                # lingering lease (what keeps it on a node where the video task does not run).
+                assert set(entries()) == {"copy", "lease", "linger", "lock"}, entries()
+            _let_go_everywhere(src, cfg, segs, pmap)
+            assert entries() == ["copy", "lease", "lock"], entries()
+        assert entries() == []  # the last user out removed it
+    finally:
+        ray.shutdown()
+        proxy.close()
+        download_cache.let_go(src.uri, src.size_bytes, src.mtime)  # nothing left behind if it failed
+    assert proxy.body_bytes[f"{s3_server.bucket}/{key}"] == len(data)  # one download
