@@ -12,101 +12,20 @@ with nothing new to label. What the projection to a million videos (docs/scale.m
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.server
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.published import publish_state  # noqa: E402
+from tests.s3_proxy import CountingProxy  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "s3_requests.json"
-
-
-def kind(method: str, path: str, headers: http.client.HTTPMessage) -> str:
-    """An S3 request's kind: what a bill or a rate limit counts."""
-    query = parse_qs(urlsplit(path).query, keep_blank_values=True)
-    if method == "GET" and ("list-type" in query or urlsplit(path).path.rstrip("/").count("/") <= 1):
-        return "LIST"
-    if method == "PUT" and headers.get("x-amz-copy-source"):
-        return "COPY"
-    if "uploads" in query or "uploadId" in query:
-        return f"{method} (multipart)"
-    return method
-
-
-class CountingProxy:
-    """Forwards every request to ``upstream`` unchanged (Host header included: SigV4 signs it) and counts it."""
-
-    def __init__(self, upstream: str):
-        self.upstream = urlsplit(upstream)
-        self.counts: Counter = Counter()
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    parts = []
-                    while size := int(self.rfile.readline().split(b";")[0], 16):
-                        parts.append(self.rfile.read(size))
-                        self.rfile.readline()
-                    self.rfile.readline()
-                    return b"".join(parts)
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _forward(self) -> None:
-                body = self._body()
-                with proxy.lock:
-                    proxy.counts[kind(self.command, self.path, self.headers)] += 1
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=120)
-                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for k, v in self.headers.items():
-                    if k.lower() not in ("transfer-encoding", "content-length"):
-                        conn.putheader(k, v)
-                conn.putheader("Content-Length", str(len(body)))
-                conn.endheaders(body)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "content-length", "connection"):
-                        self.send_header(k, v)
-                # A HEAD's Content-Length is the object's size, not the (empty) body's.
-                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
-                self.send_header("Content-Length", length or str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def take(self) -> dict[str, int]:
-        with self.lock:
-            counts, self.counts = dict(self.counts), Counter()
-        return counts
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 class _Tmp:

@@ -7,6 +7,7 @@ boundaries fall inside model windows and voting spans and just after cuts; chunk
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import av
@@ -111,6 +112,74 @@ def test_detect_mode_stitched_on_ray_equals_one_task(triton, cut_clip, cut_whole
     assert outcome.row["status"] == "labelled", outcome.row
     assert outcome.segments == 5
     assert_identical(cut_whole, tables(outcome, cfg, src.uri))
+
+
+def _label_remote(args: str) -> None:
+    """In a process of its own (started by the test below): its forkserver, its Ray and their isolated children
+    all start with the S3 endpoint the test sets, so every request of the labelling passes the test's proxy."""
+    import functools
+    import json
+
+    import ray
+
+    from emoframe.workers.task import segments
+
+    a = json.loads(args)
+    # A warm-up of 64 frames, not 512 (the clip's whole length): the same rows either way, 4x less tracking.
+    segments.plan_segments = functools.partial(segments.plan_segments, warmup=64)
+    cfg = config((a["triton_url"], a["version"]), Path(a["out"]), segment_minutes=0.05)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        outcome = label_long_video(Source(**a["source"]), cfg, fixed_workers(3, ray_map))
+    finally:
+        ray.shutdown()
+    print(json.dumps({"row": outcome.row, "segments": outcome.segments, "code": segments.__file__}, default=str))
+
+
+def test_a_remote_video_in_segments_is_downloaded_once_per_node_with_the_rows_of_a_local_file(
+        triton, cut_clip, cut_whole, s3_server, tmp_path):
+    """The cut clip in the real S3 server (SeaweedFS), named as the listing names it (size and ETag), labelled
+    through ``label_long_video`` as a flow's task labels it: its probe in the task, then 4 segments (72 frames
+    at least at 24 fps: room for 7, 3 workers granted beside the task) of two waves (faces, then the model) as
+    Ray tasks on this one node, each in its own isolated child. Every S3 request goes through a counting
+    proxy: the object's content is fetched once (it was fetched 9 times: 1 + 4 + 4, once per child), and the
+    node's copy is gone afterwards. The rows are those of the local file."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from emoframe.flows.archive.sources import list_sources
+    from emoframe.workers.output import download_cache
+    from tests.s3_proxy import CountingProxy
+
+    key = "long/cut clip.mp4"
+    with s3_server.filesystem().open_output_stream(f"{s3_server.bucket}/{key}") as f:
+        f.write(cut_clip.read_bytes())
+    [src] = list_sources([s3_server.uri(key)]).sources
+    proxy = CountingProxy(s3_server.endpoint)
+    url, version = triton
+    cfg = config(triton, tmp_path, segment_minutes=0.05)
+    args = dict(triton_url=url, version=version, out=str(tmp_path), source=dataclasses.asdict(src))
+    try:
+        done = subprocess.run([sys.executable, "-c", f"import sys, {__name__} as t; t._label_remote(sys.argv[1])",
+                               json.dumps(args)], env={**os.environ, "AWS_ENDPOINT_URL": proxy.url},
+                              cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=800)
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["row"]["status"] == "labelled" and result["segments"] == 4, result
+    obj = f"{s3_server.bucket}/{key}"
+    downloads = proxy.body_bytes[obj] / cut_clip.stat().st_size
+    print(f"{downloads:g} downloads of {obj} in {proxy.body_gets[obj]} GETs; segments.py from {result['code']}")
+    assert downloads == 1, f"{downloads:g} downloads in {proxy.body_gets[obj]} GETs"
+    entry = download_cache.entry_key(src.uri, src.size_bytes, src.mtime)
+    assert not [p for p in download_cache.cache_root().iterdir() if p.name.startswith(entry)]
+    identity = ["video_id", "source_uri"]  # named after the object, not the local file
+    (wf, wv), (sf, sv) = cut_whole, tables(None, cfg, src.uri)
+    assert_identical((wf.drop(identity), wv.drop(identity + ["source_mtime"])),
+                     (sf.drop(identity), sv.drop(identity + ["source_mtime"])))
 
 
 def test_detect_mode_without_warm_up_tracks_again_and_stays_identical(triton, cut_clip, cut_whole, tmp_path):
@@ -245,7 +314,7 @@ def test_segment_workers_are_reserved_whole_or_not_at_all():
     try:
         with ray_workers(3, options) as (granted, pmap):
             assert granted == 2
-            pids = pmap(_pid, [(None, cfg)] * 3)
+            pids = pmap(_pid, [(Source("local.mp4"), cfg)] * 3)
             assert pids[0] == os.getpid() and os.getpid() not in pids[1:]
             with ray_workers(1, options) as (more, _):
                 assert more == 0
@@ -258,3 +327,61 @@ def test_segment_workers_are_reserved_whole_or_not_at_all():
         assert ray.available_resources().get("CPU", 0) == 2  # every group given back on the way out
     finally:
         ray.shutdown()
+
+
+def _read_copy(source, cfg) -> str:
+    """A segment's use of the video: this node's copy of it, read whole."""
+    from emoframe.workers.task.video_task import local_copy
+
+    with local_copy(source) as path:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_segments_on_reserved_workers_share_one_download_until_the_video_task_lets_go(
+        s3_server, tmp_path, monkeypatch):
+    """``ray_workers``' tasks (``_on_its_node``) and the video task itself, holding the video as
+    ``label_in_segments`` does: both waves read a remote video (SeaweedFS, every request through a counting
+    proxy), the second after the first's tasks ended: one download; the Ray task's lingering hold (what keeps
+    the copy between waves on another node) ends when the video task lets go, and the last user removes it."""
+    import os
+    import time
+
+    import ray
+
+    from emoframe.workers.output import download_cache
+    from emoframe.workers.task.segments import _let_go_everywhere, ray_workers
+    from emoframe.workers.task.video_task import hold_copy
+    from tests.s3_proxy import CountingProxy
+
+    data = np.random.default_rng(5).bytes(3 << 20)
+    key = "waves/video.mp4"
+    with s3_server.filesystem().open_output_stream(f"{s3_server.bucket}/{key}") as f:
+        f.write(data)
+    src = Source(s3_server.uri(key), len(data), f"etag-{os.getpid()}-{time.time()}")  # a fresh entry
+    proxy = CountingProxy(s3_server.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # this process's reads and the Ray workers started below
+    cfg = LabelConfig(out="unused", run_id="r", triton_url="", model_version="1")
+    entry = download_cache.entry_key(src.uri, src.size_bytes, src.mtime)
+
+    def entries() -> list[str]:
+        return sorted(p.name[33:].split("-")[0].split(".")[0] for p in download_cache.cache_root().iterdir()
+                      if p.name.startswith(entry))
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        with ray_workers(1, {"num_cpus": 1, "memory": 64 * 2**20}) as (granted, pmap), hold_copy(src):
+            assert granted == 1
+            segs = [None, None]  # two segments: this task's and one reserved worker's
+            for _ in range(2):  # two waves
+                assert pmap(_read_copy, [(src, cfg)] * 2) == [hashlib.sha256(data).hexdigest()] * 2
+                # Held by this task (as label_in_segments holds it) and, for the next wave, by the Ray task's
+                # lingering lease (what keeps it on a node where the video task does not run).
+                assert set(entries()) == {"copy", "lease", "linger", "lock"}, entries()
+            _let_go_everywhere(src, cfg, segs, pmap)
+            assert entries() == ["copy", "lease", "lock"], entries()
+        assert entries() == []  # the last user out removed it
+    finally:
+        ray.shutdown()
+        proxy.close()
+        download_cache.let_go(src.uri, src.size_bytes, src.mtime)  # nothing left behind if it failed
+    assert proxy.body_bytes[f"{s3_server.bucket}/{key}"] == len(data)  # one download

@@ -36,6 +36,7 @@ from emoframe.workers.spec.contract import PREPROCESSING, FaceMode
 from emoframe.workers.media.faces.weights import MTCNN_WEIGHTS, require
 from emoframe.workers.processes.isolation import Limits
 from emoframe.workers.processes.lifeline import sweep
+from emoframe.workers.output import download_cache
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
 from emoframe.workers.output.storage import filesystem_for, is_remote
 from emoframe.workers.output.state import STATE_DIR, run_lease
@@ -303,10 +304,10 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
         quick = nothing_to_do(sources, out, **kwargs)
         if quick is not None:
             return quick
-    swept = sweep()
+    swept = len(sweep()) + len(download_cache.sweep())
     if swept:
-        logger.info("removed %d leftovers of killed emoframe runs (Triton shared memory and work folders)",
-                    len(swept))
+        logger.info("removed %d leftovers of killed emoframe runs (Triton shared memory and work folders, "
+                    "copies of remote videos)", swept)
     with prefect_api() as api_url:
         env = worker_env(api_url)
         init = {"runtime_env": {"env_vars": env}} if env else {}

@@ -87,7 +87,8 @@ def exit_with_parent(sig: int = signal.SIGKILL) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid lives (another user's counts as alive: not ours to sweep)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -108,7 +109,7 @@ def sweep(tmp: Path | None = None, shm: Path = Path("/dev/shm")) -> list[Path]:
             continue
         for entry in entries:
             m = _OWNED.match(entry.name)
-            if not m or _alive(int(m.group(1))):
+            if not m or pid_alive(int(m.group(1))):
                 continue
             try:
                 if entry.is_dir() and not entry.is_symlink():

@@ -119,7 +119,7 @@ def _probe(source, cfg, progress=None) -> Probe:
     from emoframe.workers.task.video_task import local_copy, make_decoder
 
     decoder = make_decoder(cfg.decoder)
-    with local_copy(source.uri) as path:
+    with local_copy(source, progress) as path:
         return _probe_of(decoder, path, decoder.probe(path))
 
 
@@ -207,7 +207,7 @@ def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, progress) 
         if seg.tail_from is not None and index >= max(seg.tail_from, seg.start):
             tail[index] = tracker.state()
 
-    with local_copy(source.uri) as path:
+    with local_copy(source, progress) as path:
         info = decoder.probe(path)
         progress(0, seg.stop - begin)
         settings = tracker_settings(info)
@@ -437,7 +437,7 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
     audio_on = np.bool_(cfg.policy.audio)
     mine: dict[str, list[Any]] = {"frame": [], "track": [], "present": [], "box": [], "score": []}
     audio = np.zeros(len(seg), bool)
-    with local_copy(source.uri) as path:
+    with local_copy(source, progress) as path:
         info = decoder.probe(path)
         progress(0, work.hi - work.lo)
         warning = None
@@ -583,11 +583,30 @@ def fixed_workers(extra: int, pmap: ParallelMap = serial_map) -> Reserve:
     return lambda want: contextlib.nullcontext((min(want, extra), pmap))
 
 
+# How long a node other than the video task's keeps its copy of a remote video after a segment's task there
+# ends: the gap between the waves (joining the faces, planning the windows) is seconds; the video task ends
+# the wait at its end (``_let_go``), and a killed run's lingering copies are swept once it passes.
+SEGMENT_COPY_LINGER_S = 300.0
+
+
 def _on_its_node(fn: Callable, source, cfg, *rest):
-    """A segment's Ray task: with a Triton per node, the server of the node it runs on."""
+    """A segment's Ray task: with a Triton per node, the server of the node it runs on; this node's copy of a
+    remote video kept for the video's next wave (the task's own isolated children, its retries included, share
+    it too)."""
+    from emoframe.workers.output.download_cache import hold
     from emoframe.workers.task.triton_nodes import for_this_node
 
-    return fn(source, for_this_node(cfg), *rest)
+    if fn is _let_go:
+        return fn(source, cfg, *rest)
+    with hold(source.uri, source.size_bytes, source.mtime, linger_s=SEGMENT_COPY_LINGER_S):
+        return fn(source, for_this_node(cfg), *rest)
+
+
+def _let_go(source, cfg) -> None:
+    """On each segment's node at a video's end: its copy of the video is removed unless still in use."""
+    from emoframe.workers.output.download_cache import let_go
+
+    let_go(source.uri, source.size_bytes, source.mtime)
 
 
 @contextlib.contextmanager
@@ -651,7 +670,32 @@ def label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], p
                       timings: dict[str, float] | None = None):
     """Label one video as ``segments`` (``plan_segments``) with ``pmap``; the same frames file and videos row
     as ``label_video``. Bad input in any segment fails the video with a row, and no frames file is written.
-    ``timings``, if given, gets each step's wall seconds."""
+    ``timings``, if given, gets each step's wall seconds. A remote video is downloaded once per node
+    (workers/output/download_cache.py): this task holds its node's copy throughout, and at the end lets the
+    other nodes' copies go."""
+    from emoframe.workers.task.video_task import hold_copy
+
+    with hold_copy(source):
+        try:
+            outcome = _label_in_segments(source, cfg, probe, segments, pmap, timings)
+        except Exception:  # not on a cancellation: no new Ray tasks then (the holds expire on their own)
+            _let_go_everywhere(source, cfg, segments, pmap)
+            raise
+        _let_go_everywhere(source, cfg, segments, pmap)
+        return outcome
+
+
+def _let_go_everywhere(source, cfg, segments: list[VideoSegment], pmap: ParallelMap) -> None:
+    """After the last wave: each segment's node removes its copy of a remote video (unless still in use)."""
+    from emoframe.workers.output.storage import is_remote
+
+    if is_remote(source.uri) and len(segments) > 1:
+        with contextlib.suppress(Exception):  # the copies' lingering holds expire anyway
+            pmap(_let_go, [(source, cfg)] * len(segments))
+
+
+def _label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], pmap: ParallelMap,
+                       timings: dict[str, float] | None):
     from emoframe.workers.task.video_task import record_failed, row_base
 
     started = datetime.now(timezone.utc)

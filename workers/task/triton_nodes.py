@@ -185,6 +185,7 @@ class TritonNode:
     def __init__(self, model: ModelFiles, run_id: str, node_id: str):
         import ray
 
+        from emoframe.workers.output import download_cache
         from emoframe.workers.processes.lifeline import sweep
         from emoframe.workers.inference.triton_client import TritonClient
         from emoframe.workers.serving.triton_server import EmbeddedTriton
@@ -194,6 +195,7 @@ class TritonNode:
             raise RuntimeError(f"Triton actor for node {node_id} was placed on node {here}")
         self.node_id = node_id
         sweep()  # leftovers of killed runs on this node (their shared memory, work folders)
+        download_cache.sweep()  # and copies of remote videos that only killed runs held
         # The pid in the name lets a later sweep remove the folder if this actor is killed.
         self.repo = Path(tempfile.mkdtemp(prefix=f"{TRITON_WORKDIR_PREFIX}{os.getpid()}-repo-"))
         model.write(self.repo)

@@ -6,17 +6,13 @@ ServiceUnavailableError so the caller's retry policy can try again later.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import importlib
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ContextManager, cast
 
 import cv2
 import numpy as np
@@ -24,9 +20,10 @@ import torch
 
 from emoframe.workers.spec.contract import NUM_CLASSES, PREPROCESSING, fingerprint
 from emoframe.workers.media.decode import Decoder, VideoInfo
-from emoframe.workers.spec.errors import RETRYABLE_REASONS, BadInputError, Reason, StorageUnavailableError
+from emoframe.workers.spec.errors import RETRYABLE_REASONS, BadInputError, Reason
 from emoframe.workers.processes.isolation import Progress, run_isolated
-from emoframe.workers.output.storage import filesystem_for, is_remote
+from emoframe.workers.output import download_cache
+from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.inference.labeling import Predictions, predict_video
 from emoframe.workers.task.progress import VideoProgress
 from emoframe.workers.media.preprocess import InputChunk, check_face_centred, iter_video_inputs
@@ -42,24 +39,20 @@ if TYPE_CHECKING:
 
 
 
-@contextlib.contextmanager
-def local_copy(uri: str) -> Iterator[str]:
-    """A local path for decord: the file itself, or a temporary download of a remote object."""
-    if not is_remote(uri):
-        yield uri.removeprefix("file://")
-        return
-    fs, path = filesystem_for(uri)
-    suffix = os.path.splitext(path)[1][:10]
-    with tempfile.NamedTemporaryFile(suffix=suffix, prefix="emoframe-") as tmp:
-        try:
-            with fs.open_input_stream(path) as src:
-                shutil.copyfileobj(src, tmp, length=1 << 22)
-        except FileNotFoundError:
-            raise BadInputError(Reason.NOT_FOUND, f"{uri} was deleted after it was listed") from None
-        except OSError as exc:  # the store, not the file: retried
-            raise StorageUnavailableError(f"reading {uri}: {str(exc).splitlines()[0][:300]}") from None
-        tmp.flush()
-        yield tmp.name
+def local_copy(source: Source, progress: Progress | None = None) -> ContextManager[str]:
+    """A local path for decord: the file itself, or this node's one shared download of a remote object
+    (workers/output/download_cache.py), with heartbeats to ``progress`` while it waits or downloads."""
+    def tick() -> None:
+        if progress is not None:
+            progress(0)
+
+    return download_cache.local_copy(source.uri, source.size_bytes, source.mtime, tick)
+
+
+def hold_copy(source: Source) -> ContextManager[None]:
+    """Keeps this node's copy of a remote source while the block runs: the isolated children it starts one
+    after another (the probe, segments, retries) share one download."""
+    return download_cache.hold(source.uri, source.size_bytes, source.mtime)
 
 
 class _ProgressTap:
@@ -121,7 +114,7 @@ def _label_frames(source: Source, cfg: LabelConfig, split_minutes: float = 0.0,
     _limit_malloc_arenas()
     one_core()
     decoder = make_decoder(cfg.decoder)
-    with local_copy(source.uri) as path:
+    with local_copy(source, progress) as path:
         info = decoder.probe(path)
         if split_minutes > 0:
             from emoframe.workers.task.segments import splittable
@@ -201,7 +194,8 @@ def label_video(source: Source, cfg: LabelConfig,
     base = row_base(source, cfg, datetime.now(timezone.utc))
     progress = VideoProgress.shown(source.uri.rsplit("/", 1)[-1]) if cfg.show_progress else VideoProgress("")
     try:
-        return _label_with_retries(source, cfg, base, progress, split)
+        with hold_copy(source):  # the probe, the segments on this node and any retry: one download
+            return _label_with_retries(source, cfg, base, progress, split)
     finally:
         progress.close()
 
