@@ -159,7 +159,8 @@ def row_base(source: Source, cfg: LabelConfig, started: datetime) -> dict:
                 source_mtime=source.mtime, content_hash=source.content_hash)
 
 
-def record_labelled(source: Source, cfg: LabelConfig, base: dict, info: VideoInfo, outcome: VideoOutcome) -> VideoOutcome:
+def record_labelled(source: Source, cfg: LabelConfig, base: dict, info: VideoInfo,
+                    outcome: VideoOutcome) -> VideoOutcome:
     """Writes the videos row of a video whose frames file is written: the record that it is done (last)."""
     out_fs, out_base = filesystem_for(cfg.out)
     row = video_row(source.uri, status=STATUS_LABELLED, duration_s=info.duration_s, fps=info.fps,
