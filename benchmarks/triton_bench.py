@@ -285,6 +285,8 @@ def render(report: dict) -> str:
         cells = [get(rows[k]) for k in kinds] + [f"{r[key]:.2f}x" if key in r else "" for _, r in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cpu = st["cpu_count"]["usable"]
+    published = PUBLISHED if "KIND_GPU" in rows else PUBLISHED_CPU
+    machine = f"{st['gpu_name']} with " if st["gpu_name"] else "a machine without a GPU, "
     diff = rows.get("KIND_GPU", {}).get("max_abs_diff_vs_cpu")
     agree = f" GPU and CPU probabilities on the same batch differ by at most {diff:.1e}." if diff is not None else ""
     split_diff = rows.get("KIND_CPU", {}).get("max_abs_diff_vs_forward")
@@ -293,8 +295,8 @@ def render(report: dict) -> str:
                   f"rows read each distinct face crop once, with probabilities within {split_diff:.1e} of it.")
     lines += ["", f"Model version {rows[kinds[0]].get('served_version')} through the real tritonserver, measured by "
                   f"`benchmarks/triton_bench.py --publish` at commit `{st['commit'][:12]}` ({st['date'][:10]}) on "
-                  f"{st['gpu_name'] or 'no GPU'} with {cpu} CPU cores; the CPU rows use those cores. Figures in "
-                  f"`docs/triton_bench.json`.{agree}"]
+                  f"{machine}{cpu} CPU cores; the CPU rows use those cores. Figures in "
+                  f"`{published.relative_to(ROOT)}`.{agree}"]
     return "\n".join(lines)
 
 
