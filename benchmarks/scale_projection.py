@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PAGE = ROOT / "docs" / "scale.md"
 START, END = "<!-- archive-scale:start -->", "<!-- archive-scale:end -->"
-SOURCES = {name: ROOT / "docs" / f"{name}.json" for name in ("archive_scale", "s3_requests", "output_scale")}
+SOURCES = {name: ROOT / "docs" / f"{name}.json"
+           for name in ("archive_scale", "s3_requests", "output_scale", "triton_bench_cpu")}
 
 # What the projection assumes (not measured here: no cluster, no GPU).
 ASSUMED = {
@@ -34,7 +35,9 @@ def load() -> dict:
 
 
 def render(m: dict, a: dict = ASSUMED) -> str:
-    arch, s3, out = m["archive_scale"], m["s3_requests"], m["output_scale"]
+    arch, s3, out, triton = m["archive_scale"], m["s3_requests"], m["output_scale"], m["triton_bench_cpu"]
+    triton_ms = (triton["stamp"]["cpu_count"]["usable"] * 1000
+                 / triton["kinds"]["KIND_CPU"]["throughput"]["labelled_frames_per_s"])
     n = a["videos"]
     slots = a["nodes"] * a["cpus_per_node"]
     task_s = a["video_seconds"] * a["fps"] / a["detect_frames_per_s_per_core"]
@@ -115,9 +118,11 @@ def render(m: dict, a: dict = ASSUMED) -> str:
         f"{3500 / max(1e-9, writes_per_video):,.0f} "
         "videos/s.",
         "4. **Triton** on GPU nodes (one per node, `--triton per-node`) serves that node's videos only; on CPU "
-        "instances model version 3 costs about 29 ms of CPU per labelled frame (docs/triton_bench.json), "
-        "as much as the face front end, "
-        "so CPU-only nodes give Triton half their cores.",
+        f"instances model version {triton['kinds']['KIND_CPU']['served_version']} costs about "
+        f"{triton_ms:.1f} ms of CPU per labelled frame of one face (docs/triton_bench_cpu.json: "
+        f"{triton['kinds']['KIND_CPU']['throughput']['labelled_frames_per_s']:,.0f} labelled frames/s on "
+        f"{triton['stamp']['cpu_count']['usable']} cores), so a CPU-only node gives Triton that share of its "
+        "cores per face in view.",
         "",
     ]
     return "\n".join(lines)
