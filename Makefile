@@ -54,7 +54,7 @@ ablation: env
 bench: env ffmpeg
 	$(PY) benchmarks/face_bench.py --publish
 	$(PY) benchmarks/face_accuracy.py
-	$(PY) benchmarks/pipeline_bench.py
+	$(PY) benchmarks/pipeline_bench.py --publish
 
 # The README's reliability table, recorded by the reliability tests themselves (about 25 minutes).
 reliability: env

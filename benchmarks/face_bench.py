@@ -14,7 +14,9 @@ For a 720p clip with one face and one with three (benchmarks/clips.py), measured
   full detections, O-Net refines, frames with a face, mean faces per frame, distinct track ids;
 - ``emoframe label CLIP --out TMP`` as a subprocess: the per-video ``processing_s`` from the videos table
   (the CLI's own Triton/Ray/Prefect start-up is excluded), end-to-end fps, realtime factor and its ratio
-  to the ffmpeg decode rate; the subprocess's total wall time is recorded too.
+  to the ffmpeg decode rate; the subprocess's total wall time is recorded too. Before it, the same command
+  with ``--model-repo`` a copy whose Triton serves the exported forward as is (config parameter
+  ``face_reader_split: "off"``): the baseline of the face-reader split, in the same run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,13 +205,27 @@ def bench_clip(clip: Path, info: ClipInfo, a: argparse.Namespace, flags: list[st
     r["decord_frames"] = {"full": n_full, "small": n_small}
     r["tracker"] = track(clip)
     if not a.skip_e2e:
-        e = end_to_end(clip, flags, a.e2e_timeout)
-        if e.get("ok"):
-            e["fps_e2e"] = e["frame_count"] / e["processing_s"]
-            e["realtime"] = e["fps_e2e"] / info.fps
-            e["vs_ffmpeg"] = e["fps_e2e"] / r["ffmpeg_fps"]
-        r["e2e"] = e
+        with tempfile.TemporaryDirectory(prefix="face-bench-forward-") as tmp:
+            for key, extra in (("e2e_forward", ["--model-repo", str(forward_repo(Path(tmp)))]), ("e2e", [])):
+                e = end_to_end(clip, flags + extra, a.e2e_timeout)
+                if e.get("ok"):
+                    e["fps_e2e"] = e["frame_count"] / e["processing_s"]
+                    e["realtime"] = e["fps_e2e"] / info.fps
+                    e["vs_ffmpeg"] = e["fps_e2e"] / r["ffmpeg_fps"]
+                r[key] = e
     return r
+
+
+def forward_repo(tmp: Path) -> Path:
+    """A copy of the model repository whose Triton serves the exported forward as is (every frame of every
+    window read by the face reader): the same-run baseline of the face-reader split."""
+    from emoframe.workers.serving.triton_config import set_parameter
+    from emoframe.workers.spec.contract import MODEL_NAME
+
+    repo = tmp / "model_repo"
+    shutil.copytree(ROOT / "model_repo", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    set_parameter(repo / MODEL_NAME, "face_reader_split", "off")
+    return repo
 
 
 def _fmt_load(load: tuple[float, float, float]) -> str:
@@ -255,6 +272,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     add("e2e processing_s (status)", lambda r: e2e_status(r["e2e"]))
     add("e2e fps / realtime", lambda r: "{fps_e2e:.1f} / {realtime:.2f}x".format(**r["e2e"]))
     add("e2e fps vs ffmpeg decode", lambda r: "{vs_ffmpeg:.3f}x".format(**r["e2e"]))
+    add("  baseline: forward as exported, e2e fps",
+        lambda r: f"{r['e2e_forward']['fps_e2e']:.1f} (split {r['e2e']['fps_e2e'] / r['e2e_forward']['fps_e2e']:.2f}x)")
     add("e2e mean faces_detected (rows)", lambda r: "{mean_faces_detected:.2f} ({frame_rows})".format(**r["e2e"]))
     add("e2e CLI wall s (incl. start-up)", lambda r: "{wall_s:.1f}".format(**r["e2e"]))
 

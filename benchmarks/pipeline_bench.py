@@ -1,17 +1,21 @@
-"""Pipeline benchmark: prints figures and ratios against baselines measured in the same run.
+"""Pipeline benchmark, face-centred input: figures and ratios against baselines measured in the same run.
 
     .venv/bin/python benchmarks/pipeline_bench.py [--minutes 1] [--long-minutes 10] [--skip-long]
+    .venv/bin/python benchmarks/pipeline_bench.py --publish   # what `make bench` runs: docs/pipeline_bench.json
+                                                              # (refused on a dirty tree) and the README table
 
-On one generated 720p video with audio: raw decord decode fps at the crop size; decode + preprocessing
-fps (ratio to raw); model throughput in-process vs through the embedded Triton at the same batch
-(ratio); end-to-end frames per second of one video task and its realtime factor; peak RSS of the video
-task on a 1-minute and a 10-minute video (each in a fresh process, ratio long/short).
+On one generated 720p video with audio (a drawn face, as the synthetic set's; ``--faces centred``): raw
+decord decode fps at the crop size; decode + preprocessing fps (ratio to raw); model throughput in-process
+(the exported forward) vs through the embedded Triton (as deployed) at the same batch (ratio); end-to-end
+frames per second of one video task and its realtime factor; peak RSS of the video task on a 1-minute and
+a 10-minute video (each in a fresh process, ratio long/short).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -82,7 +86,7 @@ def bench_decode(path: Path) -> dict:
     n = sum(len(f) for f in dec.iter_frames(str(path), c, c, 256))
     raw = n / (time.perf_counter() - t)
     t = time.perf_counter()
-    m = sum(len(ch) for ch in iter_video_inputs(str(path), info))
+    m = sum(len(ch) for ch in iter_video_inputs(str(path), info, face_mode="centred"))
     pre = m / (time.perf_counter() - t)
     return {"frames": n, "raw_decode_fps": raw, "decode_preprocess_fps": pre, "preprocess_ratio": pre / raw}
 
@@ -131,7 +135,7 @@ from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 t = time.perf_counter()
 o = label_video(Source({str(path)!r}),
                 LabelConfig(out={str(out)!r}, run_id='bench', triton_url={triton_url!r}, model_version='bench',
-                            isolate=False))
+                            isolate=False, face_mode='centred'))
 wall = time.perf_counter() - t
 hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
 print(json.dumps({{"wall_s": wall, "frames": o.row["frame_count"], "status": o.row["status"],
@@ -141,40 +145,99 @@ print(json.dumps({{"wall_s": wall, "frames": o.row["frame_count"], "status": o.r
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+START, END = "<!-- pipeline-bench:start -->", "<!-- pipeline-bench:end -->"
+PUBLISHED = ROOT / "docs" / "pipeline_bench.json"
+
+
+def render(r: dict) -> str:
+    """The README's table and the stamp of the run that measured it."""
+    d, m, e, st = r["decode"], r["model"], r["short"], r["stamp"]
+    rows = [
+        ("raw decord decode, resized to the crop size in the decoder", f"{d['raw_decode_fps']:.0f} fps",
+         "baseline", ""),
+        ("decode + preprocessing (crops, masks, log-mel, timestamps)", f"{d['decode_preprocess_fps']:.0f} fps",
+         f"{d['preprocess_ratio']:.2f} of raw", ">= 0.8"),
+        (f"model, batch of {m['batch_windows']} windows, in-process TorchScript forward",
+         f"{m['inprocess_frames_per_s']:.0f} frames/s", "baseline", ""),
+        ("model, same batches through Triton (gRPC, 4 in flight)", f"{m['triton_frames_per_s']:.0f} frames/s",
+         f"{m['triton_ratio']:.2f} of in-process", ">= 0.7"),
+        ("end to end, one video task (decode -> Parquet)", f"{e['frames'] / e['wall_s']:.0f} frames/s",
+         f"{e['frames'] / FPS / e['wall_s']:.1f}x realtime", ""),
+        (f"peak RSS of the video task, {r['settings']['minutes']:g}-minute video", f"{e['peak_rss_mb']:.0f} MB",
+         "baseline", ""),
+    ]
+    if r.get("long"):
+        lg = r["long"]
+        rows.append((f"peak RSS of the video task, {r['settings']['long_minutes']:g}-minute video",
+                     f"{lg['peak_rss_mb']:.0f} MB", f"{lg['peak_rss_mb'] / e['peak_rss_mb']:.2f} of "
+                     f"{r['settings']['minutes']:g}-minute", "<= 1.2"))
+    lines = ["| measure | figure | ratio | target |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {t} |" for a, b, c, t in rows]
+    load = "/".join(f"{x:.2f}" for x in r["loadavg"]["before"])
+    lines += ["", f"Measured by `benchmarks/pipeline_bench.py --publish` at commit `{st['commit'][:12]}` "
+                  f"({st['date'][:10]}) on {st['cores']} cores, no GPU (a CPU Triton instance), load average "
+                  f"{load} before, model version {st['model_version']}; figures in `docs/pipeline_bench.json`. "
+                  "The random model inputs here have no overlapping windows, so the face-reader split gains "
+                  "nothing on them; the video task's windows do overlap."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=1.0)
     ap.add_argument("--long-minutes", type=float, default=10.0)
     ap.add_argument("--skip-long", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "emoframe-bench")
+    ap.add_argument("--publish", action="store_true",
+                    help=f"write {PUBLISHED.relative_to(ROOT)} and the README table (refused on a dirty tree)")
+    ap.add_argument("--render", action="store_true", help=f"only re-render the README table from {PUBLISHED.name}")
     a = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from published import publish_state, write_readme_block
+
+    if a.render:
+        write_readme_block(START, END, render(json.loads(PUBLISHED.read_text())))
+        return
+    if a.publish and a.skip_long:
+        ap.error("--publish measures the long video too: leave out --skip-long")
+    git = publish_state(a.publish)
     from emoframe.flows.run.label_archive import DEFAULT_MODEL_REPO
     from emoframe.workers.serving.triton_server import EmbeddedTriton
 
+    load_before = os.getloadavg()
     a.workdir.mkdir(parents=True, exist_ok=True)
     short = make_video(a.workdir / f"bench_{a.minutes:g}min.mp4", a.minutes * 60)
     model_dir = max((p for p in (DEFAULT_MODEL_REPO / "expression_fusion").iterdir() if p.name.isdigit()),
                     key=lambda p: int(p.name))
     print(f"video: {short.name} {SIZE[0]}x{SIZE[1]} @ {FPS} fps, {a.minutes:g} min, AAC {SR} Hz stereo; "
           f"crop {PREPROCESSING.crop_size}px; torch threads {torch.get_num_threads()}")
-    d = bench_decode(short)
+    r: dict = {"settings": {"minutes": a.minutes, "long_minutes": None if a.skip_long else a.long_minutes,
+                            "fps": FPS, "size": SIZE, "sample_rate": SR, "face_mode": "centred"}}
+    d = r["decode"] = bench_decode(short)
     print(f"raw decord decode at {PREPROCESSING.crop_size}x{PREPROCESSING.crop_size}: {d['raw_decode_fps']:.0f} fps")
     print(f"decode + preprocessing (crops, masks, log-mel): {d['decode_preprocess_fps']:.0f} fps "
           f"(ratio {d['preprocess_ratio']:.2f}, target >= 0.8)")
     with EmbeddedTriton(DEFAULT_MODEL_REPO) as server:
-        m = bench_model(model_dir, server.grpc_url)
+        m = r["model"] = bench_model(model_dir, server.grpc_url)
         print(f"model, batch {m['batch_windows']} windows: in-process {m['inprocess_frames_per_s']:.0f} frames/s, "
               f"Triton {m['triton_frames_per_s']:.0f} frames/s (ratio {m['triton_ratio']:.2f}, target >= 0.7)")
-        e = run_task(short, server.grpc_url, a.workdir / "out")
+        e = r["short"] = run_task(short, server.grpc_url, a.workdir / "out")
         print(f"end to end (one video task: decode, preprocess, Triton, voting, Parquet): "
               f"{e['frames'] / e['wall_s']:.0f} frames/s, realtime factor {e['frames'] / FPS / e['wall_s']:.1f}x, "
               f"peak RSS {e['peak_rss_mb']:.0f} MB ({a.minutes:g} min video)")
         if not a.skip_long:
             long = make_video(a.workdir / f"bench_{a.long_minutes:g}min.mp4", a.long_minutes * 60)
-            e2 = run_task(long, server.grpc_url, a.workdir / "out")
+            e2 = r["long"] = run_task(long, server.grpc_url, a.workdir / "out")
             print(f"peak RSS {e2['peak_rss_mb']:.0f} MB ({a.long_minutes:g} min video) vs {e['peak_rss_mb']:.0f} MB "
                   f"({a.minutes:g} min): ratio {e2['peak_rss_mb'] / e['peak_rss_mb']:.2f} (target <= 1.2); "
                   f"{e2['frames'] / e2['wall_s']:.0f} frames/s")
+    r["loadavg"] = {"before": load_before, "after": os.getloadavg()}
+    r["stamp"] = {"commit": git["head"], "dirty": git["dirty"], "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                  "cores": len(os.sched_getaffinity(0)), "model_version": model_dir.name}
+    if a.publish:
+        PUBLISHED.write_text(json.dumps(r, indent=2) + "\n")
+        write_readme_block(START, END, render(r))
+        print(f"wrote {PUBLISHED.relative_to(ROOT)} and the README table")
 
 
 if __name__ == "__main__":

@@ -162,3 +162,11 @@ def test_training_memory_sentence_is_rendered_from_its_json_and_memory_maps_hold
     data = json.loads(tm.OUT_JSON.read_text())
     assert _load("published").readme_block(tm.START, tm.END) == tm.render(data).strip()
     assert data["held_mb"]["memory-mapped"] < 0.1 * data["cache_mb"] < data["held_mb"]["in-memory"]
+
+
+def test_readme_pipeline_benchmark_is_rendered_from_its_json_with_the_long_video():
+    pb = _load("pipeline_bench")
+    report = json.loads(pb.PUBLISHED.read_text())
+    assert _load("published").readme_block(pb.START, pb.END) == pb.render(report).strip()
+    assert report["stamp"]["dirty"] is False and report["settings"]["face_mode"] == "centred"
+    assert report["long"]["frames"] > report["short"]["frames"]  # the memory ratio compares two lengths
