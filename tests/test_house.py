@@ -140,3 +140,27 @@ def test_mypy_finds_nothing(tmp_path):
                           "-p", "emoframe.workers", "-p", "emoframe.flows", "-p", "emoframe.training"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout
+
+
+def test_the_readme_retry_table_is_rendered_from_the_one_retry_module():
+    from emoframe.workers.spec.retries import retries_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- retries:start -->\n")[1].split("<!-- retries:end -->")[0]
+    assert block.strip() == retries_markdown()
+
+
+def test_retry_counts_live_only_in_the_retry_module():
+    """A literal retry count or backoff typed anywhere else would be a second policy."""
+    import re
+
+    # retries=0 is none, not a count
+    pattern = re.compile(r"(max_retries|retries|max_attempts|backoff_s|retry_delay_seconds)\s*[=:][^=]*?\b[1-9]")
+    found = []
+    for path in [*(ROOT / "workers").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:
+        if path.name == "retries.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#")[0]):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, found

@@ -38,6 +38,7 @@ from emoframe.workers.processes.isolation import Limits
 from emoframe.workers.processes.lifeline import sweep
 from emoframe.workers.output import download_cache
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
+from emoframe.workers.spec.retries import PREFECT_RETRY_DELAYS_S, PREFECT_TASK_RETRIES, RAY_TASK_RETRIES
 from emoframe.workers.output.storage import filesystem_for, is_remote
 from emoframe.workers.output.state import STATE_DIR, run_lease
 from emoframe.workers.inference.triton_client import TritonClient
@@ -45,7 +46,6 @@ from emoframe.workers.task.triton_nodes import Served, for_this_node, per_node_t
 from emoframe.workers.task.video_job import DEFAULT_SEGMENT_MINUTES, LabelConfig, Source, VideoOutcome
 from emoframe.workers.task.video_task import label_video
 
-TASK_RETRIES = 3
 logger = logging.getLogger(__name__)
 
 
@@ -54,8 +54,8 @@ logger = logging.getLogger(__name__)
 finished_in_this_process = 0
 
 
-@task(retries=TASK_RETRIES, retry_delay_seconds=[2, 5, 10], persist_result=False, log_prints=False,
-      task_run_name="label {source.uri}")
+@task(retries=PREFECT_TASK_RETRIES, retry_delay_seconds=list(PREFECT_RETRY_DELAYS_S), persist_result=False,
+      log_prints=False, task_run_name="label {source.uri}")
 def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
     """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried.
     A long video (``cfg.segment_minutes``) is labelled in segments, each a Ray task declared as a video
@@ -194,7 +194,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight(served.room))
         logger.info("up to %d videos in flight, each declared to Ray as %s", window.limit, resources.describe())
         try:
-            with remote_options(**resources.ray_options(), **served.task_options()):
+            with remote_options(**resources.ray_options(), **served.task_options(), max_retries=RAY_TASK_RETRIES):
                 for batch in itertools.chain([first], batches):
                     for source in planner.plan(batch):
                         window.submit(source)

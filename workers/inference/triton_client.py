@@ -28,12 +28,9 @@ from emoframe.workers.spec.contract import (
     output_specs,
 )
 from emoframe.workers.spec.errors import ContractMismatchError, EmoframeError, ServiceUnavailableError
+from emoframe.workers.spec.retries import TRITON_BACKOFF_S, TRITON_REQUEST_RETRIES, TRITON_TRANSIENT_STATUSES
 
-# gRPC status codes worth another try: server down/restarting, overloaded, or too slow this time. NOT_FOUND
-# too: the run checked at its start that the model is served, so a model not found now is being reloaded
-# (Triton answers NOT_FOUND while a model is unloaded on a shared server).
-_TRANSIENT = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
-                        "StatusCode.ABORTED", "StatusCode.NOT_FOUND"})
+_TRANSIENT = frozenset(f"StatusCode.{s}" for s in TRITON_TRANSIENT_STATUSES)  # str(e.status()) reads so
 
 
 WAIT_TICK_S = 10.0  # heartbeats while an answer is awaited (infer_many's on_wait)
@@ -53,8 +50,8 @@ class TritonClient:
         model_name: str = MODEL_NAME,
         max_in_flight: int = 4,
         timeout_s: float = 60,
-        retries: int = 5,
-        backoff_s: float = 0.5,
+        retries: int = TRITON_REQUEST_RETRIES,
+        backoff_s: float = TRITON_BACKOFF_S,
         *,
         p: Preprocessing = PREPROCESSING,
     ):

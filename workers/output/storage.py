@@ -10,6 +10,8 @@ from datetime import timedelta
 
 import pyarrow.fs as pafs
 
+from emoframe.workers.spec.retries import GCS_RETRY_LIMIT_S
+
 REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs"})  # gcs:// is pyarrow's alias of gs://
 
 # Query-string names that carry a secret: presigned S3 (X-Amz-*), Azure SAS (sig), and the names people reach for.
@@ -53,7 +55,6 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.lower().startswith("file://")
 
 
-GCS_RETRY_LIMIT_S = 20.0
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:

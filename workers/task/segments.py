@@ -52,6 +52,7 @@ import numpy as np
 from emoframe.workers.spec.contract import MAX_BATCH_SIZE, PREPROCESSING, Preprocessing
 from emoframe.workers.media.decode import VideoInfo
 from emoframe.workers.spec.errors import BadInputError, Reason
+from emoframe.workers.spec.retries import RAY_TASK_RETRIES
 from emoframe.workers.media.faces.detector import Faces
 from emoframe.workers.media.faces.tracker import FaceTracker, TrackerState
 from emoframe.workers.inference.labeling import _rows
@@ -568,7 +569,7 @@ def ray_map(fn: Callable, args: list[tuple], num_cpus: float = 1) -> list:
     """Each call a Ray task of one core (as ``label_one``), all at once; results in order."""
     import ray
 
-    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=RAY_TASK_RETRIES)(fn)
     return ray.get([remote.remote(*a) for a in args])
 
 
@@ -644,7 +645,7 @@ def ray_workers(extra: int, options: dict, wait_s: float = 5.0) -> Iterator[tupl
         yield 0, serial_map
         return
     remote = ray.remote(_on_its_node)
-    declared = {"num_cpus": bundle["CPU"], "memory": int(bundle["memory"]) or None, "max_retries": 2}
+    declared = {"num_cpus": bundle["CPU"], "memory": int(bundle["memory"]) or None, "max_retries": RAY_TASK_RETRIES}
 
     def pmap(fn: Callable, args: list[tuple]) -> list:
         if len(args) - 1 > k:

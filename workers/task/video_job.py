@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from emoframe.workers.spec.contract import MODEL_NAME, NUM_CLASSES, FaceMode
 from emoframe.workers.processes.isolation import Limits
 from emoframe.workers.spec.policy import POLICY, LabellingPolicy
+from emoframe.workers.spec.retries import VIDEO_ATTEMPTS
 
 # Shorter segments: their fixed costs (a probe, a 512-frame tracker warm-up, the sound decoded from the start)
 # weigh more than the parallelism gains (benchmarks/long_video.py).
@@ -33,7 +34,7 @@ class LabelConfig:
     show_progress: bool = True  # a bar per video (Ray's tqdm in a worker) and a Prefect progress artifact
     # With a Triton per Ray node (workers/task/triton_nodes.py): (node id, gRPC URL on that node's loopback) pairs.
     triton_nodes: tuple[tuple[str, str], ...] = ()
-    max_attempts: int = 3  # tries of one file whose decoding child crashes or hangs; then it is recorded as failed
+    max_attempts: int = VIDEO_ATTEMPTS  # tries of a file whose decoding child crashes or hangs; then it failed
     # A video of at least two segments of this many minutes is labelled in segments by parallel tasks when the
     # cluster has free workers (workers/task/segments.py; the same rows as one task); 0 = never split.
     segment_minutes: float = DEFAULT_SEGMENT_MINUTES
