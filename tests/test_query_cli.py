@@ -74,6 +74,14 @@ def test_mistakes_are_one_line_and_exit_2(out, args, why):
         run_query(args[0], args[args.index("--out") + 1], fmt=args[2] if args[1] == "--format" else "table")
 
 
+def test_debug_shows_the_traceback_behind_the_one_line_error(out):
+    res = _cli("SELEC 1", "--out", str(out), "--debug")
+    err = res.stderr.decode().strip().splitlines()
+    assert res.returncode == 2 and err[0] == "Traceback (most recent call last):", err
+    assert any("duckdb" in line.lower() and "Parser" in line for line in err), err  # the library's own error
+    assert err[-1].startswith("emoframe query: ") and "syntax error" in err[-1]
+
+
 def test_model_version_reads_as_a_string_in_emoframe_and_in_the_readme_recipes(tmp_path):
     """Versions "3" and "10": the README's recipes for DuckDB and pyarrow and `emoframe query` all
     give the string, where readers left to guess give a number (and "10" < "3" only as a string)."""

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -24,8 +25,15 @@ DEFAULT_MODEL_REPO = default_model_repo()  # EMOFRAME_MODEL_REPO, else the check
 USAGE_ERROR = 2  # exit status of a mistake the user fixes (bad flag value, missing path, unwritable output)
 
 
+_show_tracebacks = False  # --debug
+
+
 def usage_error(command: str, message: str) -> NoReturn:
-    """One line on stderr, no traceback, exit 2."""
+    """One line on stderr, no traceback (with --debug, the traceback of the error being handled first), exit 2."""
+    exc = sys.exc_info()[1]
+    if _show_tracebacks and exc is not None:
+        exc.__suppress_context__ = False  # `raise ... from None` hid the library's own error: show it here
+        traceback.print_exception(exc, file=sys.stderr)
     print(f"emoframe {command}: {message}", file=sys.stderr)
     raise SystemExit(USAGE_ERROR)
 
@@ -511,6 +519,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        help=f"what emoframe (and Prefect, where a command runs it) logs on stderr: debug adds each "
                             f"video submitted, warning keeps only problems and the command's own answer (default: "
                             f"{DEFAULT_LEVEL}, and Prefect's own setting for Prefect)")
+        p.add_argument("--debug", action="store_true",
+                       help="with a one-line error, show the traceback behind it too (for a bug report)")
     return ap
 
 
@@ -523,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # argparse would print the top-level usage; name the subcommand's and suggest a flag
         _unknown_flags(ap, args.command, unknown)
     configure_logs(args.log_level)  # before any command imports Prefect, which reads its level once
+    global _show_tracebacks
+    _show_tracebacks = args.debug
     return args.fn(args)
 
 
