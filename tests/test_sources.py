@@ -392,5 +392,7 @@ def test_the_output_folder_is_never_listed(tmp_path):
         listing = list_sources([str(data)], exclude_roots=(ours,))
         assert uris(listing) == [str(data / "v.mp4")]
         assert listing.skipped == {} and listing.excluded == 0 and listing.warnings == []
-    assert uris(list_sources([str(out / "looks like a video.mp4")], exclude_roots=(str(out),))) == []
+    named_inside = list_sources([str(out / "looks like a video.mp4")], exclude_roots=(str(out),))
+    assert uris(named_inside) == [] and len(named_inside.warnings) == 1  # a name given: said why, not silent
+    assert "inside this run's output" in named_inside.warnings[0]
     assert len(uris(list_sources([str(data)]))) == 2  # without it: the video in out/ (the link is a duplicate)

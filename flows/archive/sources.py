@@ -453,6 +453,11 @@ def iter_sources(specs: list[str], listing: Listing, include: tuple[str, ...] = 
     with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
         for spec in specs:
             local = not is_remote(spec)
+            if not glob.has_magic(spec) and (ours.holds_path(spec.removeprefix("file://")) if local
+                                             else ours.holds_uri(spec)):
+                # Left out like the rest of the output, but a name the user gave deserves a word.
+                listing.warnings.append(f"{spec} is inside this run's output (--out): emoframe never labels "
+                                        "its own output; keep the videos outside it")
             found = _expand_local(spec, ours, listing.warnings) if local else _expand_remote(spec, ours)
             if found is None:
                 listing.missing.append(spec)
