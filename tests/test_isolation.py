@@ -4,7 +4,11 @@ file has an attempt budget, and no process is left behind."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -48,6 +52,42 @@ def test_result_and_bad_input_cross_the_process_boundary():
     with pytest.raises(BadInputError) as e:
         run_isolated(_bad, ())
     assert e.value.reason == "not_a_video"
+
+
+MAIN_SCRIPT = textwrap.dedent("""
+    import os
+
+    import heavy_marker  # noqa: F401 -- stands in for what a real main imports (ray, prefect)
+    from emoframe.workers.processes.isolation import run_isolated
+
+
+    def child_pid(progress):
+        return os.getpid()
+
+
+    if __name__ == "__main__":
+        print(" ".join(str(run_isolated(child_pid, ())) for _ in range(3)))
+""")
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_a_child_does_not_import_again_what_the_main_module_imports(tmp_path, how):
+    """Each child runs the process's main module again before it starts; what that imports is loaded once, in
+    the forkserver (a Ray worker's main imports ray: 1.2 s a video when each child imported it)."""
+    log = tmp_path / "imports.log"
+    (tmp_path / "heavy_marker.py").write_text("import os\n\nwith open(os.environ['MARKER_LOG'], 'a') as f:\n"
+                                              "    f.write(f'{os.getpid()}\\n')\n")
+    (tmp_path / "main_script.py").write_text(MAIN_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "main_script.py"] if how == "script" else [sys.executable, "-m", "main_script"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MARKER_LOG": str(log), "PYTHONPATH": f"{tmp_path}:{root}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    children = set(done.stdout.split())
+    importers = log.read_text().split()
+    assert len(children) == 3, done.stdout  # three children ran
+    assert not children & set(importers), (importers, children)  # none of them imported it
+    assert len(importers) == 2, importers  # the main process and the forkserver, once each
 
 
 def test_a_stalled_child_is_killed_within_the_stall_limit():

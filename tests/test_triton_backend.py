@@ -131,3 +131,16 @@ def test_a_config_written_with_the_split_off_serves_the_forward(backend, config,
     assert off["input"] == config["input"]  # only the parameter changed
     assert backend.face_reader_split(module, off, torch.device("cpu")) is None
     assert backend.face_reader_split(module, config, torch.device("cpu")) is not None
+
+
+@pytest.mark.parametrize("cores, count, threads", [(2, 1, 1), (16, 1, 8), (16, 2, 4), (16, 3, 2), (2, 2, 1), (1, 1, 1)])
+def test_cpu_instances_take_the_share_of_the_cores_a_per_node_server_declares(backend, monkeypatch, cores, count,
+                                                                             threads):
+    """Each instance is a process: together they take CPU_SHARE of the cores (never less than a thread each),
+    the share a per-node server declares to Ray, so the video tasks beside it keep the rest."""
+    from emoframe.workers.task.triton_nodes import TRITON_CPU_SHARE
+
+    assert backend.CPU_SHARE == TRITON_CPU_SHARE
+    monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    cfg = {"instance_group": [{"kind": "KIND_CPU", "count": count}]}
+    assert backend._cpu_threads(cfg) == threads

@@ -18,11 +18,13 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from emoframe.workers.spec.errors import BadInputError, Reason, ServiceUnavailableError, StorageUnavailableError
@@ -37,13 +39,40 @@ class Progress(Protocol):
     def __call__(self, n: int, total: int | None = None, /) -> None: ...
 
 
+CHILD_PRELOAD = ("torch", "emoframe.workers.task.video_task", "emoframe.workers.task.segments",
+                 "emoframe.workers.media.faces.preload")
+
+
+def _main_module_preload() -> list[str]:
+    """The process's main module, by a name the forkserver can import it under. Each child runs the main
+    module again before it starts (multiprocessing's spawn preparation); with the main's imports already
+    loaded in the forkserver that is cheap. In a Ray worker the main is Ray's worker script, and importing
+    ray anew cost 1.2 s per video, 15 times a 24-frame clip's own work (0.08 s). ("__main__" in the preload
+    list should do this, but Python before 3.14 never passes the forkserver the main's path: gh-126631.)"""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name:  # `python -m package.module`
+        return [] if name.endswith("__main__") else [name]  # a package's __main__ is never run again
+    path = getattr(main, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return []
+    script = Path(path).resolve().with_suffix("")
+    for entry in sys.path:  # the name that `import` finds it under (the script's folder is usually first)
+        try:
+            parts = script.relative_to(Path(entry or ".").resolve()).parts
+        except ValueError:
+            continue
+        if all(part.isidentifier() for part in parts):
+            return [".".join(parts)]
+    return []
+
+
 def _context() -> mp.context.ForkServerContext:
     global _CTX
     if _CTX is None:
         ctx = mp.get_context("forkserver")
         # Imported once in the forkserver, so each child starts in milliseconds instead of seconds.
-        ctx.set_forkserver_preload(["torch", "emoframe.workers.task.video_task", "emoframe.workers.task.segments",
-                                    "emoframe.workers.media.faces.preload"])
+        ctx.set_forkserver_preload([*CHILD_PRELOAD, *_main_module_preload()])
         _CTX = ctx
     return _CTX
 

@@ -49,12 +49,11 @@ from emoframe.workers.task.video_job import LabelConfig
 
 logger = logging.getLogger(__name__)
 
-# CPUs a server declares to Ray. With KIND_CPU the model runs on the node's cores, and model version 3 is
-# not cheap there: about 30 ms of CPU per labelled frame (benchmarks/triton_node.py here; triton_bench.py's
-# 553 labelled frames/s on 16 cores), about twice what a --faces detect video task spends on the frame on its
-# one core (60-80 frames/s). Half the node then: the rest for video tasks (model.py's threads use every core
-# it sees, so the declaration is what keeps Ray from placing a video per CPU, not a cap). With KIND_GPU the
-# model is on the GPU and one core feeds it (gRPC, the dynamic batcher, the backend stub's copies).
+# CPUs a server declares to Ray. With KIND_CPU the model runs on the node's cores: about 2.8 ms of CPU per
+# labelled frame of one face (docs/triton_bench_cpu.json), as much as a --faces detect video task spends
+# decoding and tracking the frame. Half the node then, the rest for video tasks; model.py's CPU instances
+# take the same share of the cores as threads (workers/serving/triton_backend.py, CPU_SHARE). With KIND_GPU
+# the model is on the GPU and one core feeds it (gRPC, the dynamic batcher, the backend stub's copies).
 TRITON_CPU_SHARE = 0.5
 TRITON_GPU_NODE_CPUS = 1.0
 # Peak proportional set size of tritonserver and its Python-backend stub serving model version 3 on CPU,
