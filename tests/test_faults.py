@@ -45,7 +45,7 @@ def label_worker() -> psutil.Process | None:
     their own) running a video task: a video is in progress."""
     for p in psutil.Process().children(recursive=True):
         try:
-            if "ray::label_one" in " ".join(p.cmdline()):
+            if "ray::label_videos" in " ".join(p.cmdline()):
                 return p
         except psutil.Error:  # exited meanwhile
             continue

@@ -191,7 +191,20 @@ def test_the_childs_progress_reaches_the_caller_and_drives_the_bar():
     progress.close()
     assert seen[0] == (0, 96) and [n for n, _ in seen[1:]] == list(range(16, 97, 16))
     assert (bar.total, bar.n, bar.closed) == (96, 96, True)
-    assert shares[0] == 0.0 and shares[-1] == 100.0 and len(shares) < len(seen)  # throttled, and ends at 100 %
+    # Throttled, the first one period in (a short video makes no artifact at all), and ends at 100 %.
+    assert shares[0] == round(100 * 32 / 96, 1) and shares[-1] == 100.0 and len(shares) < len(seen)
+
+
+def test_a_video_done_within_one_artifact_period_makes_no_prefect_artifact():
+    from emoframe.workers.task.progress import VideoProgress
+
+    shares, now = [], [0.0]
+    progress = VideoProgress("clip.mp4", artifact=shares.append, clock=lambda: now[0])
+    for n in (0, 16, 24):
+        now[0] += 1.0
+        progress(n, 24)
+    progress.close()
+    assert shares == []
 
 
 def test_a_ray_worker_reports_progress_as_lines_with_rate_and_time_left():

@@ -144,7 +144,7 @@ def test_a_signal_stops_the_run_in_seconds_with_one_line(sig, code, said, videos
 def _video_in_flight(proc: subprocess.Popen) -> bool:
     """A Ray worker of this run (its local Ray is below it) running a video task."""
     try:
-        return any("ray::label_one" in _cmdline(p) for p in psutil.Process(proc.pid).children(recursive=True))
+        return any("ray::label_videos" in _cmdline(p) for p in psutil.Process(proc.pid).children(recursive=True))
     except psutil.NoSuchProcess:
         return False
 

@@ -27,9 +27,10 @@ from emoframe.flows.run.preflight import PreflightError, check_uris, preflight
 from emoframe.flows.run.prefect_api import outlives_the_run, prefect_api
 from emoframe.flows.run.ray_runtime import tighten_token_file, worker_env
 from emoframe.flows.run.planning import DEFAULT_MODEL_REPO, Planner, new_run_id, nothing_to_do, write_run_report
-from emoframe.flows.run.records import failed_outcome
+from emoframe.flows.run.records import already_labelled, failed_outcome
 from emoframe.flows.run.run_summary import RunSummary
-from emoframe.workers.task.resources import video_task_resources
+from emoframe.workers.task.resources import (BUNDLE_MAX_BYTES, BUNDLE_MAX_VIDEOS, VideoTaskResources,
+                                             video_task_resources)
 from emoframe.flows.archive.sources import PROBE_BATCH, Listing, iter_sources
 from emoframe.workers.spec.terminal import shown
 from emoframe.workers.spec.contract import PREPROCESSING, FaceMode
@@ -54,10 +55,8 @@ logger = logging.getLogger(__name__)
 finished_in_this_process = 0
 
 
-@task(retries=PREFECT_TASK_RETRIES, retry_delay_seconds=list(PREFECT_RETRY_DELAYS_S), persist_result=False,
-      log_prints=False, task_run_name="label {source.uri}")
 def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
-    """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) is retried.
+    """One video. Bad input returns a failed row; anything that escapes (Triton down, a crash) raises.
     A long video (``cfg.segment_minutes``) is labelled in segments, each a Ray task declared as a video
     task is, when the cluster grants workers for them at once (workers/task/segments.py, ray_workers)."""
     node_cfg = for_this_node(cfg)
@@ -69,6 +68,44 @@ def label_one(source: Source, cfg: LabelConfig) -> VideoOutcome:
     options = {**video_task_resources().ray_options(), **Served("", nodes=cfg.triton_nodes).task_options()}
     reserve = functools.partial(ray_workers, options=options)
     return label_video(source, node_cfg, split=lambda probe: label_split(source, node_cfg, probe, reserve))
+
+
+# Outcomes of a bundle's videos, kept across Prefect's retries of the task (they run in the same process), so
+# that a retry labels only what is left. Emptied as each task returns.
+_finished: dict[tuple[str, str], VideoOutcome] = {}
+
+
+def _videos_task_name() -> str:
+    from prefect.runtime import task_run
+
+    sources = task_run.parameters["sources"]
+    return f"label {sources[0].uri}" + (f" and {len(sources) - 1} more" if len(sources) > 1 else "")
+
+
+@task(retries=PREFECT_TASK_RETRIES, retry_delay_seconds=list(PREFECT_RETRY_DELAYS_S), persist_result=False,
+      log_prints=False, task_run_name=_videos_task_name)
+def label_videos(sources: list[Source], cfg: LabelConfig) -> list[VideoOutcome]:
+    """A video, or a bundle of small ones (workers/task/resources.py), one after another. What escapes a
+    video (Triton down, a crash) makes Prefect try the task again, without the videos it finished; on its
+    last try such a video gets a failed row with a transient reason, and the ones after it go on."""
+    from prefect.runtime import task_run
+
+    outcomes = []
+    for source in sources:
+        key = (cfg.run_id, source.uri)
+        outcome = _finished.get(key)
+        if outcome is None:
+            try:
+                outcome = label_one(source, cfg)
+            except Exception as exc:
+                if task_run.run_count <= PREFECT_TASK_RETRIES:
+                    raise
+                outcome = failed_outcome(source, cfg, exc)
+            _finished[key] = outcome
+        outcomes.append(outcome)
+    for source in sources:
+        _finished.pop((cfg.run_id, source.uri), None)
+    return outcomes
 
 
 @task(persist_result=False, task_run_name="check storage from a worker")
@@ -192,7 +229,8 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         planner = Planner(cfg, force, summary)
         resources = video_task_resources()
         window = InFlight(cfg, summary, max_in_flight or resources.default_in_flight(served.room))
-        logger.info("up to %d videos in flight, each declared to Ray as %s", window.limit, resources.describe())
+        logger.info("up to %d tasks in flight (a video each, or up to %d small ones while every slot is taken), "
+                    "each declared to Ray as %s", window.limit, BUNDLE_MAX_VIDEOS, resources.describe())
         try:
             with remote_options(**resources.ray_options(), **served.task_options(), max_retries=RAY_TASK_RETRIES):
                 for batch in itertools.chain([first], batches):
@@ -246,8 +284,9 @@ def publish_artifacts(summary: RunSummary, text: str) -> None:
 
 
 class InFlight:
-    """At most ``limit`` videos submitted and not finished: a new one is submitted as another finishes, so a
+    """At most ``limit`` tasks submitted and not finished: a new one is submitted as another finishes, so a
     million-video archive is never a million task runs at once (neither in Ray nor against Prefect's API).
+    While every slot is taken, small files wait together and go as one task (``resources.bundles``).
     Finished videos go into the summary's counters and are then dropped."""
 
     def __init__(self, cfg: LabelConfig, summary: RunSummary, limit: int):
@@ -256,36 +295,67 @@ class InFlight:
         self.cfg = cfg
         self.summary = summary
         self.limit = limit
-        self.pending: dict = {}  # future -> Source
+        self.pending: dict = {}  # future -> its Sources
         self.finished: queue.Queue = queue.Queue()  # futures, put by their done callbacks
+        self.waiting: list[Source] = []  # small files, to go as one task
+        self.waiting_bytes = 0
         self.done = 0
+        self.videos_in_flight = 0
 
     def submit(self, source: Source) -> None:
-        while len(self.pending) >= self.limit:
+        if not VideoTaskResources.bundles(source.size_bytes):
+            self.flush()
+            self._send([source])
+            return
+        if self.waiting_bytes + cast(int, source.size_bytes) >= BUNDLE_MAX_BYTES:
+            self.flush()
+        self.waiting.append(source)
+        self.waiting_bytes += cast(int, source.size_bytes)
+        while not self.finished.empty():  # what finished meanwhile frees its slot
             self._take(self.finished.get())
-        fut = label_one.submit(source, self.cfg)
-        logger.debug("submitted %s (%d in flight)", shown(source.uri), len(self.pending) + 1)
-        self.pending[fut] = source
-        fut.add_done_callback(self.finished.put)
+        if len(self.pending) < self.limit or len(self.waiting) >= BUNDLE_MAX_VIDEOS:
+            self.flush()
+
+    def flush(self) -> None:
+        """The files waiting, as one task."""
+        if self.waiting:
+            bundle, self.waiting, self.waiting_bytes = self.waiting, [], 0
+            self._send(bundle)
 
     def drain(self) -> None:
+        self.flush()
         while self.pending:
             self._take(self.finished.get())
 
+    def _send(self, sources: list[Source]) -> None:
+        while len(self.pending) >= self.limit:
+            self._take(self.finished.get())
+        fut = label_videos.submit(sources, self.cfg)
+        self.videos_in_flight += len(sources)
+        logger.debug("submitted %s%s (%d tasks in flight)", shown(sources[0].uri),
+                     f" and {len(sources) - 1} more" if len(sources) > 1 else "", len(self.pending) + 1)
+        self.pending[fut] = sources
+        fut.add_done_callback(self.finished.put)
+
     def _take(self, fut) -> None:
-        src = self.pending.pop(fut)
+        global finished_in_this_process
+        sources = self.pending.pop(fut)
+        self.videos_in_flight -= len(sources)
         try:
             result = fut.result(raise_on_failure=False)
         except Exception as exc:  # noqa: BLE001 -- Ray's error once its retries of a dead worker are spent
             result = exc
-        outcome = result if isinstance(result, VideoOutcome) else failed_outcome(src, self.cfg, result)
-        self.summary.add(outcome)
-        global finished_in_this_process
-        finished_in_this_process += 1
-        self.done += 1
-        parts = f" (in {outcome.segments} segments)" if outcome.segments > 1 else ""
-        logger.info("[%d/%d] %s: %s%s", self.done, self.done + len(self.pending), outcome.row["status"],
-                    shown(src.uri), parts)
+        if isinstance(result, list):
+            outcomes = result
+        else:  # the task never came back (its Ray worker died each time)
+            outcomes = [already_labelled(s, self.cfg) or failed_outcome(s, self.cfg, result) for s in sources]
+        for src, outcome in zip(sources, outcomes):
+            self.summary.add(outcome)
+            finished_in_this_process += 1
+            self.done += 1
+            parts = f" (in {outcome.segments} segments)" if outcome.segments > 1 else ""
+            logger.info("[%d/%d] %s: %s%s", self.done, self.done + self.videos_in_flight + len(self.waiting),
+                        outcome.row["status"], shown(src.uri), parts)
 
 
 def run_label_archive(sources: list[str], out: str, *, ray_address: str | None = None,

@@ -9,7 +9,7 @@ from emoframe.flows.archive.ledger import Ledger
 from emoframe.flows.archive.sources import skip_code
 from emoframe.workers.spec.errors import Reason, ServiceUnavailableError, StorageUnavailableError
 from emoframe.workers.spec.schema import STATUS_FAILED, STATUS_LABELLED, STATUS_SKIPPED, videos_path
-from emoframe.workers.output.rows import evict, remove_frames
+from emoframe.workers.output.rows import evict, read_rows, remove_frames
 from emoframe.workers.output.sink import video_row, videos_table, write_atomic
 from emoframe.workers.output.storage import filesystem_for
 from emoframe.workers.task.video_job import LabelConfig, Source, VideoOutcome
@@ -31,6 +31,20 @@ def failed_outcome(source: Source, cfg: LabelConfig, exc: BaseException) -> Vide
     fs, base = filesystem_for(cfg.out)
     write_atomic(videos_table([row]), fs, videos_path(base, cfg.model_version, source.uri))
     return VideoOutcome(row)
+
+
+def already_labelled(source: Source, cfg: LabelConfig) -> VideoOutcome | None:
+    """A video of a task that never came back, but whose labelling finished before its worker died (it was in a
+    bundle): its labelled row from this run, which a failed row must not replace. Class counts are not in the
+    row; the summary counts it without them."""
+    fs, base = filesystem_for(cfg.out)
+    try:
+        table = read_rows(fs, base, cfg.model_version, source.uri, "videos")
+    except OSError:
+        return None
+    rows = table.to_pylist() if table is not None else []
+    done = [r for r in rows if r["run_id"] == cfg.run_id and r["status"] == STATUS_LABELLED]
+    return VideoOutcome(done[-1]) if done else None
 
 
 def record_skipped(skipped: dict[str, str], ledger: Ledger, out: str, model_version: str, model_name: str,

@@ -3,8 +3,9 @@
 In a Ray worker it is a line every ``LINE_EVERY_S`` (``clip.mp4: 512/4,320 frames, 23.1 frames/s, 2 min 45 s
 left``), which Ray forwards to the driver's terminal and log with the worker's prefix: plain lines survive a
 log file and a `ray job` log, where Ray's own tqdm bars were not drawn under Prefect's flow. Outside Ray it is
-a tqdm bar on stderr. Under a Prefect task run it is also a Prefect progress artifact (the task's page in the
-UI shows the percentage). The isolated child's progress reports (one per chunk of frames) drive it.
+a tqdm bar on stderr. Under a Prefect task run a video that takes longer than ``ARTIFACT_EVERY_S`` is also a
+Prefect progress artifact (the task's page in the UI shows the percentage). The isolated child's progress
+reports (one per chunk of frames) drive it.
 """
 
 from __future__ import annotations
@@ -66,22 +67,26 @@ def _bar(desc: str) -> Any:
 
 
 def _prefect_artifact(desc: str) -> Callable[[float], None] | None:
-    """An updater of a progress artifact of the current Prefect task run, or None outside one."""
+    """An updater of a progress artifact of the current Prefect task run, or None outside one. The artifact
+    is made at the first update: a video labelled within ARTIFACT_EVERY_S never costs the API a call."""
     try:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
         from prefect.context import TaskRunContext
 
         if TaskRunContext.get() is None:
             return None
-        artifact = create_progress_artifact(progress=0.0, description=f"frames labelled: {desc}")
-    except Exception:  # no API reachable: the terminal bar is enough
+    except Exception:  # no Prefect: the terminal bar is enough
         return None
+    artifact: list = []
 
     def update(pct: float) -> None:
         try:
-            # Prefect types its sync-or-async call UUID | Coroutine; called from sync code it is a UUID.
-            update_progress_artifact(artifact, progress=pct)  # type: ignore[arg-type]
-        except Exception:
+            if not artifact:
+                artifact.append(create_progress_artifact(progress=pct, description=f"frames labelled: {desc}"))
+            else:
+                # Prefect types its sync-or-async call UUID | Coroutine; called from sync code it is a UUID.
+                update_progress_artifact(artifact[0], progress=pct)
+        except Exception:  # no API reachable: the terminal bar is enough
             pass
 
     return update
@@ -96,7 +101,8 @@ class VideoProgress:
         self._bar = bar
         self._artifact = artifact
         self._clock = clock
-        self._last_artifact = float("-inf")
+        self._last_artifact = clock()  # the first update one period in: short videos make no artifact
+        self._artifact_shown = False
         self.total: int | None = None
         self.done = 0
 
@@ -116,10 +122,11 @@ class VideoProgress:
         now = self._clock()
         if self._artifact is not None and self.total and now - self._last_artifact >= ARTIFACT_EVERY_S:
             self._last_artifact = now
+            self._artifact_shown = True
             self._artifact(round(100.0 * self.done / self.total, 1))
 
     def close(self) -> None:
-        if self._artifact is not None and self.total:
+        if self._artifact is not None and self._artifact_shown and self.total:
             self._artifact(round(100.0 * self.done / self.total, 1))
         if self._bar is not None:
             self._bar.close()

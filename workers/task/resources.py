@@ -1,4 +1,4 @@
-"""What one video task asks Ray for, and how many videos a run keeps in flight.
+"""What one video task asks Ray for, how many tasks a run keeps in flight, and which videos share one.
 
 Ray schedules by declared resources: a task that declares the default (1 CPU, no memory) next to a child
 process that really takes most of a gigabyte lets Ray start more videos than a node can hold. The figures
@@ -15,7 +15,14 @@ from dataclasses import dataclass
 TASK_CPUS = 1.0
 # The measured peak of the worker and its child (1,359 MB), with a margin: see the module docstring.
 TASK_MEMORY_MB = 1536
-QUEUED_PER_SLOT = 1  # videos waiting behind each running one: a slot never waits on the driver to submit
+QUEUED_PER_SLOT = 1  # tasks waiting behind each running one: a slot never waits on the driver to submit
+# A task costs about 0.4 s of CPU besides its video (Prefect's task engine on the worker and its three state
+# changes through the API, Ray's dispatch, the driver's bookkeeping: benchmarks/archive_scale.py), more than
+# a 2-second clip's own labelling. So while every task slot is taken, small files wait together and go as
+# one task: up to BUNDLE_MAX_VIDEOS of them, BUNDLE_MAX_BYTES in all. A file that size or larger, or of
+# unknown size, goes alone; and with a slot free nothing waits.
+BUNDLE_MAX_VIDEOS = 16
+BUNDLE_MAX_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,11 @@ class VideoTaskResources:
 
             slots = self.slots(ray.cluster_resources())
         return slots * (1 + QUEUED_PER_SLOT)
+
+    @staticmethod
+    def bundles(size_bytes: int | None) -> bool:
+        """Whether a file this size may share a task with other small ones."""
+        return size_bytes is not None and size_bytes < BUNDLE_MAX_BYTES
 
     def describe(self) -> str:
         return f"{self.cpus:g} CPU and {self.memory_mb} MB"
