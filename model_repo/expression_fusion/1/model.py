@@ -62,6 +62,10 @@ def _to_triton(name: str, x: torch.Tensor):
 FACE_INPUT = "face"  # the contract's per-frame crops [B, T, H, W, C]; the other inputs go to the window model
 SPLIT_PARAMETER = "face_reader_split"  # config parameter: "off" serves the plain forward
 SPLIT_ATOL = 1e-4  # the split path may differ from forward by float rounding only (measured: < 1e-5)
+# On CPU the reader reads its crops this many at a time: a batch's activations then stay in the core's cache.
+# FER's network on one thread here: 1.44 ms a crop in chunks of 32 against 2.97 ms for 512 at once (a
+# batch of 16 windows holds about 270 distinct crops), with the same answers.
+CPU_READER_CHUNK = 32
 
 
 class FaceReaderSplit:
@@ -77,6 +81,7 @@ class FaceReaderSplit:
         if optimise:  # CPU: batch norm folded into the convolutions, oneDNN kernels (about 1.7x here)
             reader = torch.jit.optimize_for_inference(torch.jit.freeze(reader.eval()))
         self.reader = reader
+        self.chunk = CPU_READER_CHUNK if optimise else None  # a GPU reads the batch at once
         if hasattr(module, "fuse"):
             self.fuse = module.fuse
         else:
@@ -86,8 +91,12 @@ class FaceReaderSplit:
     def __call__(self, face: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         b, t = face.shape[:2]
         distinct, where = torch.unique(face.reshape(b * t, -1), dim=0, return_inverse=True)
-        evidence = self.reader(distinct.view(-1, *face.shape[2:]))[where]
-        return self.fuse(evidence.view(b, t, -1), *rest)
+        crops = distinct.view(-1, *face.shape[2:])
+        if self.chunk:
+            evidence = torch.cat([self.reader(c) for c in crops.split(self.chunk)])
+        else:
+            evidence = self.reader(crops)
+        return self.fuse(evidence[where].view(b, t, -1), *rest)
 
 
 def _probe_inputs(config: dict, device: torch.device) -> dict[str, torch.Tensor]:
