@@ -407,9 +407,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                         "per-node, its served version is sent to each node's server); ignored "
                                         "with --triton-url")
     g.add_argument("--max-in-flight", type=_positive_int, metavar="N",
-                   help="videos submitted to Ray and not finished, at most (default: two per video slot of the "
-                        "cluster: its CPUs, and its memory at 1.5 GB a video; with --triton per-node, what the "
-                        "servers leave on their nodes)")
+                   help="tasks submitted to Ray and not finished, at most; a task is a video, or a bundle of "
+                        "small files while every slot is taken (default: two per video slot of the cluster: its "
+                        "CPUs, and its memory at 1.5 GB a task; with --triton per-node, what the servers leave "
+                        "on their nodes)")
     g.add_argument("--segment-minutes", type=_minutes, metavar="M", default=DEFAULT_SEGMENT_MINUTES,
                    help="a video at least twice this long is labelled in segments of at least M minutes by "
                         "parallel Ray tasks when the cluster has free workers (the same rows as one task); "

@@ -185,7 +185,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
     ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/spec/policy.py); ``min_fps`` and
     ``video_timeout_s`` the overall limit per video (workers/processes/isolation.py, Limits); ``report`` writes the HTML
-    report (flows/analysis/report.py) beside a local output; ``max_in_flight`` bounds the videos submitted and not
+    report (flows/analysis/report.py) beside a local output; ``max_in_flight`` bounds the tasks submitted and not
     finished (default: two per video slot of the Ray cluster, workers/task/resources.py); ``triton="per-node"``
     starts a Triton on each Ray node instead of one beside the flow (workers/task/triton_nodes.py);
     ``segment_minutes``: a video of two such segments or more is labelled in parallel segments when the
