@@ -152,15 +152,15 @@ def test_a_retry_of_a_bundle_labels_only_what_it_had_not_finished(monkeypatch):
     assert [o.row["status"] for o in outcomes] == ["labelled", "failed", "labelled"]
 
 
-def test_a_bundle_that_never_came_back_keeps_the_labelled_rows_its_worker_wrote(tmp_path):
+def test_a_bundle_that_never_came_back_keeps_the_labelled_rows_its_worker_wrote(tmp_path, monkeypatch):
     """Ray gave up on a bundle whose worker kept dying after it had labelled some of its videos: those keep
     their labelled row (the flow writes failed rows only for the others); a row of an earlier run does not
     count."""
     from datetime import datetime, timezone
 
     import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
-    from emoframe.flows.run.records import already_labelled, failed_outcome
     from emoframe.workers.output.sink import video_row, videos_table, write_atomic
     from emoframe.workers.spec.schema import videos_path
 
@@ -169,9 +169,20 @@ def test_a_bundle_that_never_came_back_keeps_the_labelled_rows_its_worker_wrote(
     for uri, run in (("/v/done.mp4", "now"), ("/v/before.mp4", "earlier")):
         row = video_row(uri, status="labelled", model_name=cfg.model_name, run_id=run, started_at=now)
         write_atomic(videos_table([row]), fs, videos_path(str(tmp_path), "3", uri))
-    sources = [Source("/v/done.mp4", 1), Source("/v/before.mp4", 1), Source("/v/never.mp4", 1)]
-    died = RuntimeError("the worker died")
-    outcomes = [already_labelled(s, cfg) or failed_outcome(s, cfg, died) for s in sources]
-    assert [(o.row["status"], o.row["run_id"]) for o in outcomes] == \
-        [("labelled", "now"), ("failed", "now"), ("failed", "now")]
-    assert outcomes[2].row["error_reason"] == "internal_error"
+
+    class Dies:
+        def submit(self, sources, cfg):
+            fut = _Future(RuntimeError("the worker died"))
+            fut.finish()
+            return fut
+
+    monkeypatch.setattr(label_archive, "label_videos", Dies())
+    window = label_archive.InFlight(cfg, RunSummary("now", str(tmp_path), "3", POLICY), limit=1)
+    window._send([Source("/v/done.mp4", 1), Source("/v/before.mp4", 1), Source("/v/never.mp4", 1)])
+    window.drain()
+    rows = {u: pq.read_table(videos_path(str(tmp_path), "3", u)).to_pylist()[0]
+            for u in ("/v/done.mp4", "/v/before.mp4", "/v/never.mp4")}
+    assert {u: (r["status"], r["run_id"]) for u, r in rows.items()} == {
+        "/v/done.mp4": ("labelled", "now"), "/v/before.mp4": ("failed", "now"), "/v/never.mp4": ("failed", "now")}
+    assert rows["/v/never.mp4"]["error_reason"] == "internal_error"
+    assert window.summary.counts()["labelled"] == 1 and window.summary.counts()["failed"] == 2
