@@ -119,8 +119,8 @@ def render(m: dict, a: dict = ASSUMED) -> str:
         f"2. **Prefect's API**: {prefect_per_video * rate:,.0f} writes/s while running. A Prefect server on "
         "PostgreSQL is built for that; the temporary SQLite server a local run starts was not measured at that "
         "rate, so cluster runs should report to a real server (`serve`, or PREFECT_API_URL). "
-        "Beyond that, short videos would be labelled "
-        "several to a task.",
+        "Most of it is now the per-video log line of the flow; task runs and their states are few because "
+        "short videos go up to 16 to a task while every slot is busy.",
         f"3. **The object store**: {first * rate:,.0f} requests/s is far under S3's per-prefix limits (3,500 "
         "writes/s, 5,500 reads/s); the writes of a run are spread over one prefix per model version, so "
         "they are the first to meet that limit, at about "
