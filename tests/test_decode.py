@@ -148,3 +148,39 @@ def test_streamed_audio_features_equal_those_of_the_whole_track_read_at_once(med
     assert mel.shape == want_mel.shape and present.any()
     np.testing.assert_array_equal(present, want_present)
     np.testing.assert_allclose(mel, want_mel, rtol=0, atol=1e-6)  # measured: bitwise equal
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _read_slowly(path: str, monkeypatch, budget: int) -> tuple[float, list[int]]:
+    """Chunks of 64 frames read at a consumer's pace (as the face tracker takes them): the most the process's
+    memory grew, and a checksum of each chunk."""
+    import time
+    import zlib
+
+    from emoframe.workers.media import decode
+
+    monkeypatch.setattr(decode, "READ_AHEAD_BYTES", budget)
+    before, grew, sums = _rss_mb(), 0.0, []
+    for frames in decode._decord_chunks(path, 640, 360, 64):
+        sums.append(zlib.crc32(frames.tobytes()))
+        time.sleep(0.15)
+        grew = max(grew, _rss_mb() - before)
+    return grew, sums
+
+
+def test_decords_read_ahead_is_bounded_and_the_frames_are_the_same(tmp_path, monkeypatch):
+    """After each read decord decodes on to the end of the file and holds every frame (a 10-minute 640x360
+    video reached 6.7 GB and failed as too_large); past the budget a seek drops them. 900 frames of 640x360
+    are 622 MB decoded."""
+    from tests.media import write_video
+
+    path = str(write_video(tmp_path / "long.mp4", 900, 30, size=(640, 360)))
+    unbounded, want = _read_slowly(path, monkeypatch, 2**40)
+    bounded, got = _read_slowly(path, monkeypatch, 64 * 2**20)
+    assert got == want  # the seek changes no pixel
+    assert unbounded > 350, f"decord held {unbounded:.0f} MB ahead: its read-ahead may be gone (decord changed?)"
+    assert bounded < 200, f"{bounded:.0f} MB with a 64 MB read-ahead budget (unbounded: {unbounded:.0f} MB)"
