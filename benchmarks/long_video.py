@@ -100,7 +100,7 @@ def tables(cfg, uri: str):
 
 
 def split_task(src, cfg, options: dict):
-    """A video task as the flow's ``label_one`` runs it, with segments reserved on the local Ray."""
+    """A video as the flow's ``label_one`` labels it in its task, with segments reserved on the local Ray."""
     import functools
 
     from emoframe.workers.task.segments import label_split, ray_workers

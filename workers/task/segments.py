@@ -566,7 +566,7 @@ def serial_map(fn: Callable, args: list[tuple]) -> list:
 
 
 def ray_map(fn: Callable, args: list[tuple], num_cpus: float = 1) -> list:
-    """Each call a Ray task of one core (as ``label_one``), all at once; results in order."""
+    """Each call a Ray task of one core (as a video task), all at once; results in order."""
     import ray
 
     remote = ray.remote(num_cpus=num_cpus, max_retries=RAY_TASK_RETRIES)(fn)
