@@ -48,7 +48,7 @@ def _main_module_preload() -> list[str]:
     module again before it starts (multiprocessing's spawn preparation); with the main's imports already
     loaded in the forkserver that is cheap. In a Ray worker the main is Ray's worker script, and importing
     ray anew cost 1.2 s per video, 15 times a 24-frame clip's own work (0.08 s). ("__main__" in the preload
-    list should do this, but Python before 3.14 never passes the forkserver the main's path: gh-126631.)"""
+    list should do this, but Python 3.11 never passes the forkserver the main's path: CPython gh-126631.)"""
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", None)
     if name:  # `python -m package.module`
