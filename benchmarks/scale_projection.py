@@ -30,22 +30,16 @@ ASSUMED = {
 }
 
 
-def cpu_instance_threads(cores: int) -> int:
-    """Threads of Triton's one CPU instance on a machine of ``cores``: the share of the cores that model.py
-    gives its CPU instances (workers/serving/triton_backend.py CPU_SHARE, which a test holds equal to this
-    one; that module only imports inside Triton)."""
-    from emoframe.workers.task.triton_nodes import TRITON_CPU_SHARE
-
-    return max(1, int(cores * TRITON_CPU_SHARE))
-
-
 def load() -> dict:
     return {name: json.loads(path.read_text()) for name, path in SOURCES.items()}
 
 
 def render(m: dict, a: dict = ASSUMED) -> str:
     arch, s3, out, triton = m["archive_scale"], m["s3_requests"], m["output_scale"], m["triton_bench_cpu"]
-    triton_threads = cpu_instance_threads(triton["stamp"]["cpu_count"]["usable"])
+    from emoframe.workers.task.triton_nodes import cpu_instance_threads
+
+    triton_threads = triton["stamp"].get("cpu_instance_threads") or \
+        cpu_instance_threads(triton["stamp"]["cpu_count"]["usable"])
     triton_ms = triton_threads * 1000 / triton["kinds"]["KIND_CPU"]["throughput"]["labelled_frames_per_s"]
     n = a["videos"]
     slots = a["nodes"] * a["cpus_per_node"]

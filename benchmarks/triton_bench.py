@@ -58,6 +58,7 @@ from emoframe.training.export import latest_version  # noqa: E402
 from emoframe.workers.spec.contract import MAX_BATCH_SIZE, MODEL_NAME, PREPROCESSING, input_specs  # noqa: E402
 from emoframe.workers.spec.policy import POLICY  # noqa: E402
 from emoframe.workers.inference.triton_client import TritonClient  # noqa: E402
+from emoframe.workers.task.triton_nodes import cpu_instance_threads  # noqa: E402
 from emoframe.workers.serving.triton_config import set_instance_kind, set_parameter  # noqa: E402
 from emoframe.workers.serving.triton_server import EmbeddedTriton  # noqa: E402
 
@@ -285,6 +286,9 @@ def render(report: dict) -> str:
         cells = [get(rows[k]) for k in kinds] + [f"{r[key]:.2f}x" if key in r else "" for _, r in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cpu = st["cpu_count"]["usable"]
+    threads = st.get("cpu_instance_threads")  # recorded since the CPU instance runs on a share of the cores
+    cpu_use = (f"the CPU instance runs {threads} thread{'s' if threads > 1 else ''} on them (model.py's CPU_SHARE)"
+               if threads else "the CPU rows use those cores")
     published = PUBLISHED if "KIND_GPU" in rows else PUBLISHED_CPU
     machine = f"{st['gpu_name']} with " if st["gpu_name"] else "a machine without a GPU, "
     diff = rows.get("KIND_GPU", {}).get("max_abs_diff_vs_cpu")
@@ -295,7 +299,7 @@ def render(report: dict) -> str:
                   f"rows read each distinct face crop once, with probabilities within {split_diff:.1e} of it.")
     lines += ["", f"Model version {rows[kinds[0]].get('served_version')} through the real tritonserver, measured by "
                   f"`benchmarks/triton_bench.py --publish` at commit `{st['commit'][:12]}` ({st['date'][:10]}) on "
-                  f"{machine}{cpu} CPU cores; the CPU rows use those cores. Figures in "
+                  f"{machine}{cpu} CPU cores; {cpu_use}. Figures in "
                   f"`{published.relative_to(ROOT)}`.{agree}"]
     return "\n".join(lines)
 
@@ -433,7 +437,8 @@ def main() -> int:
             "stamp": {"commit": git["head"], "dirty": git["dirty"], "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                       "device": gpu_name if gpu else "cpu", "gpu_name": gpu_name,
                       "torch": torch.__version__, "python": platform.python_version(),
-                      "cpu_count": cpus, "platform": platform.platform(),
+                      "cpu_count": cpus, "cpu_instance_threads": cpu_instance_threads(cpus["usable"]),
+                      "platform": platform.platform(),
                       "nvidia_pytriton": _version("nvidia-pytriton"), "tritonclient": _version("tritonclient"),
                       "tritonserver": str(binary)},
             "git": git,

@@ -139,9 +139,9 @@ def test_cpu_instances_take_the_share_of_the_cores_a_per_node_server_declares(ba
                                                                              threads):
     """Each instance is a process: together they take CPU_SHARE of the cores (never less than a thread each),
     the share a per-node server declares to Ray, so the video tasks beside it keep the rest."""
-    from emoframe.workers.task.triton_nodes import TRITON_CPU_SHARE
+    from emoframe.workers.task.triton_nodes import TRITON_CPU_SHARE, cpu_instance_threads
 
     assert backend.CPU_SHARE == TRITON_CPU_SHARE
     monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(cores)))
     cfg = {"instance_group": [{"kind": "KIND_CPU", "count": count}]}
-    assert backend._cpu_threads(cfg) == threads
+    assert backend._cpu_threads(cfg) == threads == cpu_instance_threads(cores, count)  # the benchmarks' copy

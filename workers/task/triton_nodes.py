@@ -55,6 +55,12 @@ logger = logging.getLogger(__name__)
 # take the same share of the cores as threads (workers/serving/triton_backend.py, CPU_SHARE). With KIND_GPU
 # the model is on the GPU and one core feeds it (gRPC, the dynamic batcher, the backend stub's copies).
 TRITON_CPU_SHARE = 0.5
+
+
+def cpu_instance_threads(cores: int, instances: int = 1) -> int:
+    """Threads of each CPU instance of the model on a machine of ``cores``: TRITON_CPU_SHARE of them, split
+    between the instances (model.py computes the same: it deploys without emoframe, so it has its own copy)."""
+    return max(1, int(cores * TRITON_CPU_SHARE) // instances)
 TRITON_GPU_NODE_CPUS = 1.0
 # Peak proportional set size of tritonserver and its Python-backend stub serving model version 3 on CPU,
 # 974 MB with two batches of 16 windows in flight (benchmarks/triton_node.py), with a margin for more.
