@@ -6,6 +6,7 @@ timer thread (tests/test_pipeline.py and the fault tests run the real one on Ray
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -18,6 +19,16 @@ from emoframe.workers.task.resources import BUNDLE_MAX_BYTES, BUNDLE_MAX_VIDEOS
 from emoframe.workers.task.video_job import LabelConfig, Source, VideoOutcome
 
 CFG = LabelConfig(out="/nowhere", run_id="r1", triton_url="", model_version="3")
+
+
+@pytest.fixture(autouse=True)
+def quiet_flow_logger(monkeypatch):
+    """The window's progress lines go to a logger of this test's own: an earlier test's in-process flow run
+    leaves Prefect's handlers on the emoframe logger, bound to a stream pytest has closed since."""
+    quiet = logging.getLogger("tests.test_bundles")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    monkeypatch.setattr(label_archive, "logger", quiet)
 
 
 class _Future:
