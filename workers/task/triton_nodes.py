@@ -49,18 +49,13 @@ from emoframe.workers.task.video_job import LabelConfig
 
 logger = logging.getLogger(__name__)
 
-# CPUs a server declares to Ray. With KIND_CPU the model runs on the node's cores: about 2.8 ms of CPU per
-# labelled frame of one face (docs/triton_bench_cpu.json), as much as a --faces detect video task spends
-# decoding and tracking the frame. Half the node then, the rest for video tasks; model.py's CPU instances
-# take the same share of the cores as threads (workers/serving/triton_backend.py, CPU_SHARE). With KIND_GPU
-# the model is on the GPU and one core feeds it (gRPC, the dynamic batcher, the backend stub's copies).
+# CPUs a server declares to Ray. With KIND_CPU the model runs on the node's cores: about 1.6 ms of CPU per
+# labelled frame of one face on one thread (docs/triton_bench_cpu.json), about as much as a --faces detect
+# video task spends decoding and tracking the frame. Half the node then, the rest for video tasks; model.py's
+# CPU instances take the same share of the cores as threads (workers/serving/triton_backend.py, CPU_SHARE).
+# With KIND_GPU the model is on the GPU and one core feeds it (gRPC, the dynamic batcher, the backend stub's
+# copies).
 TRITON_CPU_SHARE = 0.5
-
-
-def cpu_instance_threads(cores: int, instances: int = 1) -> int:
-    """Threads of each CPU instance of the model on a machine of ``cores``: TRITON_CPU_SHARE of them, split
-    between the instances (model.py computes the same: it deploys without emoframe, so it has its own copy)."""
-    return max(1, int(cores * TRITON_CPU_SHARE) // instances)
 TRITON_GPU_NODE_CPUS = 1.0
 # Peak proportional set size of tritonserver and its Python-backend stub serving model version 3 on CPU,
 # 974 MB with two batches of 16 windows in flight (benchmarks/triton_node.py), with a margin for more.
@@ -68,6 +63,12 @@ TRITON_MEMORY_MB = 1536
 READY_TIMEOUT_S = 300.0  # placement (the node may be busy) plus the server's start
 SERVER_ID_PREFIX = "emoframe-"  # + "<run id>-<Ray node id>": what the server answers as its name
 NODE_LABEL = "ray.io/node-id"  # Ray's built-in node label
+
+
+def cpu_instance_threads(cores: int, instances: int = 1) -> int:
+    """Threads of each CPU instance of the model on a machine of ``cores``: TRITON_CPU_SHARE of them, split
+    between the instances (model.py computes the same: it deploys without emoframe, so it has its own copy)."""
+    return max(1, int(cores * TRITON_CPU_SHARE) // instances)
 
 
 class NoNodeServerError(ServiceUnavailableError):
