@@ -61,6 +61,23 @@ def test_a_record_reaches_stderr_with_its_module_and_level(fresh_logger, capsys)
     assert err[1].endswith("| INFO    | emoframe.workers.task.triton_nodes - ready"), err
 
 
+def test_a_record_still_prints_after_the_stderr_it_last_wrote_to_was_closed(fresh_logger, monkeypatch, tmp_path):
+    """pytest and the CLI's tests swap sys.stderr and close the old one; the next record goes to the new one
+    (it failed with "I/O operation on closed file" when the handler flushed the old stream first)."""
+    import io
+
+    logs.configure("info")
+    first = open(tmp_path / "first.log", "w")  # a file: flushing a closed one raises (a StringIO's does not)
+    monkeypatch.setattr(sys, "stderr", first)
+    logging.getLogger("emoframe.x").info("one")
+    first.close()
+    assert (tmp_path / "first.log").read_text().endswith("emoframe.x - one\n")
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("emoframe.x").info("two")
+    assert second.getvalue().endswith("emoframe.x - two\n"), second.getvalue()
+
+
 def _label(folder: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "emoframe.flows.cli.main", "label", str(folder), "--out", str(out),
                            "--faces", "centred", "--no-report", *flags], capture_output=True, text=True,

@@ -27,7 +27,9 @@ class _Handler(logging.StreamHandler):
         self.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        # Assigned, not setStream(): that flushes the stream it replaces, which may be closed by now (an
+        # earlier test's captured stderr), and the record would fail instead of printing.
+        self.stream = sys.stderr
         super().emit(record)
 
 

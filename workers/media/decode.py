@@ -28,6 +28,7 @@ import torch  # noqa: F401  -- imported before decord: the other order can crash
 
 import decord  # noqa: E402
 
+from emoframe.workers.media.read_ahead import read_ahead  # noqa: E402
 from emoframe.workers.spec.errors import BadInputError, Reason  # noqa: E402
 
 
@@ -453,8 +454,8 @@ class VideoDecoder:
         p = self._get(path)
         stop = p.info.n_frames if stop is None else min(stop, p.info.n_frames)
         if p.backend == "decord":
-            return _decord_chunks(path, width, height, chunk, start, stop)
-        return _pyav_chunks(path, stop, width, height, chunk, start)
+            return read_ahead(_decord_chunks(path, width, height, chunk, start, stop), "decord")
+        return read_ahead(_pyav_chunks(path, stop, width, height, chunk, start), "pyav")
 
     def read_frames(self, path: str, indices: list[int], width: int, height: int) -> np.ndarray:
         p = self._get(path)
