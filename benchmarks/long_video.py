@@ -159,7 +159,8 @@ def main() -> None:
               f"{results['one_cpu_s']:.0f} s (Triton {results['one_triton_cpu_s']:.0f} s)")
 
         least = a.segment_minutes or a.minutes / (a.workers + 0.5)
-        split = dataclasses.replace(config("split"), segment_minutes=least)
+        # The split of N workers, whatever the default minimum (emoframe.workers.task.video_job.DEFAULT_MIN_SEGMENTS).
+        split = dataclasses.replace(config("split"), segment_minutes=least, min_segments=max(2, a.workers))
         c0, tc0, t0 = cpu_seconds(me), cpu_seconds(triton), time.monotonic()
         # The flow's path: a video task (one core, a video's memory) that probes, reserves workers for the
         # other segments (a placement group) and runs the first one itself.

@@ -19,8 +19,8 @@ from tests.media import fit, read_image, still_clip, write_frames, write_video
 from emoframe.workers.spec.policy import SYNTHETIC_POLICY
 from emoframe.workers.spec.schema import frames_path, videos_path
 from emoframe.workers.task.segments import (SegmentFailure, TrackPart, fixed_workers, label_in_segments,
-                                            label_long_video, plan_segments, probe_video, ray_map, segment_count,
-                                            serial_map, track_segment)
+                                            label_long_video, label_split, plan_segments, probe_video, ray_map,
+                                            segment_count, serial_map, track_segment)
 from emoframe.workers.inference.triton_client import TritonClient
 from emoframe.workers.serving.triton_server import EmbeddedTriton
 from emoframe.workers.task.video_task import LabelConfig, Source, label_video
@@ -230,6 +230,28 @@ def test_a_video_shorter_than_a_segment_is_not_split(triton, centred_clip, tmp_p
     assert outcome.row["status"] == "labelled" and outcome.segments == 1
 
 
+def test_fewer_than_min_segments_are_never_made(triton, centred_clip, tmp_path):
+    """Two segments are slower than one task (video_job.DEFAULT_MIN_SEGMENTS): a video long enough for only two
+    asks for no worker; one long enough for four, with one worker granted beside the task, is not split either;
+    with ``min_segments=2`` it is."""
+    cfg = config(triton, tmp_path, face_mode="centred")
+    assert cfg.min_segments == 3
+    src = Source(str(centred_clip), centred_clip.stat().st_size, "m")
+    probe = probe_video(src, cfg)
+    asked: list[int] = []
+
+    def one_extra(n: int):  # a Reserve that grants one worker whatever is asked, and records the ask
+        asked.append(n)
+        return fixed_workers(1)(n)
+
+    assert label_split(src, dataclasses.replace(cfg, segment_minutes=2 / 9), probe, one_extra) is None
+    assert asked == []  # two segments' worth (200 frames each): nothing reserved
+    assert label_split(src, dataclasses.replace(cfg, segment_minutes=1 / 9), probe, one_extra) is None
+    assert asked == [3]  # four segments' worth, one worker granted: two segments, not made
+    outcome = label_split(src, dataclasses.replace(cfg, segment_minutes=1 / 9, min_segments=2), probe, one_extra)
+    assert outcome is not None and outcome.segments == 2 and outcome.row["status"] == "labelled"
+
+
 def test_bad_input_in_one_segment_fails_the_video_with_a_row_and_no_frames(triton, cut_clip, tmp_path):
     """Frames from 200 on are corrupt: the second segment's task fails, the first one's succeeds. The video
     gets a failed row, and no frames file: not the first segment's half, nor an earlier run's."""
@@ -258,7 +280,8 @@ def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(trit
     least 0.05 minute (72 frames at 24 fps), a 240-frame real clip (WolfgangLanger_Pexels.mp4's first 10 s)
     is long enough for three; the video task holds one CPU and the placement group it asks for gets another
     (two CPUs here), and chunks of 64 frames allow one boundary, at 128 (inside windows and voting spans): two
-    segments. Its frames file is the one that one task writes, bit for bit; its videos row says labelled."""
+    segments (``min_segments=2``: the default, 3, would label it in one task). Its frames file is the one that
+    one task writes, bit for bit; its videos row says labelled."""
     import pyarrow.fs as pafs
 
     from emoframe.flows.run.label_archive import run_label_archive
@@ -269,7 +292,7 @@ def test_the_flow_labels_a_long_video_in_segments_with_the_rows_of_one_task(trit
     clip = write_frames(tmp_path / "in" / "interview.mp4", frames, 24)
     url, version = triton
     result = run_label_archive([str(tmp_path / "in")], str(tmp_path / "split"), triton_url=url, chunk_frames=64,
-                               segment_minutes=0.05, report=False)
+                               segment_minutes=0.05, min_segments=2, report=False)
     assert result["labelled"] == 1 and result["failed"] == 0, result["text"]
     # emoframe's log handler writes each record as it is made (flows/run/logs.py), on stderr.
     assert "[1/1] labelled" in (err := capfd.readouterr().err) and "(in 2 segments)" in err, err[-3000:]

@@ -44,7 +44,8 @@ from emoframe.workers.output.storage import filesystem_for, is_remote
 from emoframe.workers.output.state import STATE_DIR, run_lease
 from emoframe.workers.inference.triton_client import TritonClient
 from emoframe.workers.task.triton_nodes import Served, for_this_node, per_node_tritons
-from emoframe.workers.task.video_job import DEFAULT_SEGMENT_MINUTES, LabelConfig, Source, VideoOutcome
+from emoframe.workers.task.video_job import (DEFAULT_MIN_SEGMENTS, DEFAULT_SEGMENT_MINUTES, LabelConfig, Source,
+                                             VideoOutcome)
 from emoframe.workers.task.video_task import label_video
 
 logger = logging.getLogger(__name__)
@@ -181,15 +182,16 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
                   vote_seconds: float = POLICY.vote_seconds, audio: bool = POLICY.audio,
                   min_fps: float = Limits.min_fps, video_timeout_s: float | None = None, report: bool = True,
                   max_in_flight: int | None = None, triton: str = "embedded",
-                  segment_minutes: float = DEFAULT_SEGMENT_MINUTES) -> dict:
+                  segment_minutes: float = DEFAULT_SEGMENT_MINUTES,
+                  min_segments: int = DEFAULT_MIN_SEGMENTS) -> dict:
     """Label every video under ``sources`` into Parquet under ``out``. Returns the run summary as a dict.
     ``stride``, ``vote_seconds`` and ``audio`` are the labelling policy (workers/spec/policy.py); ``min_fps`` and
     ``video_timeout_s`` the overall limit per video (workers/processes/isolation.py, Limits); ``report`` writes the HTML
     report (flows/analysis/report.py) beside a local output; ``max_in_flight`` bounds the tasks submitted and not
     finished (default: two per video slot of the Ray cluster, workers/task/resources.py); ``triton="per-node"``
     starts a Triton on each Ray node instead of one beside the flow (workers/task/triton_nodes.py);
-    ``segment_minutes``: a video of two such segments or more is labelled in parallel segments when the
-    cluster has free workers (workers/task/segments.py), 0 never."""
+    ``segment_minutes``: a video of ``min_segments`` such segments or more is labelled in parallel segments
+    when the cluster has that many workers free (workers/task/segments.py), 0 never."""
     # Scheduled runs get here without the CLI's preflight. Prefect has stored the parameters by now; the
     # check keeps a secret out of the output and the logs, and `emoframe serve` refuses it before registering.
     check_uris(sources, out)
@@ -199,6 +201,8 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
     limits = Limits(min_fps=min_fps, timeout_s=video_timeout_s)
     if not segment_minutes >= 0:
         raise ValueError(f"segment_minutes must be 0 (never split) or more, not {segment_minutes}")
+    if min_segments < 2:
+        raise ValueError(f"min_segments must be 2 or more, not {min_segments}")
     run_id = new_run_id()
     listing = Listing()
     batches = iter_sources(sources, listing, tuple(include or ()), tuple(exclude or ()), exclude_roots=(out,))
@@ -223,7 +227,7 @@ def label_archive(sources: list[str], out: str, triton_url: str | None = None, f
         cfg = LabelConfig(out=out, run_id=run_id, triton_url=served.url, model_version=version,
                           face_mode=cast(FaceMode, face_mode), policy=policy, limits=limits,
                           chunk_frames=chunk_frames, triton_nodes=served.nodes,
-                          segment_minutes=segment_minutes)
+                          segment_minutes=segment_minutes, min_segments=min_segments)
         summary = RunSummary(run_id, out if is_remote(out) else out_base, version, policy, missing=listing.missing,
                              warnings=listing.warnings)
         planner = Planner(cfg, force, summary)

@@ -134,13 +134,14 @@ def segment_frames(minutes: float, fps: float) -> int:
     return max(1, round(minutes * 60 * fps))
 
 
-def splittable(decoder, path: str, info: VideoInfo, minutes: float) -> Probe | None:
-    """In the isolated child, right after the probe: the video's ``Probe`` when it is long enough for two
-    segments of ``minutes`` and decord decodes it, else None (labelled in one task)."""
-    if info.n_frames < 2 * segment_frames(minutes, info.fps):
+def splittable(decoder, path: str, info: VideoInfo, minutes: float, min_segments: int = 2) -> Probe | None:
+    """In the isolated child, right after the probe: the video's ``Probe`` when it is long enough for
+    ``min_segments`` segments of ``minutes`` and decord decodes it, else None (labelled in one task)."""
+    least = segment_frames(minutes, info.fps)
+    if info.n_frames < max(2, min_segments) * least:
         return None
     probe = _probe_of(decoder, path, info)
-    return probe if segment_count(probe, 2, segment_frames(minutes, info.fps)) > 1 else None
+    return probe if segment_count(probe, max(2, min_segments), least) >= max(2, min_segments) else None
 
 
 def segment_count(probe: Probe, free_workers: int, min_segment_frames: int) -> int:
@@ -732,12 +733,13 @@ def label_split(source, cfg, probe: Probe, reserve: Reserve, timings: dict[str, 
     """``label_video``'s ``split``: ``probe``'s video in as many segments of at least ``cfg.segment_minutes``
     as ``reserve`` grants workers for (beside the calling task's own), or None when it grants none."""
     least = segment_frames(cfg.segment_minutes, probe.info.fps)
+    fewest = max(2, cfg.min_segments)  # fewer would be slower than one task (video_job.DEFAULT_MIN_SEGMENTS)
     want = segment_count(probe, probe.info.n_frames, least)
-    if want <= 1:
+    if want < fewest:
         return None
     with reserve(want - 1) as (extra, pmap):
         count = segment_count(probe, extra + 1, least)
-        if count <= 1:
+        if count < fewest:
             return None
         segments = plan_segments(probe.info.n_frames, count, cfg.chunk_frames)
         return label_in_segments(source, cfg, probe, segments, pmap, timings)

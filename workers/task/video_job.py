@@ -13,6 +13,12 @@ from emoframe.workers.spec.retries import VIDEO_ATTEMPTS
 # Shorter segments: their fixed costs (a probe, a 512-frame tracker warm-up, the sound decoded from the start)
 # weigh more than the parallelism gains (benchmarks/long_video.py).
 DEFAULT_SEGMENT_MINUTES = 2.0
+# A video is split into no fewer segments than this. A split decodes each segment's frames twice (to track its
+# faces, then to label them) and its two waves do not overlap with Triton: its CPU was 1.45x one task's
+# (95 against 66 s), while one task already keeps about 1.8 cores busy (decoding a chunk ahead, Triton). On 2
+# cores a 10-minute video took 49.5 s in 2 segments and 37.7 s in one task (docs/long_video.json at 2104d86);
+# from 3 workers on the split can be the faster.
+DEFAULT_MIN_SEGMENTS = 3
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class LabelConfig:
     # A video of at least two segments of this many minutes is labelled in segments by parallel tasks when the
     # cluster has free workers (workers/task/segments.py; the same rows as one task); 0 = never split.
     segment_minutes: float = DEFAULT_SEGMENT_MINUTES
+    min_segments: int = DEFAULT_MIN_SEGMENTS  # fewer workers free: one task labels it (see above)
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,9 @@ def _no_progress(n: int, total: int | None = None, /) -> None:
 def _label_frames(source: Source, cfg: LabelConfig, split_minutes: float = 0.0,
                   progress: Progress = _no_progress) -> _Labelled | Probe:
     """Decode, infer, vote and write the frames file. Raises BadInputError / ServiceUnavailableError.
-    ``split_minutes`` > 0: a video long enough for two segments of that length is not labelled here; its
-    ``Probe`` is returned instead (the probe that labelling needs anyway: a short video costs nothing more)."""
+    ``split_minutes`` > 0: a video long enough for ``cfg.min_segments`` segments of that length is not
+    labelled here; its ``Probe`` is returned instead (the probe that labelling needs anyway: a short video
+    costs nothing more)."""
     _limit_malloc_arenas()
     one_core()
     decoder = make_decoder(cfg.decoder)
@@ -119,7 +120,7 @@ def _label_frames(source: Source, cfg: LabelConfig, split_minutes: float = 0.0,
         if split_minutes > 0:
             from emoframe.workers.task.segments import splittable
 
-            probe = splittable(decoder, path, info, split_minutes)
+            probe = splittable(decoder, path, info, split_minutes, cfg.min_segments)
             if probe is not None:
                 return probe
         progress(0, info.n_frames)  # the watchdog scales the overall limit from the length
