@@ -137,11 +137,11 @@ def segment_frames(minutes: float, fps: float) -> int:
 def splittable(decoder, path: str, info: VideoInfo, minutes: float, min_segments: int = 2) -> Probe | None:
     """In the isolated child, right after the probe: the video's ``Probe`` when it is long enough for
     ``min_segments`` segments of ``minutes`` and decord decodes it, else None (labelled in one task)."""
-    least = segment_frames(minutes, info.fps)
-    if info.n_frames < max(2, min_segments) * least:
+    least, fewest = segment_frames(minutes, info.fps), max(2, min_segments)
+    if info.n_frames < fewest * least:
         return None
     probe = _probe_of(decoder, path, info)
-    return probe if segment_count(probe, max(2, min_segments), least) >= max(2, min_segments) else None
+    return probe if segment_count(probe, fewest, least) == fewest else None
 
 
 def segment_count(probe: Probe, free_workers: int, min_segment_frames: int) -> int:

@@ -41,8 +41,9 @@ class LabelConfig:
     # With a Triton per Ray node (workers/task/triton_nodes.py): (node id, gRPC URL on that node's loopback) pairs.
     triton_nodes: tuple[tuple[str, str], ...] = ()
     max_attempts: int = VIDEO_ATTEMPTS  # tries of a file whose decoding child crashes or hangs; then it failed
-    # A video of at least two segments of this many minutes is labelled in segments by parallel tasks when the
-    # cluster has free workers (workers/task/segments.py; the same rows as one task); 0 = never split.
+    # A video of at least ``min_segments`` segments of this many minutes is labelled in segments by parallel
+    # tasks when the cluster has that many workers free (workers/task/segments.py; the same rows as one task);
+    # 0 = never split.
     segment_minutes: float = DEFAULT_SEGMENT_MINUTES
     min_segments: int = DEFAULT_MIN_SEGMENTS  # fewer workers free: one task labels it (see above)
 
