@@ -21,14 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402  -- before decord
+import torch  # noqa: E402  -- before decord (imported by the decoder)
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 
-import decord  # noqa: E402
 from published import git_state, write_readme_block  # noqa: E402
 from tests.media import pyfeat_media  # noqa: E402
+from emoframe.workers.media.decode import VideoDecoder  # noqa: E402
+from emoframe.workers.media.preprocess import detect_size  # noqa: E402
 from emoframe.workers.media.faces.detector import MTCNN  # noqa: E402
 from emoframe.workers.media.faces.tracker import FaceTracker, TrackerSettings  # noqa: E402
 
@@ -52,11 +53,10 @@ def measure() -> dict:
         stills[name] = {"faces": len(detector.detect(img)), "expected": expected}
     clips = {}
     for name, span in CLIPS.items():
-        vr = decord.VideoReader(str(folder / name), ctx=decord.cpu(0), num_threads=1)
-        frames = vr.get_batch(list(range(len(vr)))).asnumpy()
-        if frames.shape[2] > 640:  # the pipeline decodes at most 640 px wide
-            vr = decord.VideoReader(str(folder / name), ctx=decord.cpu(0), num_threads=1, width=640, height=360)
-            frames = vr.get_batch(list(range(len(vr)))).asnumpy()
+        decoder = VideoDecoder()  # the frames the pipeline's detector sees (at most 640 px, from the planes)
+        info = decoder.probe(str(folder / name))
+        w, h = detect_size(info)
+        frames = np.concatenate(list(decoder.iter_frames(str(folder / name), w, h, 256, fast_scale=True)))
         tracker = FaceTracker(detector, TrackerSettings())
         t0 = time.perf_counter()
         res = []

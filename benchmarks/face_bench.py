@@ -9,11 +9,13 @@ For a 720p clip with one face and one with three (benchmarks/clips.py), measured
 - ``ffmpeg -threads 1 -i CLIP -f null -``: the reference single-thread decode rate every other figure is
   compared with (the wall time of that subprocess, frames / elapsed, best of ``--repeats``);
 - decord decode fps at full size and at 640x360 (one thread, ``get_batch`` in chunks of 256, ``asnumpy``
-  included: that is what the pipeline gets), best of ``--repeats``;
+  included), and the pipeline's own reading of raw footage at 640x360 (``VideoDecoder.iter_frames`` with
+  ``fast_scale``: PyAV, shrunk from the YUV planes; workers/media/yuv_rgb.py), best of ``--repeats``;
 - FaceTracker(MTCNN()) over the 640x360 frames with torch on one thread (as in the workers): ms/frame,
   full detections, O-Net refines, frames with a face, mean faces per frame, distinct track ids;
 - ``emoframe label CLIP --out TMP`` as a subprocess: the per-video ``processing_s`` from the videos table
-  (the CLI's own Triton/Ray/Prefect start-up is excluded), end-to-end fps, realtime factor and its ratio
+  (the CLI's own Triton/Ray/Prefect start-up is excluded, and so is the Ray worker's forkserver start,
+  which the worker makes as it starts), end-to-end fps, realtime factor and its ratio
   to the ffmpeg decode rate, best of ``--e2e-repeats`` runs (each run's is recorded); the subprocess's total
   wall time is recorded too. Before it, the same command
   with ``--model-repo`` a copy whose Triton serves the exported forward as is (config parameter
@@ -101,6 +103,26 @@ def decord_fps(clip: Path, size: tuple[int, int] | None, repeats: int) -> tuple[
     return n / best, n
 
 
+def _pipeline_chunks(clip: Path) -> Iterator[np.ndarray]:
+    """640x360 frames as the pipeline reads raw footage."""
+    from emoframe.workers.media.decode import VideoDecoder
+
+    yield from VideoDecoder().iter_frames(str(clip), SMALL[0], SMALL[1], CHUNK, fast_scale=True)
+
+
+def pipeline_fps(clip: Path, repeats: int) -> tuple[float, int]:
+    """Frames per second of the pipeline's reading of raw footage (probe included), and the frame count."""
+    import cv2
+
+    cv2.setNumThreads(1)  # as in the video task (workers/task/video_task.one_core)
+    best, n = float("inf"), 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = sum(len(c) for c in _pipeline_chunks(clip))
+        best = min(best, time.perf_counter() - t0)
+    return n / best, n
+
+
 def track(clip: Path) -> dict[str, Any]:
     """Detection + tracking cost per 640x360 frame (decoding not timed) and what the tracker found."""
     from emoframe.workers.media.faces.detector import MTCNN
@@ -108,7 +130,7 @@ def track(clip: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     detector = MTCNN()
-    first = _reader(clip, SMALL).get_batch([0]).asnumpy()[0]
+    first = next(_pipeline_chunks(clip))[0]
     warm = detector.detect(first)  # first-call allocations are not the tracker's steady cost
     detector.refine(first, warm.boxes)
     tracker = FaceTracker(detector)
@@ -117,7 +139,7 @@ def track(clip: Path) -> dict[str, Any]:
     detect_ms: list[float] = []
     follow_ms: list[float] = []
     elapsed = 0.0
-    for frames in _chunks(_reader(clip, SMALL)):
+    for frames in _pipeline_chunks(clip):
         if chunked:
             t0 = time.perf_counter()
             out = tracker.track_chunk(frames)
@@ -203,7 +225,8 @@ def bench_clip(clip: Path, info: ClipInfo, a: argparse.Namespace, flags: list[st
     r["ffmpeg_fps"] = ffmpeg_decode_fps(clip, info.frames, a.repeats)
     r["decord_full_fps"], n_full = decord_fps(clip, None, a.repeats)
     r["decord_small_fps"], n_small = decord_fps(clip, SMALL, a.repeats)
-    r["decord_frames"] = {"full": n_full, "small": n_small}
+    r["pipeline_small_fps"], n_pipeline = pipeline_fps(clip, a.repeats)
+    r["decord_frames"] = {"full": n_full, "small": n_small, "pipeline": n_pipeline}
     r["tracker"] = track(clip)
     if not a.skip_e2e:
         with tempfile.TemporaryDirectory(prefix="face-bench-forward-") as tmp:
@@ -267,6 +290,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     add("ffmpeg -threads 1 decode fps", lambda r: _fmt(r["ffmpeg_fps"]))
     add("decord full-size fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["decord_full_fps"]))
     add("decord 640x360 fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["decord_small_fps"]))
+    add("pipeline's 640x360 frames fps (x ffmpeg)", lambda r: x_ffmpeg(r, r["pipeline_small_fps"]))
     add("tracker ms/frame (API)", lambda r: "{ms_per_frame:.2f} ({api})".format(**r["tracker"]))
     add("  of which detection / tracking ms/frame",
         lambda r: f"{_fmt(r['tracker']['detect_ms_per_frame'], '.2f')} / "
