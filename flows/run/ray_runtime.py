@@ -6,8 +6,6 @@ import json
 import os
 from pathlib import Path
 
-from emoframe.workers.processes.isolation import WORKER_SETUP_HOOK
-
 
 # Where the object store is and how to reach it: what a worker on another node lacks when only the driver's
 # shell has it ("Could not resolve host: archive.s3.us-east-1.amazonaws.com"). Not secrets: Ray keeps a job's
@@ -31,17 +29,6 @@ def worker_env(api_url: str) -> dict[str, str]:
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
     inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
     return {k: v for k, v in env.items() if k not in inherited}
-
-
-def worker_runtime_env(env_vars: dict[str, str]) -> dict:
-    """The runtime env the run asks Ray for: ``env_vars`` (``worker_env``) and a setup hook that starts each
-    worker's forkserver as the worker starts (workers/processes/isolation.py), unless a `ray job submit`
-    job brought a hook of its own (Ray refuses two)."""
-    runtime: dict = {"env_vars": env_vars} if env_vars else {}
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-    if not (job.get("runtime_env") or {}).get("worker_process_setup_hook"):
-        runtime["worker_process_setup_hook"] = WORKER_SETUP_HOOK
-    return runtime
 
 
 def tighten_token_file(home: Path | None = None) -> Path | None:
