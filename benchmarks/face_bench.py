@@ -14,8 +14,8 @@ For a 720p clip with one face and one with three (benchmarks/clips.py), measured
 - FaceTracker(MTCNN()) over the 640x360 frames with torch on one thread (as in the workers): ms/frame,
   full detections, O-Net refines, frames with a face, mean faces per frame, distinct track ids;
 - ``emoframe label CLIP --out TMP`` as a subprocess: the per-video ``processing_s`` from the videos table
-  (the CLI's own Triton/Ray/Prefect start-up is excluded, and so is the Ray worker's forkserver start,
-  which the worker makes as it starts), end-to-end fps, realtime factor and its ratio
+  (the CLI's own Triton/Ray/Prefect start-up is excluded; the Ray worker's forkserver start, which its
+  first video pays, is not), end-to-end fps, realtime factor and its ratio
   to the ffmpeg decode rate, best of ``--e2e-repeats`` runs (each run's is recorded); the subprocess's total
   wall time is recorded too. Before it, the same command
   with ``--model-repo`` a copy whose Triton serves the exported forward as is (config parameter
