@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tests.media import write_timed, write_video
+from tests.media import rotate_quarter_turn, write_timed, write_video
 
 FPS = 15
 LATE_AUDIO_S = 2.0  # "late audio.*": the track starts this long after the first frame
@@ -39,7 +39,8 @@ def build(d: Path) -> dict[str, str]:
     ok("tiny 16x16.mp4", 20, size=(16, 16))
     ok("huge 3840x2160.mp4", 3, size=(3840, 2160))
     ok("variable frame rate.mp4", len(VFR_PTS), pts=VFR_PTS, time_base=Fraction(1, 30))
-    ok("rotated.mp4", 20, metadata={"rotate": "90"})
+    ok("rotated.mp4", 20)
+    rotate_quarter_turn(d / "rotated.mp4")  # a display matrix in the track header, as phones write
     ok("ünïcødé 表情 clip.mp4", 20, audio_seconds=1.4)
     (d / "sub").mkdir(parents=True, exist_ok=True)
     ok("sub/../dotdot.mp4", 20)

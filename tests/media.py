@@ -207,9 +207,10 @@ STRETCHES = {
 
 
 def rotate_quarter_turn(path: Path) -> Path:
-    """Mark an MP4 written here (one video track, tkhd version 0) as shown turned a quarter: the track
-    header's display matrix set as `ffmpeg -metadata:s:v rotate=90` writes it. PyAV cannot write it (its
-    "rotate" metadata is dropped by FFmpeg 6's muxer)."""
+    """Mark an MP4 written here (one video track, tkhd version 0) as shown turned a quarter counter-clockwise
+    from how its frames are stored, as a phone held sideways records: the track header's display matrix as
+    `ffmpeg -metadata:s:v rotate=90` writes it (FFmpeg and decord then show ``np.rot90(stored)``). PyAV
+    cannot write it: FFmpeg 6's muxer drops its "rotate" metadata."""
     import struct
 
     data = bytearray(path.read_bytes())

@@ -74,7 +74,8 @@ CASES = {"truncated.mp4": "an MP4 cut at a third, before its index", "truncated 
          "unknown codec.mp4": "a codec FFmpeg does not know", "loop.mp4": "a symlink to itself",
          "gone.mp4": "a symlink to a deleted file", "pipe.mp4": "a FIFO", "zz second name.mp4":
          "a symlink to another video in the folder", "late audio.mp4": "audio starting 2 s after the video",
-         "late audio.mkv": "audio starting 2 s after the video", "rotated.mp4": "rotation metadata (not applied)"}
+         "late audio.mkv": "audio starting 2 s after the video",
+         "rotated.mp4": "turned a quarter by its track header (applied)"}
 
 
 def _shown(path: str) -> int:

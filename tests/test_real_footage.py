@@ -15,7 +15,8 @@ import pytest
 
 from emoframe.flows.run.label_archive import run_label_archive
 from emoframe.flows.analysis.query import connect
-from tests.media import STILLS, STRETCHES, fit, read_image, reencode, still_clip, write_frames
+from tests.media import (STILLS, STRETCHES, fit, read_image, reencode, rotate_quarter_turn, still_clip,
+                         write_frames)
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,8 @@ def footage(face_media, tmp_path_factory):
     write_frames(src / "edge_face.mp4", still_clip(np.roll(one, 250, axis=1), 20), 25)  # half the face cut off
     write_frames(src / "tiny_32x24.mp4", still_clip(cv2.resize(one, (32, 24)), 10), 25)
     write_frames(src / "group_4k.mp4", still_clip(fit(rgb(face_media / "multi_face.jpg"), 3840, 2160), 6), 25)
-    write_frames(src / "phone_rotated.mp4", still_clip(np.rot90(one).copy(), 20), 30, metadata={"rotate": "90"})
+    # Stored sideways (turned clockwise), shown upright: the display matrix turns it back.
+    rotate_quarter_turn(write_frames(src / "phone_rotated.mp4", still_clip(np.rot90(one, -1).copy(), 20), 30))
     write_frames(src / "greyscale.mp4", still_clip(one, 20), 25, pix_fmt="gray")
     for name in STILLS:  # one face, one expression, 30 frames
         write_frames(src / f"still_{Path(name).stem}.mp4", still_clip(fit(rgb(face_media / name), 640, 360)), 25)
@@ -141,7 +143,9 @@ def test_awkward_footage(labelled):
     assert video(out, "group_4k.mp4")["width"] == 3840
     assert {x[0] for x in rows(out, "group_4k.mp4", "faces_detected")} == {5}
     assert all(x[0] for x in rows(out, "greyscale.mp4", "face_present"))
-    assert video(out, "phone_rotated.mp4")["status"] == "labelled"  # rotation is not applied: see README
+    phone = video(out, "phone_rotated.mp4")
+    assert (phone["status"], phone["width"], phone["height"]) == ("labelled", 640, 360)  # shown as displayed
+    assert all(x[0] for x in rows(out, "phone_rotated.mp4", "face_present"))  # upright: the face is found
 
 
 def test_raw_footage_labelled_as_face_centred_is_flagged(footage, tmp_path):
