@@ -97,11 +97,23 @@ def test_ray_worker_killed_mid_video(videos, tmp_path):
     killed: list[int] = []
 
     def chaos() -> None:
-        wait_for(lambda: label_worker() is not None, 240, "a Ray worker labelling a video")
-        time.sleep(1)  # into the video, past the task's start
-        p = label_worker()
-        p.kill()  # SIGKILL: Ray sees a dead worker and retries the task
-        killed.append(p.pid)
+        found: list[psutil.Process] = []
+
+        def into_a_video() -> bool:
+            # The same worker still on a video 0.5 s after it was seen on one: past the task's start, and
+            # not between two short videos (a 12 s clip labels in about a second).
+            p = label_worker()
+            if p is None:
+                return False
+            time.sleep(0.5)
+            if label_worker() != p:
+                return False
+            found.append(p)
+            return True
+
+        wait_for(into_a_video, 240, "a Ray worker labelling a video")
+        found[-1].kill()  # SIGKILL: Ray sees a dead worker and retries the task
+        killed.append(found[-1].pid)
 
     t = threading.Thread(target=chaos, daemon=True)
     t.start()
