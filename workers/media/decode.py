@@ -32,7 +32,7 @@ import torch  # noqa: F401  -- imported before decord: the other order can crash
 import decord  # noqa: E402
 
 from emoframe.workers.media.read_ahead import read_ahead  # noqa: E402
-from emoframe.workers.media.yuv_rgb import convertible, to_rgb  # noqa: E402
+from emoframe.workers.media.yuv_rgb import convertible, frame_rgb  # noqa: E402
 from emoframe.workers.spec.errors import BadInputError, Reason  # noqa: E402
 
 
@@ -380,7 +380,7 @@ def _pyav_chunks(path: str, n: int, width: int, height: int, chunk: int, start: 
     for i, frame in enumerate(_pyav_frames(path)):
         if i < start:
             continue
-        buf.append(to_rgb(frame, width, height) if fast_scale and convertible(frame, width, height) else
+        buf.append(frame_rgb(frame, width, height) if fast_scale else
                    frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA"))
         if len(buf) == chunk or done + len(buf) == n:
             yield np.stack(buf)
@@ -435,10 +435,7 @@ def _planar_chunks(path: str, times: np.ndarray, width: int, height: int, chunk:
                 k = (i - start) % chunk
                 if k == 0:  # written in place: no per-frame arrays to stack (a chunk of 720p is 177 MB)
                     buf = np.empty((min(chunk, n - i), height, width, 3), np.uint8)
-                if convertible(frame, width, height):
-                    to_rgb(frame, width, height, out=buf[k])
-                else:
-                    buf[k] = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+                frame_rgb(frame, width, height, out=buf[k])
                 i += 1
                 if k + 1 == len(buf):
                     yield buf
@@ -494,10 +491,11 @@ class VideoDecoder:
         info = VideoInfo(n_frames=len(vr), fps=fps, width=int(w), height=int(h),
                          has_audio=c.has_audio, frames_expected=c.expected)
         first = _first_frame(path)
-        planar = (first is not None and first.time is not None and (first.width, first.height) == (w, h)
-                  and convertible(first, first.width, first.height))
-        return _Probed(info, "decord", times - times[0], c.start_s + float(times[0]),
-                       float(first.time) if planar and first is not None and first.time is not None else None)
+        planar_zero = None
+        if (first is not None and first.time is not None and (first.width, first.height) == (w, h)
+                and convertible(first, first.width, first.height)):  # decord's size: no turn to apply
+            planar_zero = float(first.time)
+        return _Probed(info, "decord", times - times[0], c.start_s + float(times[0]), planar_zero)
 
     def _probe_pyav(self, path: str, c: _Container) -> _Probed:
         frames = _pyav_count(path, c.fps)

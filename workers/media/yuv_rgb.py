@@ -50,3 +50,14 @@ def to_rgb(frame: av.VideoFrame, width: int, height: int, out: np.ndarray | None
         return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
     cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420, dst=out)
     return out
+
+
+def frame_rgb(frame: av.VideoFrame, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``to_rgb`` where ``convertible`` allows it, else FFmpeg's scaler (area filter)."""
+    if convertible(frame, width, height):
+        return to_rgb(frame, width, height, out)
+    rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+    if out is None:
+        return rgb
+    out[:] = rgb
+    return out
