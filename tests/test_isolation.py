@@ -235,3 +235,50 @@ def test_a_labelled_file_that_fails_now_loses_its_old_frames(tmp_path, clip):
     open(stale, "wb").close()  # what an earlier run wrote
     out = label_video(Source(str(clip), clip.stat().st_size, "m"), c)
     assert out.row["status"] == "failed" and not os.path.exists(stale)
+
+
+RAY_WORKER_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import ray
+    from emoframe.flows.run.ray_runtime import worker_runtime_env
+
+    @ray.remote
+    def forkservers_of_this_worker():
+        me, found = str(os.getpid()), []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                ppid = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
+                cmd = open(f"/proc/{pid}/cmdline").read()
+            except OSError:
+                continue
+            if ppid == me and "forkserver" in cmd:
+                found.append(pid)
+        return found
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, runtime_env=worker_runtime_env({}))
+    print(len(ray.get(forkservers_of_this_worker.remote())))
+    ray.shutdown()
+""")
+
+
+def test_a_ray_worker_has_its_forkserver_running_before_its_first_video():
+    """The forkserver's imports (about 2 s of a core) are paid as the worker starts, not in the first video's
+    time: the run's runtime env starts it from Ray's worker setup hook. Real Ray, in its own process."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", RAY_WORKER_SCRIPT], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "1", done.stdout  # the task ran nothing isolated, yet one is running
+
+
+def test_the_setup_hook_is_left_out_when_a_submitted_job_brings_its_own(monkeypatch):
+    import json
+
+    from emoframe.flows.run.ray_runtime import worker_runtime_env
+    from emoframe.workers.processes.isolation import WORKER_SETUP_HOOK
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert worker_runtime_env({"A": "1"}) == {"env_vars": {"A": "1"}, "worker_process_setup_hook": WORKER_SETUP_HOOK}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
+                       json.dumps({"runtime_env": {"worker_process_setup_hook": "theirs.setup"}}))
+    assert worker_runtime_env({}) == {}  # Ray refuses two hooks: theirs runs, ours starts at the first video

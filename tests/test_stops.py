@@ -219,3 +219,21 @@ def test_two_concurrent_runs_on_one_output_leave_each_frame_once_and_nothing_fai
     assert codes == [0, 0], [(tmp_path / f"run{i}.log").read_text()[-3000:] for i in range(2)]
     _rerun_completes(videos, out, tmp_path / "rerun.log", "two runs at once on one output, then a third")
     assert "6 already done" in (tmp_path / "rerun.log").read_text()
+
+
+def test_only_the_processes_of_the_runs_own_ray_session_are_killed():
+    """What a run kills after its own Ray stopped: the processes naming that session, none of another's."""
+    from emoframe.flows.run.ray_runtime import kill_session_leftovers
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    ours = subprocess.Popen([*sleeper, "--session-name=session_2026-11-27_14-15-43_821355_9404"],
+                            start_new_session=True)  # a starting worker is in a group of its own
+    theirs = subprocess.Popen([*sleeper, "--session-name=session_2026-11-27_14-15-43_821355_9405"])
+    try:
+        assert kill_session_leftovers("session_2026-11-27_14-15-43_821355_9404") == [ours.pid]
+        assert not psutil.pid_exists(ours.pid)  # killed, and waited for
+        assert theirs.poll() is None
+    finally:
+        theirs.kill()
+        ours.kill()
+        theirs.wait()

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import cast
 
 from prefect import flow, task
-from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from emoframe.flows.archive.compact import compact_if_needed
 from emoframe.flows.run.logs import configure as configure_logs
 from emoframe.flows.run.preflight import PreflightError, check_uris, preflight
 from emoframe.flows.run.prefect_api import outlives_the_run, prefect_api
-from emoframe.flows.run.ray_runtime import tighten_token_file, worker_env
+from emoframe.flows.run.ray_runtime import RunRayTaskRunner, tighten_token_file, worker_env, worker_runtime_env
 from emoframe.flows.run.planning import DEFAULT_MODEL_REPO, Planner, new_run_id, nothing_to_do, write_run_report
 from emoframe.flows.run.records import already_labelled, failed_outcome
 from emoframe.flows.run.run_summary import RunSummary
@@ -384,11 +383,11 @@ def run_label_archive(sources: list[str], out: str, *, ray_address: str | None =
                     "copies of remote videos)", swept)
     with prefect_api() as api_url:
         env = worker_env(api_url)
-        init = {"runtime_env": {"env_vars": env}} if env else {}
+        init = {"runtime_env": worker_runtime_env(env)}
         # Without an address, ray.init() would join whatever cluster `ray start` left running on this machine
         # (/tmp/ray/ray_current_cluster). So: the address given, else RAY_ADDRESS (set for a `ray job submit`
         # entrypoint), else "local", a Ray of the run's own.
         address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
-        runner = RayTaskRunner(address=address, init_kwargs=init)
+        runner = RunRayTaskRunner(address=address, init_kwargs=init)
         return label_archive.with_options(task_runner=runner)(sources, out, **kwargs)
 

@@ -1,10 +1,21 @@
-"""Ray as a run uses it: the runtime environment its workers get, and the token file Ray writes."""
+"""Ray as a run uses it: the runtime environment its workers get, the task runner that starts and stops it,
+and the token file Ray writes."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Any
+
+import psutil
+import ray
+from prefect_ray import RayTaskRunner
+
+from emoframe.workers.processes.isolation import WORKER_SETUP_HOOK
+
+logger = logging.getLogger(__name__)
 
 
 # Where the object store is and how to reach it: what a worker on another node lacks when only the driver's
@@ -29,6 +40,63 @@ def worker_env(api_url: str) -> dict[str, str]:
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
     inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
     return {k: v for k, v in env.items() if k not in inherited}
+
+
+def worker_runtime_env(env_vars: dict[str, str]) -> dict:
+    """The runtime env the run asks Ray for: ``env_vars`` (``worker_env``) and a setup hook that starts each
+    worker's forkserver as the worker starts (workers/processes/isolation.py), unless a `ray job submit`
+    job brought a hook of its own (Ray refuses two)."""
+    runtime: dict = {"env_vars": env_vars} if env_vars else {}
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    if not (job.get("runtime_env") or {}).get("worker_process_setup_hook"):
+        runtime["worker_process_setup_hook"] = WORKER_SETUP_HOOK
+    return runtime
+
+
+class RunRayTaskRunner(RayTaskRunner):
+    """prefect-ray's task runner, which also stops what its own Ray leaves running.
+
+    A Ray worker that is starting when its Ray stops (a signal mid-run) is in a process group of its own. The
+    signal that stopped the run misses it. Its raylet and GCS are gone, so it waits out a GCS connect timeout:
+    it was seen alive 15 s after the run had exited. So when the runner started the Ray itself
+    (``address="local"``), every process still running with that Ray's session name is killed after the
+    shutdown. A cluster's processes are never touched."""
+
+    _session: str | None = None
+
+    def __enter__(self) -> RunRayTaskRunner:
+        super().__enter__()
+        if self._owns_ray and self.address == "local":
+            self._session = ray.get_runtime_context().get_session_name()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            if self._session:
+                stopped = kill_session_leftovers(self._session)
+                if stopped:
+                    logger.debug("killed %d process(es) left of Ray session %s: %s", len(stopped), self._session,
+                                 stopped)
+
+
+def kill_session_leftovers(session: str) -> list[int]:
+    """SIGKILLs this user's processes whose command line names the Ray session ``session`` (a Ray worker
+    has ``--session-name=<session>``, the services the session's folder); returns their pids. Session names
+    carry a timestamp and the starting pid: no other Ray's process matches."""
+    me, uid, found = os.getpid(), os.getuid(), []
+    for proc in psutil.process_iter(["pid", "uids", "cmdline"]):
+        try:
+            if proc.info["pid"] == me or proc.info["uids"] is None or proc.info["uids"].real != uid:
+                continue
+            if any(session in arg for arg in proc.info["cmdline"] or ()):
+                proc.kill()
+                found.append(proc)
+        except psutil.Error:  # exited meanwhile
+            continue
+    psutil.wait_procs(found, timeout=5)
+    return [p.pid for p in found]
 
 
 def tighten_token_file(home: Path | None = None) -> Path | None:

@@ -77,6 +77,20 @@ def _context() -> mp.context.ForkServerContext:
     return _CTX
 
 
+def start_forkserver() -> None:
+    """Start this process's forkserver now instead of at its first video. Its imports take about 2 s of a
+    core, which a one-video run paid before its video's first frame; a Ray worker runs this as it starts
+    (``WORKER_SETUP_HOOK``, in the run's runtime env), while the run starts Triton. Returns at once: the
+    forkserver imports in its own process."""
+    from multiprocessing import forkserver
+
+    _context()  # the preload list
+    forkserver.ensure_running()
+
+
+WORKER_SETUP_HOOK = f"{__name__}.start_forkserver"
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a video may take. The overall limit scales with the video: ``frames / min_fps`` (never below
