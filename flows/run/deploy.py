@@ -19,12 +19,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
-from prefect_ray import RayTaskRunner
 from pydantic import ValidationError
 
 from emoframe.flows.run.label_archive import label_archive
 from emoframe.flows.run.preflight import PreflightError, preflight
-from emoframe.flows.run.ray_runtime import worker_runtime_env
+from emoframe.flows.run.ray_runtime import RunRayTaskRunner, worker_runtime_env
 from emoframe.workers.spec.errors import EmoframeError
 from emoframe.workers.spec.contract import PREPROCESSING, FaceMode
 from emoframe.workers.processes.isolation import Limits
@@ -40,11 +39,12 @@ def on_ray(ray_address: str | None) -> Flow:
 
     Ray workers get this process's PREFECT_API_URL, so that their task runs are recorded in the same API: a
     worker on a cluster node has no Prefect settings of its own and would start a temporary API per process.
-    Each worker starts its forkserver as it starts (``worker_runtime_env``), as in `emoframe label`.
+    Each worker starts its forkserver as it starts (``worker_runtime_env``), and a Ray the run started
+    itself leaves nothing running (``RunRayTaskRunner``), as in `emoframe label`.
     """
     api = PREFECT_API_URL.value()
     init = {"runtime_env": worker_runtime_env({"PREFECT_API_URL": api} if api else {})}
-    return label_archive.with_options(task_runner=RayTaskRunner(address=ray_address, init_kwargs=init))
+    return label_archive.with_options(task_runner=RunRayTaskRunner(address=ray_address, init_kwargs=init))
 
 
 # A worker imports the deployment's entrypoint, in a flow-run process whose PREFECT_API_URL is set, and runs

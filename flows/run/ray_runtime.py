@@ -58,16 +58,23 @@ class RunRayTaskRunner(RayTaskRunner):
 
     A Ray worker that is starting when its Ray stops (a signal mid-run) is in a process group of its own. The
     signal that stopped the run misses it. Its raylet and GCS are gone, so it waits out a GCS connect timeout:
-    it was seen alive 15 s after the run had exited. So when the runner started the Ray itself
-    (``address="local"``), every process still running with that Ray's session name is killed after the
-    shutdown. A cluster's processes are never touched."""
+    it was seen alive 15 s after the run had exited. So when the runner started the Ray itself (its services
+    are this process's descendants: ``address="local"``, or no address and no cluster to join), every process
+    still running with that Ray's session name is killed after the shutdown. A cluster's processes are never
+    touched."""
 
     _session: str | None = None
 
+    @property
+    def name(self) -> str:
+        return "ray"  # prefect-ray's runner still: its log lines keep their logger, prefect.task_runner.ray
+
     def __enter__(self) -> RunRayTaskRunner:
         super().__enter__()
-        if self._owns_ray and self.address == "local":
-            self._session = ray.get_runtime_context().get_session_name()
+        if self._owns_ray:
+            session = ray.get_runtime_context().get_session_name()
+            if _started_here(session):
+                self._session = session
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -79,6 +86,17 @@ class RunRayTaskRunner(RayTaskRunner):
                 if stopped:
                     logger.debug("killed %d process(es) left of Ray session %s: %s", len(stopped), self._session,
                                  stopped)
+
+
+def _started_here(session: str) -> bool:
+    """Whether the Ray of ``session`` runs below this process (ray.init started it), not on a cluster."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any(session in arg for arg in child.cmdline()):
+                return True
+        except psutil.Error:  # exited meanwhile
+            continue
+    return False
 
 
 def kill_session_leftovers(session: str) -> list[int]:
