@@ -58,10 +58,10 @@ class RunRayTaskRunner(RayTaskRunner):
 
     A Ray worker that is starting when its Ray stops (a signal mid-run) is in a process group of its own. The
     signal that stopped the run misses it. Its raylet and GCS are gone, so it waits out a GCS connect timeout:
-    it was seen alive 15 s after the run had exited. So when the runner started the Ray itself (its services
-    are this process's descendants: ``address="local"``, or no address and no cluster to join), every process
-    still running with that Ray's session name is killed after the shutdown. A cluster's processes are never
-    touched."""
+    it was seen alive 15 s after the run had exited. So when the runner's ray.init() started the Ray
+    (``address="local"``, or no address and no cluster to join), every process still running with that Ray's
+    session name is killed after the shutdown. A cluster's processes are never touched, even a cluster this
+    same process started (``ray.cluster_utils.Cluster`` in a test)."""
 
     _session: str | None = None
 
@@ -71,10 +71,8 @@ class RunRayTaskRunner(RayTaskRunner):
 
     def __enter__(self) -> RunRayTaskRunner:
         super().__enter__()
-        if self._owns_ray:
-            session = ray.get_runtime_context().get_session_name()
-            if _started_here(session):
-                self._session = session
+        if self._owns_ray and _started_by_ray_init():
+            self._session = ray.get_runtime_context().get_session_name()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -88,15 +86,16 @@ class RunRayTaskRunner(RayTaskRunner):
                                  stopped)
 
 
-def _started_here(session: str) -> bool:
-    """Whether the Ray of ``session`` runs below this process (ray.init started it), not on a cluster."""
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if any(session in arg for arg in child.cmdline()):
-                return True
-        except psutil.Error:  # exited meanwhile
-            continue
-    return False
+def _started_by_ray_init() -> bool:
+    """Whether this process's ray.init() started the Ray it is connected to (a head node of its own), rather
+    than joined a cluster: one started elsewhere, or by ``ray.cluster_utils.Cluster`` in this same process,
+    whose services are this process's children all the same. Ray says so only through its private node
+    object; if that ever changes, nothing is killed."""
+    try:
+        node = ray._private.worker._global_node
+        return bool(node is not None and node.is_head())
+    except Exception:  # noqa: BLE001 -- a Ray without this private API: never kill
+        return False
 
 
 def kill_session_leftovers(session: str) -> list[int]:
