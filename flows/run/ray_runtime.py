@@ -26,6 +26,13 @@ STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AW
                     "AWS_EC2_METADATA_DISABLED", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")
 
 
+def _submitted_job_runtime_env() -> dict:
+    """The runtime env of the `ray job submit` job this driver runs in ({} outside one): Ray refuses to merge
+    a conflicting one. The job's config reaches its driver in RAY_JOB_CONFIG_JSON_ENV_VAR."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    return job.get("runtime_env") or {}
+
+
 def worker_env(api_url: str) -> dict[str, str]:
     """Environment variables every Ray worker of the run needs: the run's Prefect API (a worker has no
     Prefect settings of its own and would start a temporary API per process) and the storage settings above,
@@ -37,8 +44,7 @@ def worker_env(api_url: str) -> dict[str, str]:
         if os.environ.get(name):
             env[name] = os.environ[name]
     env.update({k: os.environ[k] for k in STORAGE_SETTINGS if os.environ.get(k)})
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-    inherited = (job.get("runtime_env") or {}).get("env_vars") or {}
+    inherited = _submitted_job_runtime_env().get("env_vars") or {}
     return {k: v for k, v in env.items() if k not in inherited}
 
 
@@ -47,8 +53,7 @@ def worker_runtime_env(env_vars: dict[str, str]) -> dict:
     worker's forkserver as the worker starts (workers/processes/isolation.py), unless a `ray job submit`
     job brought a hook of its own (Ray refuses two)."""
     runtime: dict = {"env_vars": env_vars} if env_vars else {}
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-    if not (job.get("runtime_env") or {}).get("worker_process_setup_hook"):
+    if not _submitted_job_runtime_env().get("worker_process_setup_hook"):
         runtime["worker_process_setup_hook"] = WORKER_SETUP_HOOK
     return runtime
 
