@@ -5,6 +5,7 @@ finishes the job with every frame labelled exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -221,19 +222,80 @@ def test_two_concurrent_runs_on_one_output_leave_each_frame_once_and_nothing_fai
     assert "6 already done" in (tmp_path / "rerun.log").read_text()
 
 
-def test_only_the_processes_of_the_runs_own_ray_session_are_killed():
-    """What a run kills after its own Ray stopped: the processes naming that session, none of another's."""
-    from emoframe.flows.run.ray_runtime import kill_session_leftovers
+def test_only_the_processes_of_the_runs_own_ray_are_killed(tmp_path):
+    """What a run kills after its own Ray stopped: the processes that inherited its mark (a starting worker
+    in a group of its own), an agent that renamed itself ray::DashboardAgent (over what /proc shows as its
+    environment) and holds a log in the session's folder; not another run's, and not a user's `tail -f` of
+    the session's log, which holds the same file open."""
+    from emoframe.flows.run.ray_session import OWNER_VAR, kill_marked
 
-    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-    ours = subprocess.Popen([*sleeper, "--session-name=session_2026-11-27_14-15-43_821355_9404"],
-                            start_new_session=True)  # a starting worker is in a group of its own
-    theirs = subprocess.Popen([*sleeper, "--session-name=session_2026-11-27_14-15-43_821355_9405"])
+    session = tmp_path / "session_2026-11-27_14-15-43_821355_9404"
+    other = tmp_path / "session_2026-11-27_14-15-43_821355_9405"
+    for folder in (session, other):
+        (folder / "logs").mkdir(parents=True)
+        (folder / "logs" / "dashboard_agent.log").write_text("")
+
+    def start(mark: str | None, name: str = sys.executable, log: Path | None = None) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if k != OWNER_VAR} | ({OWNER_VAR: mark} if mark else {})
+        code = "import os, time; f = os.environ.get('LOG') and open(os.environ['LOG']); time.sleep(120)"
+        return subprocess.Popen([name, "-c", code], executable=sys.executable, start_new_session=True,
+                                env=env | ({"LOG": str(log)} if log else {}))
+
+    ours = [start("1-ours"), start(None, "ray::DashboardAgent", session / "logs" / "dashboard_agent.log")]
+    theirs = [start("2-theirs"), start(None, "ray::DashboardAgent", other / "logs" / "dashboard_agent.log"),
+              subprocess.Popen(["tail", "-f", str(session / "logs" / "dashboard_agent.log")],
+                               stdout=subprocess.DEVNULL)]
     try:
-        assert kill_session_leftovers("session_2026-11-27_14-15-43_821355_9404") == [ours.pid]
-        assert not psutil.pid_exists(ours.pid)  # killed, and waited for
-        assert theirs.poll() is None
+        deadline = time.monotonic() + 30
+        while not all(psutil.Process(p.pid).open_files() for p in (ours[1], theirs[1], theirs[2])):
+            assert time.monotonic() < deadline, "the agents never opened their logs"
+            time.sleep(0.1)
+        assert sorted(kill_marked("1-ours", str(session))) == sorted(p.pid for p in ours)
+        assert not any(psutil.pid_exists(p.pid) for p in ours)  # killed, and waited for
+        assert all(p.poll() is None for p in theirs)
     finally:
-        theirs.kill()
-        ours.kill()
-        theirs.wait()
+        for p in (*ours, *theirs):
+            p.kill()
+            p.wait()
+
+
+GUARDED_RUN = """
+import os, subprocess, sys, time
+from emoframe.flows.run.ray_session import SessionGuard, kill_marked, marking
+with marking(sys.argv[1]):  # what ray.init() starts; the guard never carries the mark, even started here
+    guard = SessionGuard(sys.argv[1], "/nonexistent/session_x")
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+print(guard.proc.pid, worker.pid, flush=True)
+if sys.argv[2] == "done":
+    killed = kill_marked(sys.argv[1], "/nonexistent/session_x")  # the run's own: the guard is not among them
+    print(guard.proc.pid not in killed, flush=True)
+    guard.done()
+else:
+    time.sleep(120)  # killed here
+"""
+
+
+@pytest.mark.parametrize("ends", ["killed", "done"])
+def test_a_runs_ray_leftovers_are_killed_by_its_guard_when_the_run_is_killed(ends):
+    """A run SIGKILLed while its Ray is up (`prefect worker` stopped right after a run, which kills the
+    run's process inside ray.shutdown()) leaves nothing: its guard kills the marked processes. A run that
+    ends on its own tells the guard, which then exits killing nothing."""
+    mark = f"{os.getpid()}-guard-test-{ends}"
+    run = subprocess.Popen([sys.executable, "-c", GUARDED_RUN, mark, ends], stdout=subprocess.PIPE, text=True)
+    guard_pid, worker_pid = map(int, run.stdout.readline().split())
+    guard = psutil.Process(guard_pid)
+    try:
+        if ends == "killed":
+            run.kill()
+            run.wait()
+            guard.wait(20)  # psutil.TimeoutExpired if the guard stays
+            assert not psutil.pid_exists(worker_pid)  # the guard killed the run's marked worker
+        else:
+            assert run.wait(30) == 0
+            assert run.stdout.readline().strip() == "True"  # the run's own kill spared its guard
+            assert not guard.is_running() and not psutil.pid_exists(worker_pid)
+    finally:
+        run.kill()
+        for pid in (guard_pid, worker_pid):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import psutil
 import ray
 from prefect_ray import RayTaskRunner
 
+from emoframe.flows.run.ray_session import SessionGuard, kill_marked, marking, new_mark
 from emoframe.workers.processes.isolation import WORKER_SETUP_HOOK
 
 logger = logging.getLogger(__name__)
@@ -61,64 +61,52 @@ def worker_runtime_env(env_vars: dict[str, str]) -> dict:
 class RunRayTaskRunner(RayTaskRunner):
     """prefect-ray's task runner, which also stops what its own Ray leaves running.
 
-    A Ray worker that is starting when its Ray stops (a signal mid-run) is in a process group of its own. The
-    signal that stopped the run misses it. Its raylet and GCS are gone, so it waits out a GCS connect timeout:
-    it was seen alive 15 s after the run had exited. So when the runner's ray.init() started the Ray
-    (``address="local"``, or no address and no cluster to join), every process still running with that Ray's
-    session name is killed after the shutdown. A cluster's processes are never touched, even a cluster this
-    same process started (``ray.cluster_utils.Cluster`` in a test)."""
+    When the runner's ray.init() started the Ray (``address="local"``, or no address and no cluster to join),
+    every process of that Ray still running after the shutdown is killed, and a guard process does it if
+    this process dies first (flows/run/ray_session.py says why both, and how the processes are known). A
+    cluster's processes are never touched, even a cluster this same process started
+    (``ray.cluster_utils.Cluster`` in a test)."""
 
-    _session: str | None = None
+    _mark: str | None = None
+    _session_dir: str = ""
+    _guard: SessionGuard | None = None
 
     @property
     def name(self) -> str:
         return "ray"  # prefect-ray's runner still: its log lines keep their logger, prefect.task_runner.ray
 
     def __enter__(self) -> RunRayTaskRunner:
-        super().__enter__()
-        if self._owns_ray and _started_by_ray_init():
-            self._session = ray.get_runtime_context().get_session_name()
+        mark = new_mark()
+        with marking(mark):
+            super().__enter__()  # ray.init()
+        session_dir = _own_session_dir() if self._owns_ray else None
+        if session_dir:
+            self._mark, self._session_dir = mark, session_dir
+            self._guard = SessionGuard(mark, session_dir)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         try:
             super().__exit__(*exc_info)
         finally:
-            if self._session:
-                stopped = kill_session_leftovers(self._session)
+            if self._mark:
+                stopped = kill_marked(self._mark, self._session_dir)
                 if stopped:
-                    logger.debug("killed %d process(es) left of Ray session %s: %s", len(stopped), self._session,
-                                 stopped)
+                    logger.debug("killed %d process(es) left of this run's Ray: %s", len(stopped), stopped)
+            if self._guard:
+                self._guard.done()
 
 
-def _started_by_ray_init() -> bool:
-    """Whether this process's ray.init() started the Ray it is connected to (a head node of its own), rather
-    than joined a cluster: one started elsewhere, or by ``ray.cluster_utils.Cluster`` in this same process,
-    whose services are this process's children all the same. Ray says so only through its private node
-    object; if that ever changes, nothing is killed."""
+def _own_session_dir() -> str | None:
+    """The session folder of the Ray this process is connected to when this process's ray.init() started it
+    (a head node of its own), else None: a cluster joined, one started elsewhere or by
+    ``ray.cluster_utils.Cluster`` in this same process, whose services are this process's children all the
+    same. Ray says so only through its private node object; if that ever changes, nothing is killed."""
     try:
         node = ray._private.worker._global_node
-        return bool(node is not None and node.is_head())
+        return str(node.get_session_dir_path()) if node is not None and node.is_head() else None
     except Exception:  # noqa: BLE001 -- a Ray without this private API: never kill
-        return False
-
-
-def kill_session_leftovers(session: str) -> list[int]:
-    """SIGKILLs this user's processes whose command line names the Ray session ``session`` (a Ray worker
-    has ``--session-name=<session>``, the services the session's folder); returns their pids. Session names
-    carry a timestamp and the starting pid: no other Ray's process matches."""
-    me, uid, found = os.getpid(), os.getuid(), []
-    for proc in psutil.process_iter(["pid", "uids", "cmdline"]):
-        try:
-            if proc.info["pid"] == me or proc.info["uids"] is None or proc.info["uids"].real != uid:
-                continue
-            if any(session in arg for arg in proc.info["cmdline"] or ()):
-                proc.kill()
-                found.append(proc)
-        except psutil.Error:  # exited meanwhile
-            continue
-    psutil.wait_procs(found, timeout=5)
-    return [p.pid for p in found]
+        return None
 
 
 def tighten_token_file(home: Path | None = None) -> Path | None:
