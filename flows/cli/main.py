@@ -16,7 +16,7 @@ from typing import NoReturn
 from emoframe.workers.spec.contract import FACE_MODES
 from emoframe.flows.run.logs import DEFAULT_LEVEL, LEVELS
 from emoframe.flows.run.logs import configure as configure_logs
-from emoframe.training.commands import TRAINING_COMMANDS, add_training_commands
+from emoframe.training.commands import TORCH_COMMANDS, TRAINING_COMMANDS, add_training_commands
 from emoframe.workers.spec.model_versions import MODEL_REPO_SETTING, default_model_repo
 
 DEFAULT_MODEL_REPO = default_model_repo()  # EMOFRAME_MODEL_REPO, else the checkout's model_repo/
@@ -36,6 +36,22 @@ def usage_error(command: str, message: str) -> NoReturn:
         traceback.print_exception(exc, file=sys.stderr)
     print(f"emoframe {command}: {message}", file=sys.stderr)
     raise SystemExit(USAGE_ERROR)
+
+
+# What a worker install (`pip install .`) lacks: serving (an embedded tritonserver, its model.py) and training.
+FULL_INSTALL = ("torch", "torchaudio", "pytriton")
+
+
+def require_full_install(command: str, what: str) -> None:
+    """A usage error naming the missing packages when ``what`` needs the full install and this is a worker
+    install; nothing otherwise."""
+    import importlib.util
+
+    missing = [m for m in FULL_INSTALL if importlib.util.find_spec(m) is None]
+    if missing:
+        usage_error(command, f"{what} needs the full install ({', '.join(missing)} missing): this is a worker "
+                             "install. `pip install 'emoframe[full]'` (what `make env` installs), or, to label "
+                             "with a worker install, point it at a running Triton with --triton-url")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -153,6 +169,8 @@ def cmd_label(a: argparse.Namespace) -> int:
     if a.triton == "per-node" and a.triton_url:
         usage_error("label", "--triton per-node starts a Triton on each Ray node; --triton-url names one to use "
                              "instead: give one of them")
+    if not a.triton_url:
+        require_full_install("label", f"a Triton of this run's own (--triton {a.triton})")
     if a.model_repo:
         _check_model_repo("label", Path(a.model_repo))
     elif not a.triton_url:
@@ -227,6 +245,7 @@ def cmd_triton(a: argparse.Namespace) -> int:
     from emoframe.flows.cli.standalone_triton import PortTakenError, check_port_free, run_triton
 
     _check_model_repo("triton", a.model_repo)
+    require_full_install("triton", "serving the model")
     if a.grpc_port == a.http_port:
         usage_error("triton", f"--grpc-port and --http-port are both {a.grpc_port}: give two ports")
     try:
@@ -256,6 +275,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
                              "instead: give one of them")
     if a.model_repo:
         _check_model_repo("serve", Path(a.model_repo))
+    if not a.triton_url:
+        require_full_install("serve", f"a Triton of each run's own (--triton {a.triton})")
     try:
         serve(a.sources, a.out, cron=a.cron, timezone=a.timezone, name=a.name, triton_url=a.triton_url,
               ray_address=a.ray_address, face_mode=a.faces, include=a.include, exclude=a.exclude,
@@ -528,6 +549,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((x for x in argv if not x.startswith("-")), None)
+    if command in TORCH_COMMANDS:  # before their flags, whose defaults come from the training modules
+        require_full_install(command, "training")
     ap = build_parser(command)
     _check_command(ap, command)
     args, unknown = ap.parse_known_args(argv)

@@ -26,14 +26,12 @@ from typing import Literal, Protocol, cast, overload
 import av
 import av.logging
 import cv2
+import decord
 import numpy as np
-import torch  # noqa: F401  -- imported before decord: the other order can crash at import on some builds
 
-import decord  # noqa: E402
-
-from emoframe.workers.media.read_ahead import read_ahead  # noqa: E402
-from emoframe.workers.media.yuv_rgb import convertible, frame_rgb  # noqa: E402
-from emoframe.workers.spec.errors import BadInputError, Reason  # noqa: E402
+from emoframe.workers.media.read_ahead import read_ahead
+from emoframe.workers.media.yuv_rgb import convertible, frame_rgb
+from emoframe.workers.spec.errors import BadInputError, Reason
 
 
 CORRUPT_FRAME_TOLERANCE = 1e-9  # fraction of frames decord may "recover" by repetition: effectively none

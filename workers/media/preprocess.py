@@ -13,8 +13,6 @@ from functools import lru_cache
 from typing import cast
 
 import numpy as np
-import torch
-import torchaudio
 
 from emoframe.workers.spec.contract import FACE_MODES, PREPROCESSING, FaceMode, Preprocessing
 from emoframe.workers.media.decode import AudioStream, Decoder, VideoDecoder, VideoInfo
@@ -177,10 +175,31 @@ def check_face_centred(path: str, info: VideoInfo, decoder: Decoder) -> str | No
 
 
 @lru_cache(maxsize=4)
-def _mel(p: Preprocessing) -> torchaudio.transforms.MelSpectrogram:
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length, n_mels=p.n_mels, center=False, power=2.0
-    )
+def mel_filters(p: Preprocessing) -> np.ndarray:
+    """float32 [n_fft // 2 + 1, n_mels]: triangles evenly spaced on the HTK mel scale from 0 Hz to Nyquist,
+    unnormalised (torchaudio's MelSpectrogram defaults, which the deployed model was trained on)."""
+    freqs = np.linspace(0.0, p.sample_rate / 2, p.n_fft // 2 + 1)
+    top = 2595.0 * np.log10(1.0 + p.sample_rate / 2 / 700.0)
+    edges = 700.0 * (10.0 ** (np.linspace(0.0, top, p.n_mels + 2) / 2595.0) - 1.0)  # in Hz
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rise = (freqs[:, None] - lower) / (centre - lower)
+    fall = (upper - freqs[:, None]) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rise, fall)).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _hann(n: int) -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)  # periodic, as in an STFT
+
+
+def log_mel(windows: np.ndarray, p: Preprocessing = PREPROCESSING) -> np.ndarray:
+    """float32 [n, mel_frames, n_mels] from audio windows [n, audio_context]: a power spectrogram (Hann
+    window, no centre padding), HTK mel filters, log(. + log_offset). In NumPy, so a worker needs no torch;
+    tests/test_preprocess.py holds it to torchaudio's MelSpectrogram on real audio."""
+    frames = np.lib.stride_tricks.sliding_window_view(windows, p.n_fft, axis=1)[:, :: p.hop_length]
+    spectrum = np.fft.rfft(frames * _hann(p.n_fft), axis=-1)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    return np.log(power @ mel_filters(p) + np.float32(p.log_offset))
 
 
 def frame_midpoints(times: np.ndarray, fps: float) -> np.ndarray:
@@ -220,10 +239,7 @@ def audio_features(
     windows = np.lib.stride_tricks.sliding_window_view(seg, ctx)[offsets]  # [n, ctx] view, no copy
     rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1))
     present = 20.0 * np.log10(rms + 1e-12) > p.silence_dbfs
-    with torch.inference_mode():
-        spec = _mel(p)(torch.from_numpy(np.ascontiguousarray(windows)))  # [n, n_mels, mel_frames]
-        logmel = torch.log(spec + p.log_offset).transpose(1, 2)
-    mel[:] = logmel.numpy()
+    mel[:] = log_mel(windows, p)
     return mel, present
 
 

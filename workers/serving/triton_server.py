@@ -49,7 +49,8 @@ def _pytriton_root() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "nvidia-pytriton is not installed, so there is no embedded tritonserver: "
-            "`pip install nvidia-pytriton==0.7.0` or point emoframe at a running Triton with --triton-url")
+            "this is a worker install: `pip install 'emoframe[full]'`, or point emoframe at a running Triton with "
+            "--triton-url")
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ContextManager, cast
 
 import cv2
 import numpy as np
-import torch
 
 from emoframe.workers.spec.contract import NUM_CLASSES, PREPROCESSING, fingerprint
 from emoframe.workers.media.decode import Decoder, VideoInfo
@@ -96,9 +95,8 @@ def _limit_malloc_arenas(n: int = 2) -> None:
 
 
 def one_core() -> None:
-    """One core per video task (what the task declares to Ray): the face networks and OpenCV would otherwise
-    spread over every core and fight Triton and the other videos for them."""
-    torch.set_num_threads(1)
+    """One core per video task (what the task declares to Ray): OpenCV would otherwise spread over every core
+    and fight Triton and the other videos for them. The face networks run on one thread (mtcnn_nets.Net)."""
     cv2.setNumThreads(1)
 
 

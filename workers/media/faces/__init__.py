@@ -1,7 +1,8 @@
 """The face front end for raw footage: detection with landmarks (MTCNN), tracking, and alignment.
 
-    detector.py  MTCNN's three networks, written here, loading the weight files that ship in facenet-pytorch
-    weights.py   where those files are cached and how the set-up fetches them (never at run time)
-    align.py     5-point similarity alignment to the contract's canonical template
-    tracker.py   detect every few frames, follow faces in between, stable track ids
+    detector.py    the MTCNN cascade: image pyramid, proposals, refinement, landmarks
+    mtcnn_nets.py  its three networks, written here as ONNX graphs, run by onnxruntime (no torch in a worker)
+    weights.py     which wheel ships the weight file, where it is cached, how the set-up fetches it (never at run time)
+    align.py       5-point similarity alignment to the contract's canonical template
+    tracker.py     detect every few frames, follow faces in between, stable track ids
 """

