@@ -230,7 +230,7 @@ def test_only_the_processes_of_the_runs_own_ray_are_killed(tmp_path):
     from emoframe.flows.run.ray_session import OWNER_VAR, kill_marked
 
     session = tmp_path / "session_2026-11-27_14-15-43_821355_9404"
-    other = tmp_path / "session_2026-11-27_14-15-43_821355_9405"
+    other = tmp_path / "session_2026-11-27_14-15-43_821355_94041"  # ours is a prefix of its name
     for folder in (session, other):
         (folder / "logs").mkdir(parents=True)
         (folder / "logs" / "dashboard_agent.log").write_text("")
@@ -269,7 +269,11 @@ print(guard.proc.pid, worker.pid, flush=True)
 if sys.argv[2] == "done":
     killed = kill_marked(sys.argv[1], "/nonexistent/session_x")  # the run's own: the guard is not among them
     print(guard.proc.pid not in killed, flush=True)
+    with marking(sys.argv[1]):  # marked, but still running when the run says done: the guard leaves it alone
+        late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     guard.done()
+    print(late.poll() is None, late.pid, flush=True)
+    late.kill()
 else:
     time.sleep(120)  # killed here
 """
@@ -293,6 +297,8 @@ def test_a_runs_ray_leftovers_are_killed_by_its_guard_when_the_run_is_killed(end
         else:
             assert run.wait(30) == 0
             assert run.stdout.readline().strip() == "True"  # the run's own kill spared its guard
+            alive, late_pid = run.stdout.readline().split()
+            assert alive == "True", "the guard killed after the run said done"
             assert not guard.is_running() and not psutil.pid_exists(worker_pid)
     finally:
         run.kill()

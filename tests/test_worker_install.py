@@ -66,7 +66,8 @@ def test_a_worker_install_without_torch_labels_against_a_triton_elsewhere(tmp_pa
                               "RAY_USAGE_STATS_ENABLED": "0"})
     try:
         with standalone_triton(procs, tmp_path) as (_, url):
-            env = {**procs.env, "PYTHONPATH": _blocked_env()["PYTHONPATH"]}
+            loaded = tmp_path / "blocker.log"
+            env = {**procs.env, "PYTHONPATH": _blocked_env()["PYTHONPATH"], "EMOFRAME_BLOCKER_LOG": str(loaded)}
             probe = subprocess.run([str(VENV_BIN / "python"), "-c", "import torch"], env=env, capture_output=True,
                                    text=True)
             assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr  # the blocker works
@@ -76,6 +77,8 @@ def test_a_worker_install_without_torch_labels_against_a_triton_elsewhere(tmp_pa
             assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     finally:
         procs.end_all()
+    # The video tasks ran in Ray's workers, which had the blocker too (not only the driver).
+    assert any("default_worker.py" in line for line in loaded.read_text().splitlines())
     con = connect(str(out))
     status = dict(con.sql("SELECT source_uri, status FROM videos").fetchall())
     assert status == {str(videos / "single_face.mp4"): "labelled", str(videos / "mute.mp4"): "labelled"}

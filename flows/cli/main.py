@@ -39,7 +39,7 @@ def usage_error(command: str, message: str) -> NoReturn:
 
 
 # What a worker install (`pip install .`) lacks: serving (an embedded tritonserver, its model.py) and training.
-FULL_INSTALL = ("torch", "torchaudio", "pytriton")
+FULL_INSTALL = ("torch", "torchaudio", "pytriton", "h5py")
 
 
 def require_full_install(command: str, what: str) -> None:
@@ -244,8 +244,8 @@ def _check_model_repo(command: str, repo: Path, named: bool = True) -> None:
 def cmd_triton(a: argparse.Namespace) -> int:
     from emoframe.flows.cli.standalone_triton import PortTakenError, check_port_free, run_triton
 
-    _check_model_repo("triton", a.model_repo)
     require_full_install("triton", "serving the model")
+    _check_model_repo("triton", a.model_repo)
     if a.grpc_port == a.http_port:
         usage_error("triton", f"--grpc-port and --http-port are both {a.grpc_port}: give two ports")
     try:

@@ -77,12 +77,19 @@ class RunRayTaskRunner(RayTaskRunner):
 
     def __enter__(self) -> RunRayTaskRunner:
         mark = new_mark()
-        with marking(mark):
-            super().__enter__()  # ray.init()
+        try:
+            with marking(mark):
+                super().__enter__()  # ray.init()
+        except BaseException:  # a ray.init() that failed half-way: what it started is not left running
+            kill_marked(mark, None)
+            raise
         session_dir = _own_session_dir() if self._owns_ray else None
         if session_dir:
             self._mark, self._session_dir = mark, session_dir
-            self._guard = SessionGuard(mark, session_dir)
+            try:
+                self._guard = SessionGuard(mark, session_dir)
+            except OSError as exc:  # no guard: the run still kills what it leaves on its way out
+                logger.warning("no guard for this run's Ray (%s): a run killed hard may leave Ray processes", exc)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -21,6 +21,7 @@ This module imports only the standard library and psutil: the guard starts in a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import subprocess
@@ -28,6 +29,8 @@ import sys
 from collections.abc import Iterator
 
 import psutil
+
+logger = logging.getLogger(__name__)
 
 OWNER_VAR = "EMOFRAME_RAY_OWNER"
 _DONE = b"done\n"
@@ -39,7 +42,8 @@ def new_mark() -> str:
 
 @contextlib.contextmanager
 def marking(mark: str) -> Iterator[None]:
-    """Processes started inside inherit the mark (Ray's services, started by ``ray.init()``)."""
+    """Processes started inside inherit the mark (Ray's services, started by ``ray.init()``). The variable
+    is the process's: whatever another thread starts meanwhile carries it too (nothing does in a run)."""
     before = os.environ.get(OWNER_VAR)
     os.environ[OWNER_VAR] = mark
     try:
@@ -51,18 +55,22 @@ def marking(mark: str) -> Iterator[None]:
             os.environ[OWNER_VAR] = before
 
 
-def _of_that_ray(proc: psutil.Process, mark: str, session_dir: str) -> bool:
+def _of_that_ray(proc: psutil.Process, mark: str, session_dir: str | None) -> bool:
     if proc.environ().get(OWNER_VAR) == mark:
         return True
+    if session_dir is None:
+        return False
     name = (proc.info["cmdline"] or [""])[0]
     return name.startswith("ray::") and any(f.path.startswith(session_dir) for f in proc.open_files())
 
 
-def kill_marked(mark: str, session_dir: str) -> list[int]:
+def kill_marked(mark: str, session_dir: str | None) -> list[int]:
     """SIGKILLs this user's processes, other than this one, of the Ray marked ``mark`` whose session folder
-    is ``session_dir``; returns their pids once they are gone (or after 5 s)."""
+    is ``session_dir`` (None: not known, the mark alone decides); returns their pids once they are gone (or
+    after 5 s)."""
     me, uid, found = os.getpid(), os.getuid(), []
-    session_dir = session_dir.rstrip("/") + "/"
+    if session_dir is not None:  # /proc shows open files by their real path; RAY_TMPDIR may be a link
+        session_dir = os.path.join(os.path.realpath(session_dir), "")
     for proc in psutil.process_iter(["pid", "uids", "cmdline"]):
         try:
             if proc.info["pid"] == me or proc.info["uids"] is None or proc.info["uids"].real != uid:
@@ -85,13 +93,16 @@ class SessionGuard:
         # Its own session: a stop signal sent to the run's process group does not stop the guard before the
         # run is gone. Silent: a run stopped with Ctrl-C ends on one line of its own. The pipe's write end is
         # close-on-exec, so no child the run starts keeps it open.
-        self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, env=env,
+        # -P: the run's working folder is not put first on the guard's import path.
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", __name__], stdin=subprocess.PIPE, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         assert self.proc.stdin is not None
         self.proc.stdin.write(f"{mark}\n{session_dir}\n".encode())
         self.proc.stdin.flush()
 
     def done(self) -> None:
+        if self.proc.poll() is not None:
+            logger.warning("the guard of this run's Ray had already exited (code %s)", self.proc.returncode)
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write(_DONE)
@@ -107,7 +118,8 @@ class SessionGuard:
 
 def _guard() -> None:
     mark, session_dir = (sys.stdin.buffer.readline().decode().strip() for _ in range(2))
-    if mark and session_dir and sys.stdin.buffer.read() != _DONE:  # EOF without the word: the run is gone
+    # A line, not the end of the pipe: a child the run forked without exec would hold its end open.
+    if mark and session_dir and sys.stdin.buffer.readline() != _DONE:  # closed without it: the run is gone
         kill_marked(mark, session_dir)
 
 

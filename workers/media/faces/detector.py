@@ -110,7 +110,7 @@ def shrink(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _normalised(images: np.ndarray) -> np.ndarray:
     """uint8 [n, h, w, 3] -> the networks' float32 [n, 3, h, w] input."""
-    return (images.transpose(0, 3, 1, 2).astype(np.float32) - _MEAN) * _SCALE
+    return (images.transpose(0, 3, 1, 2).astype(np.float32, order="C") - _MEAN) * _SCALE
 
 
 def _patches(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
