@@ -114,6 +114,60 @@ def test_detect_mode_stitched_on_ray_equals_one_task(triton, cut_clip, cut_whole
     assert_identical(cut_whole, tables(outcome, cfg, src.uri))
 
 
+def kept_files() -> set[str]:
+    from emoframe.workers.task.segment_store import store_root
+
+    return {p.name for p in store_root().glob("*")} if store_root().exists() else set()
+
+
+def test_wave_two_reads_what_wave_one_kept_and_decodes_only_the_frames_before_its_segment(
+        triton, cut_clip, cut_whole, tmp_path):
+    """Each second-wave task decodes only the frames before its segment that its batches' windows reach back
+    to, not its own frames again (it decoded all of [lo, stop) before); the rows are the one-task rows;
+    nothing is left in the node's store."""
+    from emoframe.workers.task.segments import label_segment
+
+    decoded = {}
+
+    def pmap(fn, args):
+        results = serial_map(fn, args)
+        if fn is label_segment:
+            decoded.update({w.segment.index: (r.decoded, w.segment.start - w.lo) for (_, _, w), r in zip(args, results)})
+        return results
+
+    before = kept_files()
+    outcome, cfg, src = segmented(triton, cut_clip, tmp_path, [0, 96, 224, 288, 416], 64, pmap)
+    assert outcome.retracked == []
+    assert sorted(decoded) == [0, 1, 2, 3, 4]
+    assert all(d == reach for d, reach in decoded.values()), decoded  # before its start, nothing after
+    assert decoded[0] == (0, 0)  # the first segment: nothing before it, nothing decoded again
+    # The clip is 3 batches of 16 windows (each reaches back ~200 frames); before, wave 2 decoded 532 + reach.
+    assert outcome.decoded_twice == sum(d for d, _ in decoded.values()) < 532
+    assert_identical(cut_whole, tables(outcome, cfg, src.uri))
+    assert kept_files() <= before
+
+
+def test_wave_two_decodes_when_the_kept_inputs_are_gone(triton, cut_clip, cut_whole, tmp_path):
+    """Wave 2 on a node without the files (a lost node's bundle moved, a full disk, a sweep): it decodes its
+    frames as before, and the rows do not change."""
+    from emoframe.workers.task.segments import label_segment
+
+    removed = []
+
+    def pmap(fn, args):
+        if fn is label_segment:
+            for _, _, work in args:
+                if work.stored:
+                    Path(work.stored).unlink()
+                    removed.append(work.stored)
+        return serial_map(fn, args)
+
+    outcome, cfg, src = segmented(triton, cut_clip, tmp_path, [0, 224, 416], 64, pmap)
+    assert len(removed) == 3
+    assert outcome.decoded_twice >= 532  # every frame again, and the windows' reach before each segment
+    assert_identical(cut_whole, tables(outcome, cfg, src.uri))
+
+
 def _label_remote(args: str) -> None:
     """In a process of its own (started by the test below): its forkserver, its Ray and their isolated children
     all start with the S3 endpoint the test sets, so every request of the labelling passes the test's proxy."""
@@ -185,9 +239,13 @@ def test_a_remote_video_in_segments_is_downloaded_once_per_node_with_the_rows_of
 def test_detect_mode_without_warm_up_tracks_again_and_stays_identical(triton, cut_clip, cut_whole, tmp_path):
     """No warm-up: no two trackers can agree, every boundary is tracked again from the state the previous
     segment ended in; the output is the one-task output still."""
+    before = kept_files()
     outcome, cfg, src = segmented(triton, cut_clip, tmp_path, [0, 192, 256, 384], 0)
     assert outcome.retracked == [1, 2, 3]
+    # What the first tracking of segments 1-3 kept is not the joined faces': they decode their frames again.
+    assert outcome.decoded_twice >= 532 - 192
     assert_identical(cut_whole, tables(outcome, cfg, src.uri))
+    assert kept_files() <= before
 
 
 def test_track_ids_continue_across_boundaries_where_trackers_agree(triton, cut_clip, tmp_path):

@@ -22,8 +22,10 @@ Why the result is identical, not just close:
    to the run's first frame, and Triton may answer a window differently in a batch of another size. So the
    driver computes, from the whole video's faces, every window and the batches of 16 that the one-task run
    sends, in its order (``iter_windows`` itself, run over a skeleton of the rows without pixels), and each
-   wave-2 task sends exactly the batches that complete in its segment (decoding the frames they need:
-   about 300 frames before the segment at most). The same inputs in the same batches: the same outputs.
+   wave-2 task sends exactly the batches that complete in its segment. Their inputs: its own frames' as wave 1
+   computed them while tracking (kept on the node, segment_store.py: crops of the faces the join confirmed,
+   the same chunks' log-mel), and those of the frames before the segment that its first batches reach back
+   to (a few hundred), decoded. The same inputs in the same batches: the same outputs.
 3. Voting. Overlapping windows are averaged and smoothed over the soft-voting span per run, across segment
    boundaries: the stitch step adds every window's probabilities in the one-task order (float64 sums in the
    same order) and calls the same ``_rows``. Nothing is averaged per segment, so a boundary inside a window
@@ -41,6 +43,8 @@ returns None (then one task labels it). The steps: ``probe_video`` (in the isola
 from __future__ import annotations
 
 import contextlib
+import itertools
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ContextManager, cast
@@ -56,10 +60,11 @@ from emoframe.workers.spec.retries import RAY_TASK_RETRIES
 from emoframe.workers.media.faces.detector import Faces
 from emoframe.workers.media.faces.tracker import FaceTracker, TrackerState
 from emoframe.workers.inference.labeling import _rows
-from emoframe.workers.media.preprocess import (FaceRows, InputChunk, check_face_centred, detect_size, face_rows,
+from emoframe.workers.media.preprocess import (FaceRows, InputChunk, check_face_centred, face_rows,
                                 iter_video_inputs, source_scale, tracker_settings)
 from emoframe.workers.inference.voting import WindowAccumulator
 from emoframe.workers.inference.windows import FIELDS, NO_TRACK, Segment, iter_windows, pad_window
+from emoframe.workers.task import segment_store
 
 TRACK_WARMUP_FRAMES = 512  # frames a segment's tracker runs before its first frame: ~11 scheduled detections
 
@@ -187,10 +192,33 @@ class TrackPart:
     tail: dict[int, TrackerState]  # at frames of the next segment's warm-up
     final: TrackerState
     seeded: bool = False  # tracked on from the previous segment's final state (no warm-up)
+    stored: str | None = None  # its own frames' model inputs, kept on its node (segment_store.py)
 
 
-def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, progress) -> TrackPart:
+class _TrackingFront:
+    """Wave 1's front end: the segment's tracker (its states kept by ``keep``), its rows for the TrackPart,
+    and the model's face tensor of the segment's own frames (kept for wave 2, segment_store.py)."""
+
+    def __init__(self, tracker: FaceTracker, info: VideoInfo, seg: VideoSegment, crops: bool, p: Preprocessing):
+        self.tracker, self.seg, self.crops, self.p = tracker, seg, crops, p
+        self.to_source = source_scale(info)
+        self.rows: list[tuple[int, np.ndarray, Faces]] = []
+
+    def __call__(self, start: int, frames: np.ndarray) -> FaceRows:
+        per_frame = self.tracker.track_chunk(frames)
+        for i, (ids, faces) in enumerate(per_frame):
+            if start + i >= self.seg.start and len(ids):
+                self.rows.append((start + i, ids, faces))
+        # Chunks never straddle the segment's start (both are on multiples of the chunk).
+        keep = self.crops and start >= self.seg.start
+        return face_rows(frames, per_frame, self.to_source, self.p) if keep else face_rows(frames[:0], [],
+                                                                                           self.to_source, self.p)
+
+
+def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, keep_as: str | None, progress,
+           p: Preprocessing = PREPROCESSING) -> TrackPart:
     from emoframe.workers.media.faces.detector import MTCNN
+    from emoframe.workers.task.segment_store import InputWriter
     from emoframe.workers.task.video_task import _limit_malloc_arenas, local_copy, make_decoder, one_core
 
     _limit_malloc_arenas()
@@ -209,25 +237,32 @@ def _track(source, cfg, seg: VideoSegment, seed: TrackerState | None, progress) 
         if seg.tail_from is not None and index >= max(seg.tail_from, seg.start):
             tail[index] = tracker.state()
 
+    writer = InputWriter(keep_as) if keep_as else None
     with local_copy(source, progress) as path:
         info = decoder.probe(path)
         progress(0, seg.stop - begin)
         settings = tracker_settings(info)
         tracker = (FaceTracker.resume(MTCNN(), settings, seed, keep) if seed is not None
                    else FaceTracker(MTCNN(), settings, begin, keep))
-        w, h = detect_size(info)
-        rows: list[tuple[int, np.ndarray, Faces]] = []
+        front = _TrackingFront(tracker, info, seg, writer is not None, p)
+        # The labelling pass's own chunks (decoded as it decodes them, the same sound): its inputs, bit for bit.
         at = begin
-        for frames in decoder.iter_frames(path, w, h, cfg.chunk_frames, start=begin, stop=seg.stop,
-                                          fast_scale=True):  # as the labelling pass reads them
-            for i, (ids, faces) in enumerate(tracker.track_chunk(frames)):
-                if at + i >= seg.start and len(ids):
-                    rows.append((at + i, ids, faces))
-            at += len(frames)
-            progress(at - begin)
-        if at != seg.stop:
-            raise BadInputError(Reason.FRAME_COUNT_MISMATCH, f"decoder yielded frames up to {at}, not {seg.stop}")
-    return TrackPart(seg, *_rows_arrays(rows), head, tail, tracker.state(), seeded=seed is not None)
+        try:
+            for c in iter_video_inputs(path, info, face_mode="detect", chunk=cfg.chunk_frames, decoder=decoder,
+                                       p=p, start=begin, stop=seg.stop, front=front, tick=lambda: progress(0)):
+                if writer is not None and c.start >= seg.start:
+                    writer.write(c)
+                at = c.start + len(c)
+                progress(at - begin)
+            if at != seg.stop:
+                raise BadInputError(Reason.FRAME_COUNT_MISMATCH, f"decoder yielded frames up to {at}, not {seg.stop}")
+        except BaseException:
+            if writer is not None:
+                writer.abandon()
+            raise
+    stored = writer.finish() if writer is not None else None
+    return TrackPart(seg, *_rows_arrays(front.rows), head, tail, tracker.state(), seeded=seed is not None,
+                     stored=stored)
 
 
 # TrackPart's frame, track, boxes, scores and landmarks.
@@ -244,13 +279,15 @@ def _rows_arrays(rows: list[tuple[int, np.ndarray, Faces]]) -> _RowArrays:
             np.concatenate([fa.landmarks for _, _, fa in rows]))
 
 
-def track_segment(source, cfg, seg: VideoSegment, seed: TrackerState | None = None) -> TrackPart | SegmentFailure:
+def track_segment(source, cfg, seg: VideoSegment, seed: TrackerState | None = None,
+                  keep_as: str | None = None) -> TrackPart | SegmentFailure:
     """Wave 1 (detect mode): track the faces of ``seg`` in the isolated child, from its warm-up start (fresh)
-    or, with ``seed`` (the previous segment's final state, global ids), from its first frame."""
+    or, with ``seed`` (the previous segment's final state, global ids), from its first frame. ``keep_as``:
+    the name under which its own frames' model inputs are kept on this node for wave 2 (segment_store.py)."""
     from emoframe.workers.task.video_task import run_with_retries
 
     try:
-        return run_with_retries(_track, (source, cfg, seg, seed), cfg)
+        return run_with_retries(_track, (source, cfg, seg, seed, keep_as), cfg)
     except BadInputError as exc:
         return SegmentFailure(exc.reason, exc.message)
 
@@ -296,6 +333,10 @@ class Tracks:
     scores: np.ndarray
     landmarks: np.ndarray
     retracked: list[int]  # segments tracked again from their predecessor's state (no agreement in the warm-up)
+    # Per segment: where wave 1 kept the model inputs of its frames (None: tracked again, or not kept), and
+    # the files of segments tracked again, whose kept inputs are not the joined faces' (to be removed).
+    stored: list[str | None] = field(default_factory=list)
+    stale: list[str | None] = field(default_factory=list)
 
 
 def join_tracks(parts: list[TrackPart],
@@ -305,19 +346,21 @@ def join_tracks(parts: list[TrackPart],
     identity = _IdMap({}, 0, 0)
     prev, prev_map = parts[0], identity
     kept, retracked = [(parts[0], identity)], []
+    stale: list[str | None] = [None] * len(parts)
     for part in parts[1:]:
         m = _agreement(prev, prev_map, part)
         if m is None:
             s = prev.final
             seed = TrackerState(s.index, prev_map(s.ids), s.faces, int(prev_map(np.array([s.next_id]))[0]), s.lost,
                                 s.thumb)
+            stale[part.segment.index] = part.stored
             part, m = _unwrap(retrack(part.segment, seed)), identity
             retracked.append(part.segment.index)
         kept.append((part, m))
         prev, prev_map = part, m
     return Tracks(np.concatenate([p.frame for p, _ in kept]), np.concatenate([m(p.track) for p, m in kept]),
                   np.concatenate([p.boxes for p, _ in kept]), np.concatenate([p.scores for p, _ in kept]),
-                  np.concatenate([p.landmarks for p, _ in kept]), retracked)
+                  np.concatenate([p.landmarks for p, _ in kept]), retracked, [p.stored for p, _ in kept], stale)
 
 
 # ---- the windows and batches of the one-task run ----------------------------------------------------------
@@ -358,6 +401,8 @@ class Work:
     hi: int
     batches: list[np.ndarray]  # per batch: int64 [b, 3] windows as (track or NO_TRACK, first frame, length)
     faces: Tracks | None  # detect mode: the faces of frames [lo, hi) (one-task track ids)
+    stored: str | None = None  # the model inputs of the segment's own frames, kept by wave 1 on its node
+    stale: str | None = None  # inputs wave 1 kept for faces that were tracked again: removed
 
 
 def _face_rows_of(n_frames: int, cfg, tracks: Tracks | None) -> tuple[np.ndarray, np.ndarray]:
@@ -385,12 +430,14 @@ def plan_work(probe: Probe, cfg, segments: list[VideoSegment], tracks: Tracks | 
         lo = min([seg.start] + [int(b[:, 1].min()) for b in mine])
         lo -= lo % cfg.chunk_frames  # whole chunks of the one-task pass
         hi = max([seg.stop] + [int((b[:, 1] + b[:, 2]).max()) for b in mine])
-        faces = None
+        faces, stored, stale = None, None, None
         if tracks is not None:
             r = slice(*np.searchsorted(tracks.frame, [lo, hi]))
             faces = Tracks(tracks.frame[r], tracks.track[r], tracks.boxes[r], tracks.scores[r], tracks.landmarks[r],
                            [])
-        work.append(Work(seg, lo, hi, mine, faces))
+            if tracks.stored:
+                stored, stale = tracks.stored[seg.index], tracks.stale[seg.index]
+        work.append(Work(seg, lo, hi, mine, faces, stored, stale))
     return work
 
 
@@ -410,6 +457,7 @@ class SegmentResult:
     score: np.ndarray
     audio: np.ndarray  # bool [stop - start]: the video has sound at the frame
     warning: str | None = None
+    decoded: int = 0  # frames it decoded (the rest were kept by wave 1)
 
 
 class _Given:
@@ -440,7 +488,7 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
     audio_on = np.bool_(cfg.policy.audio)
     mine: dict[str, list[Any]] = {"frame": [], "track": [], "present": [], "box": [], "score": []}
     audio = np.zeros(len(seg), bool)
-    with local_copy(source, progress) as path:
+    with local_copy(source, progress) as path, contextlib.ExitStack() as stack:
         info = decoder.probe(path)
         progress(0, work.hi - work.lo)
         warning = None
@@ -448,8 +496,19 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
             warning = check_face_centred(path, info, decoder)
         # Work.faces: given in detect mode.
         front = _Given(info, cast(Tracks, work.faces), p) if cfg.face_mode == "detect" else None
-        chunks = iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames, decoder=decoder,
-                                   p=p, start=work.lo, stop=work.hi, front=front, tick=lambda: progress(0))
+        segment_store.discard(work.stale)
+        kept = segment_store.open_inputs(work.stored) if front is not None and work.hi == seg.stop else None
+        stack.callback(lambda: kept and kept.close())
+        upto = seg.start if kept is not None else work.hi  # decoded: the frames before it, or all of them
+        chunks: Iterator[InputChunk] = iter(())
+        if work.lo < upto:
+            chunks = iter_video_inputs(path, info, face_mode=cfg.face_mode, chunk=cfg.chunk_frames, decoder=decoder,
+                                       p=p, start=work.lo, stop=upto, front=front, tick=lambda: progress(0))
+        if kept is not None:
+            f = cast(Tracks, work.faces)
+            r = slice(*np.searchsorted(f.frame, [seg.start, seg.stop]))
+            chunks = itertools.chain(chunks, segment_store.read_inputs(kept, f.frame[r], f.track[r], seg.start,
+                                                                       seg.stop))
         # Frames (and faces) the batches not yet sent still need; each batch goes as soon as its last frame is in.
         faces: dict[tuple[int, int], tuple[np.ndarray, np.bool_]] = {}
         sound: dict[int, tuple[np.ndarray, np.bool_]] = {}
@@ -506,10 +565,11 @@ def _label_part(source, cfg, work: Work, progress, p: Preprocessing = PREPROCESS
                 # Triton on busy cores, a chunk's batches can take longer than the stall limit (measured: a
                 # 3-minute video's second wave killed as "decode_stalled" at load 8 on 2 cores).
                 progress(decoded[0] - work.lo)
+        segment_store.discard(work.stored)  # read to the end (a retry of this task decodes)
     return SegmentResult(seg.index, probs,
                          np.asarray(mine["frame"], np.int32), np.asarray(mine["track"], np.int32),
                          np.asarray(mine["present"], bool), np.asarray(mine["box"], np.float32).reshape(-1, 4),
-                         np.asarray(mine["score"], np.float32), audio, warning)
+                         np.asarray(mine["score"], np.float32), audio, warning, upto - work.lo)
 
 
 def label_segment(source, cfg, work: Work) -> SegmentResult | SegmentFailure:
@@ -713,7 +773,11 @@ def _label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], 
     try:
         tracks = None
         if cfg.face_mode == "detect":
-            parts = [_unwrap(r) for r in pmap(track_segment, [(source, cfg, s) for s in segments])]
+            # Each segment's own frames' model inputs are kept on its node under this video's token, for wave 2
+            # (the same bundle, so the same node) to read instead of decoding them again.
+            token = secrets.token_hex(8)
+            parts = [_unwrap(r) for r in pmap(track_segment, [(source, cfg, s, None, f"{token}-{s.index}")
+                                                               for s in segments])]
             step("track")
             tracks = join_tracks(parts, lambda seg, seed: track_segment(source, cfg, seg, seed))
             step("join")
@@ -727,6 +791,7 @@ def _label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], 
     step("stitch")
     outcome.segments = len(segments)
     outcome.retracked = tracks.retracked if tracks is not None else []
+    outcome.decoded_twice = sum(r.decoded for r in results) if tracks is not None else 0
     return outcome
 
 

@@ -13,10 +13,9 @@ from emoframe.workers.spec.retries import VIDEO_ATTEMPTS
 # Shorter segments: their fixed costs (a probe, a 512-frame tracker warm-up, the sound decoded from the start)
 # weigh more than the parallelism gains (benchmarks/long_video.py).
 DEFAULT_SEGMENT_MINUTES = 2.0
-# A video is split into no fewer segments than this. A split decodes each segment's frames twice (to track its
-# faces, then to label them) and its two waves do not overlap with Triton: its CPU was 1.45x one task's
-# (95 against 66 s), while one task already keeps about 1.8 cores busy (decoding a chunk ahead, Triton). On 2
-# cores a 10-minute video took 49.5 s in 2 segments and 37.7 s in one task (docs/long_video.json at 2104d86);
+# A video is split into no fewer segments than this. One task already keeps about 1.7 cores busy (decoding a
+# chunk ahead, Triton answering beside it), and a split's two waves do not overlap Triton's work with decoding:
+# on 2 cores a 10-minute video took 1.13x one task's time in 2 segments, its CPU 1.15x (docs/long_video.json);
 # from 3 workers on the split can be the faster.
 DEFAULT_MIN_SEGMENTS = 3
 
@@ -67,3 +66,4 @@ class VideoOutcome:
     warning: str | None = None
     segments: int = 1  # tasks that labelled it in parallel (workers/task/segments.py)
     retracked: list[int] = field(default_factory=list)  # segments tracked again from their predecessor's state
+    decoded_twice: int = 0  # frames a split video's second wave decoded again (the rest were kept by the first)
