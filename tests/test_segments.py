@@ -132,7 +132,8 @@ def test_wave_two_reads_what_wave_one_kept_and_decodes_only_the_frames_before_it
     def pmap(fn, args):
         results = serial_map(fn, args)
         if fn is label_segment:
-            decoded.update({w.segment.index: (r.decoded, w.segment.start - w.lo) for (_, _, w), r in zip(args, results)})
+            decoded.update({w.segment.index: (r.decoded, w.segment.start - w.lo)
+                            for (_, _, w), r in zip(args, results)})
         return results
 
     before = kept_files()
