@@ -3,8 +3,8 @@
 Ray schedules by declared resources: a task that declares the default (1 CPU, no memory) next to a child
 process that really takes most of a gigabyte lets Ray start more videos than a node can hold. The figures
 below are measured by benchmarks/task_memory.py (docs/task_memory.json): a Ray worker and its isolated
-decoding child peak at 1,184 MB (PSS) labelling 720p footage in detect mode, 981 MB face-centred; the
-child caps itself at workers/processes/isolation.Limits.memory_mb on top of that.
+decoding child peak at 1,004 MB (PSS) labelling 20 s of 720p footage in detect mode, 785 MB face-centred
+(at ad03e83); the child caps itself at workers/processes/isolation.Limits.memory_mb on top of that.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 # One core: the face networks, OpenCV and torch are held to one thread each (workers/task/video_task.py).
 TASK_CPUS = 1.0
-# The measured peak of the worker and its child (1,184 MB), with a margin: see the module docstring.
+# The measured peak of the worker and its child (1,004 MB), with a margin for longer videos, whose peak grows
+# (1.18x for 10 minutes against 1: workers/task/video_task._limit_malloc_arenas): see the module docstring.
 TASK_MEMORY_MB = 1536
 QUEUED_PER_SLOT = 1  # tasks waiting behind each running one: a slot never waits on the driver to submit
 # A task costs about 0.4 s of CPU besides its video (Prefect's task engine on the worker and its three state
