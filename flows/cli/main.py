@@ -75,7 +75,11 @@ def stop_on_signals() -> Iterator[None]:
 
     from prefect.exceptions import TerminationSignal
 
+    from emoframe.flows.run import stop_signals
+
     previous = {sig: signal.signal(sig, raise_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals.forget()
+    stop_signals.watch()
     try:
         yield
     except KeyboardInterrupt as exc:  # Ctrl-C caught and re-raised as a plain one somewhere below
@@ -87,6 +91,11 @@ def stop_on_signals() -> Iterator[None]:
     except SystemExit as exc:
         if exc.code == signal.SIGTERM:
             raise Interrupted(signal.SIGTERM) from None
+        raise
+    except Exception:  # one of those, wrapped by a library it was raised in (flows/run/stop_signals.py)
+        seen = stop_signals.first_seen()
+        if seen is not None:
+            raise Interrupted(seen) from None
         raise
     finally:
         for sig, handler in previous.items():

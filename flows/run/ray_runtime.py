@@ -12,6 +12,7 @@ from typing import Any
 import ray
 from prefect_ray import RayTaskRunner
 
+from emoframe.flows.run import stop_signals
 from emoframe.flows.run.ray_session import SessionGuard, kill_marked, marking, new_mark
 from emoframe.workers.processes.isolation import WORKER_SETUP_HOOK
 
@@ -83,6 +84,7 @@ class RunRayTaskRunner(RayTaskRunner):
         except BaseException:  # a ray.init() that failed half-way: what it started is not left running
             kill_marked(mark, None)
             raise
+        stop_signals.watch()  # ray.init() put its own SIGTERM handler in place
         session_dir = _own_session_dir() if self._owns_ray else None
         if session_dir:
             self._mark, self._session_dir = mark, session_dir
