@@ -323,8 +323,10 @@ def test_bad_input_in_one_segment_fails_the_video_with_a_row_and_no_frames(trito
     first = track_segment(src, dataclasses.replace(bad, face_mode="detect"),
                           plan_segments(532, 0, CHUNK, 0, starts=[0, 192])[0])
     assert isinstance(first, TrackPart)  # the part before the damage is fine on its own
+    before = kept_files()
     outcome, _, _ = segmented(triton, cut_clip, tmp_path, [0, 192], 64, decoder="tests.faulty:CorruptFromDecoder")
     assert outcome.row["status"] == "failed" and outcome.row["error_reason"] == "corrupt_frames", outcome.row
+    assert kept_files() <= before  # what the first segment kept for a wave 2 that never came is removed
     assert pq.read_table(videos_path(cfg.out, cfg.model_version, src.uri)).column("status").to_pylist() == ["failed"]
     assert not fpath.exists()
     assert not list(fpath.parent.glob(".*tmp*"))  # no temporary file left beside it either

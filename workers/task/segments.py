@@ -776,8 +776,12 @@ def _label_in_segments(source, cfg, probe: Probe, segments: list[VideoSegment], 
             # Each segment's own frames' model inputs are kept on its node under this video's token, for wave 2
             # (the same bundle, so the same node) to read instead of decoding them again.
             token = secrets.token_hex(8)
-            parts = [_unwrap(r) for r in pmap(track_segment, [(source, cfg, s, None, f"{token}-{s.index}")
-                                                               for s in segments])]
+            wave = pmap(track_segment, [(source, cfg, s, None, f"{token}-{s.index}") for s in segments])
+            if any(isinstance(r, SegmentFailure) for r in wave):  # the video fails: no wave 2 will read them
+                for r in wave:  # (this node's; another node's go at their deadline)
+                    if isinstance(r, TrackPart):
+                        segment_store.discard(r.stored)
+            parts = [_unwrap(r) for r in wave]
             step("track")
             tracks = join_tracks(parts, lambda seg, seed: track_segment(source, cfg, seg, seed))
             step("join")
