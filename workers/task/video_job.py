@@ -15,8 +15,8 @@ from emoframe.workers.spec.retries import VIDEO_ATTEMPTS
 DEFAULT_SEGMENT_MINUTES = 2.0
 # A video is split into no fewer segments than this. One task already keeps about 1.7 cores busy (decoding a
 # chunk ahead, Triton answering beside it), and a split's two waves do not overlap Triton's work with decoding:
-# on 2 cores a 10-minute video took 1.16x one task's time in 2 segments, its CPU 1.16x (docs/long_video.json at
-# dd9a429; 0.67x the time of one task held to one core);
+# on 2 cores a 10-minute video took 1.16x one task's time in 2 segments, its CPU 1.17x (docs/long_video.json at
+# 16218b7; 0.66x the time of one task held to one core);
 # from 3 workers on the split can be the faster.
 DEFAULT_MIN_SEGMENTS = 3
 
